@@ -1,0 +1,42 @@
+"""sarmae-jax: SAR masked-autoencoder pre-training (SARMAE) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.6",
+    "flax>=0.10",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.10",
+    "array-record>=0.7",
+    "tensorflow-datasets>=4.9.8",
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+    "absl-py>=2.0",
+    "tqdm>=4.66",        # progress bars
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "pillow>=10.0",      # PNG grids and image decoding in the converters
+]
+
+TEST = [
+    "pytest>=8",
+    "scipy>=1.11",       # Kolmogorov-Smirnov tests of the speckle laws
+]
+
+# PyTorch interop (conversion, parity tests, the PyTorch benchmark). torch is pinned to the
+# CPU build: an unpinned `torch` pulls a multi-GB CUDA build.
+TORCH = ["torch==2.13.0", "transformers>=4.56", "safetensors>=0.4"]
+
+setup(
+    name="sarmae-jax",
+    version="0.1.0",
+    description="SARMAE pre-training of SAR foundation models in JAX/Flax: MAE + speckle (SARE) + optical anchors (SARC).",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sarmae_jax", "sarmae_jax.*", "data_pipelines", "data_pipelines.*"]),
+    install_requires=RUNTIME,
+    extras_require={"test": TEST, "torch": TORCH, "all": TEST + TORCH},
+    entry_points={
+        "console_scripts": [
+            "sarmae-train=sarmae_jax.main:run",
+        ],
+    },
+)
