@@ -1,0 +1,49 @@
+"""Analytic model FLOPs of one SARMAE training step, for throughput, TFLOP/s and MFU.
+
+Counts multiply-adds of matrix products as 2 FLOPs (the convention of MFU reports); elementwise work
+(norms, GELU, softmax) is left out. The backward pass of a trained part costs twice its forward,
+so a trained part counts 3x its forward and the frozen teacher 1x (no backward).
+
+Per transformer block over T tokens, width D, MLP width M = 4D:
+    qkv 2*T*D*3D + attention scores and values 2*2*T*T*D + output 2*T*D*D + MLP 2*2*T*D*M
+"""
+from __future__ import annotations
+
+from sarmae_jax.models import mae, vit
+
+
+def block_forward_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
+    t, d = tokens, width
+    m = mlp_ratio * d
+    return 2 * t * d * 3 * d + 4 * t * t * d + 2 * t * d * d + 4 * t * d * m
+
+
+def vit_forward_flops(tokens: int, width: int, depth: int, patch_pixels: int, patches: int) -> float:
+    """Patch embedding of `patches` patches (`patch_pixels` inputs each) + `depth` blocks over `tokens`."""
+    return 2 * patches * patch_pixels * width + depth * block_forward_flops(tokens, width)
+
+
+def train_step_flops_per_image(config) -> float:
+    """Model FLOPs of one training step per image (forward + backward, teacher forward only)."""
+    m = config.model
+    enc = vit.VIT_SIZES[m.size]
+    n = (m.image_size // m.patch_size) ** 2
+    k = mae.num_kept(n, m.mask_ratio)
+    patch_pixels = m.patch_size**2 * m.in_channels
+    dec = m.decoder
+    # The encoder embeds all N patches, then keeps K (+ class token) through the blocks.
+    encoder = vit_forward_flops(k + 1, enc["width"], enc["depth"], patch_pixels, n)
+    decoder = (2 * (k + 1) * enc["width"] * dec.width
+               + dec.depth * block_forward_flops(n + 1, dec.width)
+               + 2 * n * dec.width * patch_pixels)
+    trained = encoder + decoder
+    teacher = 0.0
+    if config.sarc.enabled:
+        t = config.sarc.teacher
+        tw = vit.VIT_SIZES[t.size]["width"]
+        trained += 2 * k * enc["width"] * enc["width"] + 2 * k * enc["width"] * tw  # anchor head
+        if t.kind == "released":
+            teacher = 2 * n * patch_pixels * tw
+        else:
+            teacher = vit_forward_flops(n + 1, tw, vit.VIT_SIZES[t.size]["depth"], patch_pixels, n)
+    return 3 * trained + teacher

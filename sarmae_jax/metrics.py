@@ -1,0 +1,110 @@
+"""What a person sees of a run: a progress bar, JSON-lines and TensorBoard metrics, PNG image grids.
+
+One logging path: `MetricWriter.write(step, scalars)` goes to all three. Only process 0 writes;
+other processes get a writer whose methods do nothing, so the training loop has no `if` for it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+
+log = logging.getLogger("sarmae_jax")
+
+
+class MetricWriter:
+    """Scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard/`."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        for k, v in clean.items():
+            self._tb.add_scalar(k, v, int(step))
+
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """`image: [H, W, 3] uint8`."""
+        if self.enabled:
+            self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """tqdm bar over steps showing the loss terms, step time and images/s (process 0 only)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, step: int, shown: Mapping[str, float]) -> None:
+        if self._bar is None:
+            return
+        self._bar.n = int(step)
+        self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 (clipped)."""
+    return (np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2) -> np.ndarray:
+    """Side-by-side columns of images, one row per sample.
+
+    columns: name -> `[N, H, W, 1 or 3]` floats in [0, 1] (same N, H, W for all). Returns `[rows, cols, 3]` uint8
+    with a white gutter; names go in the PNG's metadata and the caller's log, not burnt into pixels.
+    """
+    arrays = [np.asarray(a, np.float32) for a in columns.values()]
+    n, h, w = arrays[0].shape[:3]
+    grid = np.full((n * (h + pad) + pad, len(arrays) * (w + pad) + pad, 3), 255, np.uint8)
+    for j, a in enumerate(arrays):
+        if a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        for i in range(n):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y:y + h, x:x + w] = to_uint8(a[i])
+    return grid
+
+
+def save_png(path: str, image: np.ndarray, description: str = "") -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if description:
+        info.add_text("Description", description)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(image).save(path, pnginfo=info)
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

@@ -1,0 +1,93 @@
+"""The SARMAE model: the modules of one run, built from the `model` and `sarc` configs.
+
+Trainable parameters: `{"encoder", "decoder", "anchor_head"}` (the head only when SARC is on).
+The teacher is built here too but its parameters are loaded separately and stay frozen.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sarmae_jax.models import anchor, mae, teachers, vit
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Modules(NamedTuple):
+    encoder: vit.ViTEncoder
+    decoder: mae.MAEDecoder
+    anchor_head: anchor.AnchorHead | None
+    teacher: nn.Module | None
+    teacher_width: int | None
+
+
+def stack_options(model_cfg) -> vit.StackOptions:
+    return vit.StackOptions(scan=bool(model_cfg.scan_layers), remat=model_cfg.remat)
+
+
+def build_encoder(model_cfg, *, deterministic: bool = True, drop_path_rate: float | None = None) -> vit.ViTEncoder:
+    size = vit.VIT_SIZES[model_cfg.size]
+    return vit.ViTEncoder(
+        patch_size=model_cfg.patch_size,
+        **size,
+        drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
+        deterministic=deterministic,
+        dtype=DTYPES[model_cfg.dtype],
+        param_dtype=DTYPES[model_cfg.param_dtype],
+        attention_impl=model_cfg.attention_impl or None,
+        stack=stack_options(model_cfg),
+    )
+
+
+def build(config) -> Modules:
+    m = config.model
+    dtype, param_dtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
+    encoder = build_encoder(m, deterministic=m.drop_path_rate == 0.0)
+    decoder = mae.MAEDecoder(
+        patch_size=m.patch_size, out_channels=m.in_channels, width=m.decoder.width, depth=m.decoder.depth,
+        num_heads=m.decoder.num_heads, dtype=dtype, param_dtype=param_dtype,
+        attention_impl=m.attention_impl or None, stack=stack_options(m),
+    )
+    head = teacher = width = None
+    if config.sarc.enabled:
+        teacher, width = teachers.build_teacher(config.sarc.teacher, dtype=dtype)
+        head = anchor.AnchorHead(width, dtype=dtype, param_dtype=param_dtype)
+    return Modules(encoder, decoder, head, teacher, width)
+
+
+def init_params(modules: Modules, config, key: jax.Array) -> dict[str, Any]:
+    """Boxed (logically partitioned) parameters; wrap in `jax.eval_shape` for shapes and shardings."""
+    m = config.model
+    s = m.image_size
+    n = (s // m.patch_size) ** 2
+    k = mae.num_kept(n, m.mask_ratio)
+    k_enc, k_dec, k_head = jax.random.split(key, 3)
+    images = jnp.zeros((1, s, s, m.in_channels), jnp.float32)
+    ids_keep = jnp.zeros((1, k), jnp.int32)
+    ids_restore = jnp.zeros((1, n), jnp.int32)
+    width = vit.VIT_SIZES[m.size]["width"]
+    params = {
+        "encoder": modules.encoder.init(k_enc, images, ids_keep)["params"],
+        "decoder": modules.decoder.init(k_dec, jnp.zeros((1, 1 + k, width)), ids_restore)["params"],
+    }
+    if modules.anchor_head is not None:
+        params["anchor_head"] = modules.anchor_head.init(k_head, jnp.zeros((1, k, width)))["params"]
+    return params
+
+
+def count_params(params: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(nn.unbox(params))))
+
+
+def fixed_position_embedding_count(config) -> int:
+    """Entries of the fixed sin-cos tables (encoder and decoder, class position included).
+
+    They are constants here, not parameters; PyTorch MAE stores them as frozen parameters, so this is
+    what to add to compare parameter counts with it.
+    """
+    m = config.model
+    tokens = (m.image_size // m.patch_size) ** 2 + 1
+    return tokens * (vit.VIT_SIZES[m.size]["width"] + m.decoder.width)

@@ -1,0 +1,157 @@
+"""Frozen optical teachers for SARC: `images [B, H, W, 3] (ImageNet-normalised) -> patch tokens [B, N, Dt]`.
+
+A teacher is a swappable part: `build_teacher(cfg)` returns a Linen module and its output width;
+its parameters are loaded once, live outside the train state and never reach the optimizer.
+
+Kinds:
+  - `released`: what the public SARMAE code actually ran as its "DINOv3 teacher": only the
+    patch-embedding convolution followed by the final LayerNorm (no transformer blocks).
+  - `vit`: a plain frozen ViT of configurable size (its patch tokens after the final norm).
+  - `dinov3`: the full DINOv3 ViT (registered by `sarmae_jax.models.dinov3` when available).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from sarmae_jax.models import vit
+
+Dtype = Any
+RANDOM_INIT = "random-init"  # an explicit request for an untrained teacher (tests, smoke runs); never a fallback
+
+
+class ReleasedTeacher(nn.Module):
+    """Patch embedding + LayerNorm, as the released SARMAE code's teacher. `[B, H, W, 3] -> [B, N, D]`."""
+
+    patch_size: int = 16
+    width: int = 768
+    norm_eps: float = 1e-5  # DINOv3's final norm epsilon
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = vit.PatchEmbed(self.patch_size, self.width, self.dtype, name="patch_embed")(images)
+        return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)
+
+
+class ViTTeacher(nn.Module):
+    """A plain ViT; its patch tokens (class token dropped) after the final norm. `[B, H, W, 3] -> [B, N, D]`."""
+
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        tokens = vit.ViTEncoder(
+            patch_size=self.patch_size, width=self.width, depth=self.depth, num_heads=self.num_heads,
+            dtype=self.dtype, name="encoder",
+        )(images)
+        return tokens[:, 1:]
+
+
+# kind -> (teacher_cfg, dtype) -> (module, output width). Other modules register more kinds.
+TEACHERS: dict[str, Callable[[Any, Dtype], tuple[nn.Module, int]]] = {}
+
+
+def register_teacher(kind: str):
+    def wrap(factory):
+        TEACHERS[kind] = factory
+        return factory
+    return wrap
+
+
+@register_teacher("released")
+def _released(cfg, dtype):
+    width = vit.VIT_SIZES[cfg.size]["width"]
+    return ReleasedTeacher(patch_size=cfg.patch_size, width=width, dtype=dtype), width
+
+
+@register_teacher("vit")
+def _plain_vit(cfg, dtype):
+    size = vit.VIT_SIZES[cfg.size]
+    return ViTTeacher(patch_size=cfg.patch_size, dtype=dtype, **size), size["width"]
+
+
+def build_teacher(cfg, dtype: Dtype = jnp.float32) -> tuple[nn.Module, int]:
+    """`cfg`: the `sarc.teacher` config (kind, size, patch_size, checkpoint)."""
+    _ensure_registered()
+    if cfg.kind not in TEACHERS:
+        raise ValueError(f"config.sarc.teacher.kind={cfg.kind!r}: expected one of {sorted(TEACHERS)}")
+    return TEACHERS[cfg.kind](cfg, dtype)
+
+
+def _ensure_registered() -> None:
+    # Optional teacher families register themselves on import.
+    try:
+        import sarmae_jax.models.dinov3  # noqa: F401
+    except ImportError as e:  # only "module not there"; an error inside it must surface
+        if e.name != "sarmae_jax.models.dinov3":
+            raise
+
+
+def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) -> Any:
+    """The teacher's frozen parameters.
+
+    `cfg.checkpoint`:
+      - `"random-init"`: initialise from `seed` and say so loudly (for tests and the synthetic smoke run);
+      - a `.npz` of flattened parameter paths (`a/b/kernel`), as written by `save_params_npz`;
+      - other formats (official DINOv3 / transformers / timm) via `sarmae_jax.convert` loaders.
+    A missing checkpoint is an error, never a silent random teacher.
+    """
+    ckpt = cfg.checkpoint
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))
+    if ckpt is None or ckpt == "":
+        raise ValueError(
+            "config.sarc.teacher.checkpoint is not set: the SARC teacher needs weights (a path), or the explicit "
+            f"value {RANDOM_INIT!r} for an untrained teacher (tests and synthetic smoke runs only)."
+        )
+    if ckpt == RANDOM_INIT:
+        logging.warning("SARC teacher %r is RANDOMLY INITIALISED (checkpoint=%r), as the config asks.", cfg.kind, ckpt)
+        return jax.jit(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))()
+    if str(ckpt).endswith(".npz"):
+        params = load_params_npz(ckpt)
+    else:
+        from sarmae_jax.convert import teachers as convert_teachers  # PyTorch formats: optional extra
+
+        params = convert_teachers.load_teacher_checkpoint(cfg, ckpt)
+    check_tree_matches(params, shapes, what=f"teacher checkpoint {ckpt}")
+    return jax.tree.map(jnp.asarray, params)
+
+
+def save_params_npz(path: str, params: Any) -> None:
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+
+
+def load_params_npz(path: str) -> Any:
+    try:
+        with np.load(path) as f:
+            flat = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz parameter file ({e})") from e
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def check_tree_matches(params: Any, expected: Any, what: str) -> None:
+    """Strict structural check: same parameter names and shapes, or a ValueError listing every difference."""
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+    want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected, sep="/").items()}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    if missing or unexpected or wrong:
+        lines = [f"{what} does not match the model:"]
+        lines += [f"  missing:    {k} {want[k]}" for k in missing]
+        lines += [f"  unexpected: {k} {got[k]}" for k in unexpected]
+        lines += [f"  shape:      {k} has {got[k]}, model expects {want[k]}" for k in wrong]
+        raise ValueError("\n".join(lines))

@@ -1,0 +1,355 @@
+"""Vision Transformer pieces shared by the MAE encoder, the MAE decoder and the ViT teachers.
+
+Flax Linen modules whose parameters carry *logical* axis names (`embed`, `heads`, `mlp`, ...);
+`sarmae_jax.sharding` maps those names to mesh axes, so the model never mentions a mesh.
+
+Layout conventions (chosen so that PyTorch conversion is a transpose, never a re-ordering):
+  - images are NHWC, `[B, H, W, C]`;
+  - a patch is flattened in (row, column, channel) order, as MAE's `patchify`;
+  - tokens are `[B, T, D]`, the class token first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Standard sizes. Decoder sizes are separate (see mae.py); these are encoder / teacher sizes.
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(width=192, depth=12, num_heads=3),
+    "small": dict(width=384, depth=12, num_heads=6),
+    "base": dict(width=768, depth=12, num_heads=12),
+    "large": dict(width=1024, depth=24, num_heads=16),
+    "huge": dict(width=1280, depth=32, num_heads=16),
+}
+
+LAYER_NORM_EPS = 1e-6
+# Truncated-normal(0.02) is not what MAE uses for Linear layers (xavier_uniform); we follow MAE.
+_dense_init = nn.initializers.xavier_uniform()
+
+
+def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
+    """Attach logical axis names to an initializer."""
+    return nn.with_logical_partitioning(init, names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed 2-D sin-cos position embeddings (MAE / MoCo v3).
+# ----------------------------------------------------------------------------------------------
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """`positions: [M]` -> `[M, dim]`: the first half sines, the second half cosines."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding width must be even, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int, with_cls_token: bool = True) -> np.ndarray:
+    """Fixed 2-D sin-cos table `[1 + grid_size**2, dim]` (row 0 zeros for the class token).
+
+    Half the channels encode the column and half the row, exactly as MAE's
+    `get_2d_sincos_pos_embed`, so imported MAE weights see the positions they were trained with.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding width must be divisible by 4, got {dim}")
+    coords = np.arange(grid_size, dtype=np.float64)
+    col, row = np.meshgrid(coords, coords)  # MAE meshgrids (w, h): first grid varies along width.
+    table = np.concatenate([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], axis=1)
+    if with_cls_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return table.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Patches
+# ----------------------------------------------------------------------------------------------
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """`[B, H, W, C]` -> `[B, (H/p)*(W/p), p*p*C]`, patches row-major, pixels (row, col, channel)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, c)
+    x = jnp.einsum("bhpwqc->bhwpqc", x)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:
+    """Inverse of `patchify` for a square grid: `[B, N, p*p*C]` -> `[B, H, W, C]`."""
+    b, n, _ = patches.shape
+    g = int(round(n**0.5))
+    if g * g != n:
+        raise ValueError(f"unpatchify expects a square patch grid, got {n} patches")
+    p = patch_size
+    x = patches.reshape(b, g, g, p, p, channels)
+    x = jnp.einsum("bhwpqc->bhpwqc", x)
+    return x.reshape(b, g * p, g * p, channels)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping `p x p` patches -> linear projection. `[B, H, W, C]` -> `[B, N, D]`."""
+
+    patch_size: int
+    width: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        p = self.patch_size
+        x = nn.Conv(
+            self.width,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            # MAE initialises the patch projection like a Linear layer (xavier on the flattened kernel).
+            kernel_init=_p(_conv_as_dense_init, (None, None, None, "embed")),
+            bias_init=_p(nn.initializers.zeros, ("embed",)),
+            name="proj",
+        )(images)
+        b, gh, gw, d = x.shape
+        return x.reshape(b, gh * gw, d)
+
+
+def _conv_as_dense_init(key, shape, dtype=jnp.float32):
+    kh, kw, cin, cout = shape
+    w = nn.initializers.xavier_uniform()(key, (kh * kw * cin, cout), dtype)
+    return w.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer block
+# ----------------------------------------------------------------------------------------------
+def drop_path(x: jax.Array, rate: jax.Array | float, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth on a residual branch `x: [B, ...]`; identity when `rng` is None."""
+    if rng is None:
+        return x
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(rng, keep, shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm layout: one `qkv` matrix)."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None  # None: let JAX pick (cuDNN flash attention on GPU when possible)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+        head_dim = d // self.num_heads
+        qkv = nn.DenseGeneral(
+            (3, self.num_heads, head_dim),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(_fused_dense_init, ("embed", None, "heads", "kv")),
+            bias_init=_p(nn.initializers.zeros, (None, "heads", "kv")),
+            name="qkv",
+        )(x)
+        qkv = nn.with_logical_constraint(qkv, ("activation_batch", "activation_length", None, "activation_heads", "activation_kv"))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
+        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        return nn.DenseGeneral(
+            d,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(_fused_dense_init, ("heads", "kv", "embed")),
+            bias_init=_p(nn.initializers.zeros, ("embed",)),
+            name="proj",
+        )(out)
+
+
+def _fused_dense_init(key, shape, dtype=jnp.float32):
+    """Xavier-uniform over the flattened (fan_in, fan_out) matrix, as PyTorch would see the layer.
+
+    For the fused qkv the PyTorch layer is Linear(D, 3D); timm/MAE initialise it as one matrix.
+    """
+    if len(shape) == 4:  # qkv: [D, 3, H, Dh]
+        fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
+    else:  # proj: [H, Dh, D]
+        fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+    w = nn.initializers.xavier_uniform()(key, (fan_in, fan_out), dtype)
+    return w.reshape(shape)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        x = nn.Dense(
+            self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=_p(_dense_init, ("embed", "mlp")), bias_init=_p(nn.initializers.zeros, ("mlp",)),
+            name="fc1",
+        )(x)
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_mlp"))
+        # Exact (erf) GELU, as PyTorch's nn.GELU default: the tanh approximation would break parity.
+        x = nn.gelu(x, approximate=False)
+        return nn.Dense(
+            d, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=_p(_dense_init, ("mlp", "embed")), bias_init=_p(nn.initializers.zeros, ("embed",)),
+            name="fc2",
+        )(x)
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
+        scale_init=_p(nn.initializers.ones, ("norm",)), bias_init=_p(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`. `[B, T, D]`.
+
+    Written as a scan body: `__call__(x, layer_index) -> (x, None)`; `layer_index` sets this layer's
+    drop-path rate (linearly rising from 0 to `drop_path_rate` over the stack, as timm).
+    """
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    depth: int = 1
+    drop_path_rate: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, layer_index: jax.Array):
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        rate = self.drop_path_rate * layer_index / max(self.depth - 1, 1)
+        use_drop = self.drop_path_rate > 0 and not self.deterministic
+
+        def branch_rng():
+            return self.make_rng("drop_path") if use_drop else None
+
+        h = layer_norm("norm1", self.dtype, self.param_dtype)(x)
+        h = Attention(self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn")(h)
+        x = x + drop_path(h, rate, branch_rng())
+        h = layer_norm("norm2", self.dtype, self.param_dtype)(x)
+        h = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(h)
+        x = x + drop_path(h, rate, branch_rng())
+        return x, None
+
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    # Recompute everything in the backward pass: least memory, ~1/3 more FLOPs.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute the cheap elementwise work (norms, GELU, residual adds).
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StackOptions:
+    """How a stack of blocks is compiled: scanned (one block compiled once) and rematerialised."""
+
+    scan: bool = True
+    remat: str = "none"
+
+
+class BlockStack(nn.Module):
+    """`depth` blocks. Scanned parameters are stacked on a leading `layers` axis: `[depth, ...]`."""
+
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+    options: StackOptions = StackOptions()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.options.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {self.options.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        block_cls = Block
+        if self.options.remat != "none":
+            block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.options.remat], prevent_cse=not self.options.scan)
+        kwargs = dict(
+            num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, depth=self.depth,
+            drop_path_rate=self.drop_path_rate, deterministic=self.deterministic,
+            dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+        )
+        indices = jnp.arange(self.depth, dtype=jnp.float32)
+        if self.options.scan:
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "drop_path": True},
+                in_axes=0,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(**kwargs, name="blocks")(x, indices)
+            return x
+        for i in range(self.depth):
+            x, _ = block_cls(**kwargs, name=f"blocks_{i}")(x, indices[i])
+        return x
+
+
+class ViTEncoder(nn.Module):
+    """ViT encoder: patch embedding + class token + fixed sin-cos positions + blocks + final norm.
+
+    `__call__(images, ids_keep=None)`:
+      images:   `[B, H, W, C]` float, already normalised.
+      ids_keep: `[B, K]` int32 indices of the patches to keep (MAE masking), or None for all N.
+    Returns tokens `[B, 1 + K, D]` after the final LayerNorm (class token first).
+    """
+
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+    stack: StackOptions = StackOptions()
+
+    @nn.compact
+    def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None) -> jax.Array:
+        b, h, w, _ = images.shape
+        if h != w or h % self.patch_size:
+            raise ValueError(f"image size {h}x{w} must be square and divisible by the patch size {self.patch_size}")
+        x = PatchEmbed(self.patch_size, self.width, self.dtype, self.param_dtype, name="patch_embed")(images)
+        grid = h // self.patch_size
+        pos = jnp.asarray(sincos_2d(self.width, grid, with_cls_token=True), dtype=x.dtype)
+        x = x + pos[None, 1:]
+        if ids_keep is not None:
+            x = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
+        cls = self.param("cls_token", _p(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), self.param_dtype)
+        cls = (cls + pos[None, :1]).astype(x.dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
+        x = BlockStack(
+            self.depth, self.num_heads, self.mlp_ratio, self.drop_path_rate, self.deterministic,
+            self.dtype, self.param_dtype, self.attention_impl, self.stack, name="stack",
+        )(x)
+        return layer_norm("norm", self.dtype, self.param_dtype)(x)

@@ -1,0 +1,57 @@
+"""The SARMAE objective: `mae_weight * MAE + sarc.weight * alignment`, for one batch.
+
+Pure: `(params, teacher_params, batch, key) -> (loss, aux)`; the train step differentiates it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sarmae_jax import preprocess, speckle
+from sarmae_jax.models import anchor, mae, vit
+from sarmae_jax.models.sarmae import Modules
+
+
+def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[str, jax.Array]:
+    """Device batch -> normalised model inputs. SARE noises the encoder input; the target stays clean.
+
+    Returns `clean` and `noisy` `[B, H, W, in_channels]` (normalised SAR), `optical` `[B, H, W, 3]`
+    (ImageNet-normalised), `speckled` `[B]` bool and `strength` `[B]` float32.
+    """
+    channels = config.model.in_channels
+    clean01 = preprocess.to_unit_interval(batch["sar"])
+    noisy01, info = speckle.apply_sare_from_config(key, clean01, config.sare)
+    return {
+        "clean": preprocess.normalize_sar(clean01, channels),
+        "noisy": preprocess.normalize_sar(noisy01, channels),
+        "optical": preprocess.normalize_optical(preprocess.to_unit_interval(batch["optical"])),
+        "speckled": info["applied"],
+        "strength": info["strength"],
+    }
+
+
+def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.Array], is_paired: jax.Array,
+            mask_key: jax.Array, modules: Modules, config, drop_key: jax.Array | None = None):
+    """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction."""
+    m = config.model
+    b = inputs["noisy"].shape[0]
+    n = (m.image_size // m.patch_size) ** 2
+    masking = mae.random_masking(mask_key, b, n, m.mask_ratio)
+    rngs = {"drop_path": drop_key} if drop_key is not None else {}
+    latent = modules.encoder.apply({"params": params["encoder"]}, inputs["noisy"], masking.ids_keep, rngs=rngs)
+    pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)
+    target = vit.patchify(inputs["clean"], m.patch_size)
+    loss_mae = mae.reconstruction_loss(pred, target, masking.mask, m.norm_pix_loss)
+    loss = config.loss.mae_weight * loss_mae
+    aux = {"loss_mae": loss_mae, "pred": pred, "mask": masking.mask}
+    if modules.anchor_head is not None:
+        teacher_tokens = modules.teacher.apply({"params": teacher_params}, inputs["optical"])  # [B, N, Dt]
+        teacher_visible = anchor.gather_patches(teacher_tokens, masking.ids_keep)
+        student = modules.anchor_head.apply({"params": params["anchor_head"]}, latent[:, 1:])
+        loss_align, num_paired = anchor.alignment_loss(student, teacher_visible, is_paired)
+        loss = loss + config.sarc.weight * loss_align
+        aux.update(loss_align=loss_align, paired_fraction=num_paired / b)
+    aux["loss"] = loss
+    return loss, aux

@@ -1,0 +1,90 @@
+"""Device mesh and logical-axis rules: sharding declared as data, the model only names its axes.
+
+Mesh axes:
+  data   - pure data parallelism: parameters replicated, batch split.
+  fsdp   - fully-sharded data parallelism: batch split AND parameters/optimizer state sharded
+           along their `embed` dimension (gathered per layer by XLA).
+  tensor - tensor (model) parallelism: attention heads and MLP hidden units split.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (logical axis, mesh axis or axes). Parameters first, then activations. Unlisted names replicate.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("embed", "fsdp"),
+    ("decoder_embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("norm", None),
+    ("layers", None),
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """Resolve the config's axis sizes (one may be -1) against the device count."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"config.mesh={dict(mesh_cfg)}: {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(
+            f"config.mesh={dict(mesh_cfg)}: the axes multiply to {int(np.prod(sizes))} but there are {num_devices} devices"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)  # GSPMD propagation; shardings set by rules
+    if devices == list(jax.devices()):
+        # Topology-aware device order (ICI rings on TPU, NVLink islands on GPU).
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over data x fsdp."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_shardings(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
+    """NamedShardings for a tree of `nn.Partitioned`-boxed shapes (from `jax.eval_shape(init)`)."""
+    specs = nn.get_partition_spec(boxed_abstract)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Optimizer-state shardings: every parameter-shaped subtree (Adam moments) follows the parameters."""
+    abstract_state = jax.eval_shape(tx.init, abstract_params)
+    return optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_state, param_shardings,
+        transform_non_params=lambda _: replicated(mesh),
+    )

@@ -1,0 +1,305 @@
+"""SARMAE pre-training: config -> mesh -> data -> model -> state -> jitted step -> loop -> checkpoint.
+
+`train_and_evaluate(config, workdir)` reads top to bottom in numbered sections; helpers named
+`maybe_*` keep the loop flat. The math lives in `objective.py`; this file is orchestration.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sarmae_jax import checkpoint, config as config_lib, data, flops, metrics, objective, optim, preprocess, sharding
+from sarmae_jax.models import mae, sarmae, teachers, vit
+
+log = logging.getLogger("sarmae_jax")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of updates attempted (skipped ones included)
+    params: Any
+    opt_state: Any
+    skipped: jax.Array  # int32 scalar: updates skipped so far because the loss or gradient was not finite
+
+
+# ------------------------------------------------------------------------------------------ step
+def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(speckle, masking, drop-path) keys for `step`: a run is reproducible from its config alone."""
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    k_noise, k_mask, k_drop = jax.random.split(key, 3)
+    return k_noise, k_mask, k_drop
+
+
+def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule):
+    """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings."""
+    uses_drop_path = config.model.drop_path_rate > 0
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
+        k_noise, k_mask, k_drop = step_keys(config.seed, state.step)
+        inputs = objective.prepare_inputs(batch, k_noise, config)
+
+        def loss_fn(params):
+            return objective.forward(params, teacher_params, inputs, batch["is_paired"], k_mask, modules, config,
+                                     drop_key=k_drop if uses_drop_path else None)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # A non-finite loss or gradient must not poison the parameters: keep the old state, count it.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep_new(new_params, state.params),
+            opt_state=keep_new(new_opt_state, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        out = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
+        out.update(grad_norm=grad_norm, lr=schedule(state.step), step_finite=finite.astype(jnp.float32),
+                   speckled_fraction=jnp.mean(inputs["speckled"].astype(jnp.float32)))
+        return new_state, out
+
+    return train_step
+
+
+def make_visualize(modules: sarmae.Modules, config):
+    """`(params, batch, step) -> dict of [B, H, W, 1] images in [0, 1]`: what the step at `step` saw and made.
+
+    Same keys as the train step, so the picture shows that step's speckle and mask.
+    """
+    m = config.model
+
+    def visualize(params, batch, step):
+        k_noise, k_mask, _ = step_keys(config.seed, step)
+        inputs = objective.prepare_inputs(batch, k_noise, config)
+        b = inputs["noisy"].shape[0]
+        n = (m.image_size // m.patch_size) ** 2
+        masking = mae.random_masking(k_mask, b, n, m.mask_ratio)
+        latent = modules.encoder.apply({"params": params["encoder"]}, inputs["noisy"], masking.ids_keep)
+        pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)
+        pixels = m.patch_size**2 * m.in_channels
+        masked = vit.unpatchify(jnp.repeat(masking.mask[:, :, None], pixels, axis=2), m.patch_size, m.in_channels)
+        masked = masked[..., :1]  # [B, H, W, 1], 1 where the patch was hidden
+        noisy = preprocess.denormalize_sar(inputs["noisy"])
+        recon = preprocess.denormalize_sar(vit.unpatchify(pred, m.patch_size, m.in_channels))
+        return {
+            "clean": preprocess.denormalize_sar(inputs["clean"]),
+            "speckled input": noisy,
+            "visible to encoder": noisy * (1 - masked) + 0.5 * masked,  # hidden patches grey
+            "reconstruction": recon,
+            "reconstruction + visible": recon * masked + noisy * (1 - masked),
+        }
+
+    return visualize
+
+
+# ------------------------------------------------------------------------------- state building
+def init_train_state(modules, tx, config, key) -> TrainState:
+    params = nn.unbox(sarmae.init_params(modules, config, key))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      skipped=jnp.zeros((), jnp.int32))
+
+
+def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
+    """(abstract state, shardings): parameters by logical-axis rules, Adam moments like their parameters."""
+    rules = sharding.rules_from_config(config.mesh.rules)
+    boxed = jax.eval_shape(functools.partial(sarmae.init_params, modules, config), jax.random.key(0))
+    param_shardings = sharding.logical_shardings(boxed, mesh, rules)
+    abstract_params = nn.unbox(boxed)
+    scalar = sharding.replicated(mesh)
+    shardings = TrainState(
+        step=scalar, params=param_shardings,
+        opt_state=sharding.optimizer_shardings(tx, abstract_params, param_shardings, mesh), skipped=scalar,
+    )
+    abstract = jax.eval_shape(lambda k: init_train_state(modules, tx, config, k), jax.random.key(0))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
+
+
+def maybe_init_from(params: dict, path: str) -> dict:
+    """Replace whole parts (`encoder`, `decoder`, `anchor_head`) by those of a params-only export.
+
+    Each part present in the export must match the model exactly (names and shapes); parts the export
+    lacks keep their fresh initialisation, and the log says which is which.
+    """
+    if not path:
+        return params
+    loaded, _ = checkpoint.load_export(path)
+    unknown = sorted(set(loaded) - set(params))
+    if unknown:
+        raise ValueError(f"{path}: parts {unknown} are not in this model (model parts: {sorted(params)})")
+    out = dict(params)
+    for part, value in loaded.items():
+        teachers.check_tree_matches(value, params[part], what=f"{path} part {part!r}")
+        out[part] = jax.tree.map(lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding), value, params[part])
+    log.info("initialised %s from %s; fresh: %s", sorted(loaded), path, sorted(set(params) - set(loaded)) or "none")
+    return out
+
+
+# ------------------------------------------------------------------------------------ run length
+def run_length(config, num_examples_per_epoch: int) -> tuple[int, int]:
+    """(total steps, steps per epoch) from `train.num_steps` or `train.num_epochs`."""
+    steps_per_epoch = max(num_examples_per_epoch // config.train.batch_size, 1)
+    if config.train.num_steps is not None:
+        return int(config.train.num_steps), steps_per_epoch
+    return int(math.ceil(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+# ------------------------------------------------------------------------------------ loop helpers
+def maybe_log(step, every, history, writer, progress, t_last, images_per_step, flops_per_step, force=False):
+    """Every `every` steps, average the metrics gathered since the last write and send them out.
+
+    Returns the timer's new start. Step time includes waiting for data: it is what a user pays.
+    """
+    if not history or not (force or step % every == 0):
+        return t_last
+    now = time.perf_counter()
+    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    seconds_per_step = (now - t_last) / len(history)
+    means.update(
+        step_time=seconds_per_step,
+        images_per_sec=images_per_step / seconds_per_step,
+        images_per_sec_per_device=images_per_step / seconds_per_step / jax.device_count(),
+        tflops_per_device=flops_per_step / seconds_per_step / jax.device_count() / 1e12,
+    )
+    writer.write(step, means)
+    shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
+    shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+    progress.update(step, shown)
+    history.clear()
+    return now
+
+
+def maybe_write_images(step, config, params, batch, visualize, writer, workdir, force=False):
+    if not (force or step % config.train.image_every == 0) or not metrics.is_main_process():
+        return
+    n = min(8, batch["sar"].shape[0])
+    pictures = jax.device_get(visualize(params, batch, jnp.asarray(step - 1, jnp.int32)))
+    columns = {k: np.asarray(v)[:n] for k, v in pictures.items()}
+    grid = metrics.image_grid(columns)
+    path = os.path.join(workdir, "images", f"step_{step:07d}.png")
+    metrics.save_png(path, grid, description=" | ".join(columns))
+    writer.write_image(step, "reconstructions", grid)
+    log.info("wrote %s (columns: %s)", path, " | ".join(columns))
+
+
+def maybe_save(manager, step, state, data_iter, meta, total, config, force=False):
+    if force or step % config.train.checkpoint_every == 0 or step == total:
+        checkpoint.save(manager, step, state, data_iter, meta, force=True)
+
+
+# ------------------------------------------------------------------------------------------ main
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics."""
+    # 1. Validate the config: every mistake a config can make fails here, before any compilation.
+    config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    main = metrics.is_main_process()
+
+    # 2. Mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
+
+    # 3. Data: each process reads its share; batches become global arrays split over data x fsdp.
+    data_cfg = data.prepare(config.data, config.model, workdir)
+    info = data.dataset_info(data_cfg)
+    if config.train.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={config.train.batch_size}: must be divisible by the "
+                         f"{jax.process_count()} processes")
+    data_iter = data.make_train_iterator(
+        data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    batch_sharding = sharding.batch_sharding(mesh)
+    total_steps, steps_per_epoch = run_length(config, info["epoch_size"])
+    log.info("data %s: %d examples (%d paired), epoch %d examples = %d steps; training %d steps",
+             data_cfg.path, info["num_examples"], info["num_paired"], info["epoch_size"], steps_per_epoch, total_steps)
+
+    # 4. Model, frozen teacher and optimiser.
+    modules = sarmae.build(config)
+    schedule = optim.make_schedule(config.optim, global_batch=config.train.batch_size, total_steps=total_steps,
+                                   steps_per_epoch=steps_per_epoch)
+    tx = optim.make_optimizer(config.optim, schedule)
+    teacher_params = None
+    if modules.teacher is not None:
+        teacher_params = teachers.load_teacher_params(config.sarc.teacher, modules.teacher, config.model.image_size,
+                                                      seed=config.seed + 1)
+        teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
+
+    # 5. State: restore the latest checkpoint, else initialise (optionally from exported weights).
+    abstract_state, shardings = state_shardings(modules, tx, config, mesh)
+    manager = checkpoint.make_manager(workdir, keep=config.train.keep_checkpoints)
+    restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
+    if restored is not None:
+        start_step, state = restored
+        log.info("resumed from step %d", start_step)
+    else:
+        with mesh:
+            init = jax.jit(functools.partial(init_train_state, modules, tx, config), out_shardings=shardings)
+            state = init(jax.random.key(config.seed))
+        state = state.replace(params=maybe_init_from(state.params, config.train.init_from))
+        start_step = 0
+    log.info("parameters: %s trainable", f"{sarmae.count_params(state.params):,}")
+    meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
+
+    # 6. Compile the step: state donated, shardings explicit.
+    train_step = jax.jit(
+        make_train_step(modules, tx, config, schedule),
+        in_shardings=(shardings, batch_sharding, sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    visualize = jax.jit(make_visualize(modules, config))
+
+    # 7. Loop.
+    writer = metrics.MetricWriter(workdir, enabled=main)
+    progress = metrics.Progress(total_steps, start_step, enabled=main)
+    flops_per_step = flops.train_step_flops_per_image(config) * config.train.batch_size
+    history: list[dict[str, float]] = []
+    last: dict[str, float] = {}
+    t_last = time.perf_counter()
+    consecutive_skips = 0
+    batch = None
+    for step in range(start_step + 1, total_steps + 1):
+        local = next(data_iter)
+        batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
+                 for k in ("sar", "optical", "is_paired")}
+        with mesh:
+            state, step_metrics = train_step(state, batch, teacher_params)
+        step_metrics = jax.device_get(step_metrics)
+        consecutive_skips = 0 if step_metrics["step_finite"] else consecutive_skips + 1
+        if consecutive_skips:
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, consecutive_skips)
+        if consecutive_skips >= config.train.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (last: step {step}, "
+                f"loss {step_metrics['loss']}); stopping. Lower optim.lr or check the data.")
+        history.append({k: float(v) for k, v in step_metrics.items()})
+        last = history[-1]
+        t_last = maybe_log(step, config.train.log_every, history, writer, progress, t_last,
+                           config.train.batch_size, flops_per_step, force=step == total_steps)
+        with mesh:
+            maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=step == total_steps)
+        maybe_save(manager, step, state, data_iter, meta, total_steps, config)
+
+    # 8. Finish: wait for the last checkpoint, export params for evaluation and conversion.
+    manager.wait_until_finished()
+    progress.close()
+    export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+    writer.close()
+    log.info("done: %d steps; params exported to %s", total_steps, export_dir)
+    return last
