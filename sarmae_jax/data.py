@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import grain
+from absl import flags
 import ml_collections
 import numpy as np
 
@@ -179,6 +180,10 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
     dataset = batches.to_iter_dataset(grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches if cfg.read_threads else 0))
     if cfg.num_workers > 0:
+        # Grain's worker processes read absl flags; outside an absl app (tests, notebooks) they
+        # are unparsed, so take Grain's flag defaults instead of failing in the first worker.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
             num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
     return dataset
