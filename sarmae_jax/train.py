@@ -149,6 +149,40 @@ def maybe_init_from(params: dict, path: str) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------ data
+def prepare_data(config, workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """The data config with a dataset path, and the dataset's facts.
+
+    With `data.path=None` the embedded synthetic SAR set is generated into `workdir/data` (or reused when
+    one with the same parameters is already there), rendered at the model's image size.
+    """
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    if data_cfg.path is None:
+        from data_pipelines import synthetic
+
+        params = dict(config.data.synthetic.to_dict(), image_size=config.model.image_size)
+        out = os.path.join(workdir, "data")
+        if metrics.is_main_process():
+            synthetic.ensure_synthetic_dataset(out, **params)
+        _sync_processes("synthetic dataset")
+        data_cfg.path = out
+    info = data.dataset_info(data_cfg)
+    if info["image_size"] != config.model.image_size:
+        raise ValueError(f"{data_cfg.path}: images are {info['image_size']}px but config.model.image_size="
+                         f"{config.model.image_size}")
+    # Epoch length as released: with a paired share p, an epoch is (paired count / p) examples.
+    share = data_cfg.paired_share
+    info["epoch_size"] = int(info["num_paired"] / share) if share else info["num_examples"]
+    return data_cfg, info
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 # ------------------------------------------------------------------------------------ run length
 def run_length(config, num_examples_per_epoch: int) -> tuple[int, int]:
     """(total steps, steps per epoch) from `train.num_steps` or `train.num_epochs`."""
@@ -215,8 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 3. Data: each process reads its share; batches become global arrays split over data x fsdp.
-    data_cfg = data.prepare(config.data, config.model, workdir)
-    info = data.dataset_info(data_cfg)
+    data_cfg, info = prepare_data(config, workdir)
     if config.train.batch_size % jax.process_count():
         raise ValueError(f"config.train.batch_size={config.train.batch_size}: must be divisible by the "
                          f"{jax.process_count()} processes")
