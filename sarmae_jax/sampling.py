@@ -21,6 +21,7 @@ function of such uniforms; like `jax.random.normal` in float32 their tails stop 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -65,6 +66,7 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
     return math.sqrt(2.0) * jax.lax.erf_inv(2.0 * open_unit_interval(bits) - 1.0)
 
 
+@functools.partial(jax.jit, static_argnames="shape")
 def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """float32 N(0, 1) values of the given static shape; half a Threefry hash per value."""
     size = math.prod(shape)
@@ -131,13 +133,17 @@ def _ranks_within_rows(mask: jax.Array) -> jax.Array:
     return (before_word[:, None, :] + within_word).reshape(rows, padded)[:, :m]
 
 
-def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("row_length", "pool_size"))
+def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int,
+                        pool_size: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Gamma(alpha_r, 1) samples, one shape per row, plus the standard normals of the first round.
 
     Args:
       key: PRNG key.
       alpha: `[R]` float32 shapes, > 0 (traced values are fine; no recompilation per value).
       row_length: m, samples per row (static).
+      pool_size: replacement candidates per row (static); default `_pool_size(row_length)`.
+        Only tests set it (small, to exercise the exact fallback).
     Returns:
       (gamma, z): `[R, m]` float32. `gamma[r]` is iid Gamma(alpha[r], 1). `z` is iid N(0, 1), the
       normals of the first round; it is NOT independent of `gamma`, so a caller may use, per row,
@@ -157,7 +163,7 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int) -> tu
     v, z, accepted = _marsaglia_tsang_round(
         first.reshape(rows, row_length), second.reshape(rows, row_length), d, c)
 
-    pool_size = _pool_size(row_length)
+    pool_size = pool_size or _pool_size(row_length)
     pool_first, pool_second = hash_word_pairs(key_pool, rows * pool_size)
     pool_v, _, pool_accepted = _marsaglia_tsang_round(
         pool_first.reshape(rows, pool_size), pool_second.reshape(rows, pool_size), d, c)
