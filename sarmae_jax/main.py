@@ -20,9 +20,28 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def setup_logging() -> None:
+    """Our own INFO lines, readable; the libraries' (Orbax, Grain, XLA) only from WARNING up."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("sarmae_jax")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+
+
 def run():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags_with_logging)
+
+
+def _parse_flags_with_logging(argv):
+    parsed = flags.FLAGS(argv)
+    setup_logging()
+    return parsed
 
 
 if __name__ == "__main__":

@@ -78,22 +78,33 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2) -> np.ndarray:
-    """Side-by-side columns of images, one row per sample.
+def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2, min_cell: int = 96) -> np.ndarray:
+    """Side-by-side labelled columns of images, one row per sample.
 
-    columns: name -> `[N, H, W, 1 or 3]` floats in [0, 1] (same N, H, W for all). Returns `[rows, cols, 3]` uint8
-    with a white gutter; names go in the PNG's metadata and the caller's log, not burnt into pixels.
+    columns: name -> `[N, H, W, 1 or 3]` floats in [0, 1] (same N, H, W for all). Small images are
+    enlarged (nearest neighbour) to at least `min_cell` pixels so that a person can see them.
+    Returns `[rows, cols, 3]` uint8 with a white gutter and a header naming each column.
     """
+    from PIL import Image, ImageDraw
+
     arrays = [np.asarray(a, np.float32) for a in columns.values()]
     n, h, w = arrays[0].shape[:3]
-    grid = np.full((n * (h + pad) + pad, len(arrays) * (w + pad) + pad, 3), 255, np.uint8)
+    scale = max(1, -(-min_cell // max(h, w)))
+    h, w = h * scale, w * scale
+    header = 14
+    grid = np.full((header + n * (h + pad) + pad, len(arrays) * (w + pad) + pad, 3), 255, np.uint8)
     for j, a in enumerate(arrays):
         if a.shape[-1] == 1:
             a = np.repeat(a, 3, axis=-1)
+        a = a.repeat(scale, axis=1).repeat(scale, axis=2)
         for i in range(n):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            y, x = header + pad + i * (h + pad), pad + j * (w + pad)
             grid[y:y + h, x:x + w] = to_uint8(a[i])
-    return grid
+    picture = Image.fromarray(grid)
+    draw = ImageDraw.Draw(picture)
+    for j, name in enumerate(columns):
+        draw.text((pad + j * (w + pad) + 2, 1), name[: max(4, w // 6)], fill=(0, 0, 0))
+    return np.asarray(picture)
 
 
 def save_png(path: str, image: np.ndarray, description: str = "") -> None:

@@ -32,6 +32,7 @@ class TrainState:
     params: Any
     opt_state: Any
     skipped: jax.Array  # int32 scalar: updates skipped so far because the loss or gradient was not finite
+    skipped_in_a_row: jax.Array  # int32 scalar: consecutive skipped updates up to now
 
 
 # ------------------------------------------------------------------------------------------ step
@@ -66,17 +67,23 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
             params=keep_new(new_params, state.params),
             opt_state=keep_new(new_opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
+            skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1),
         )
         out = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
         out.update(grad_norm=grad_norm, lr=schedule(state.step), step_finite=finite.astype(jnp.float32),
+                   skipped_in_a_row=new_state.skipped_in_a_row,
                    speckled_fraction=jnp.mean(inputs["speckled"].astype(jnp.float32)))
         return new_state, out
 
     return train_step
 
 
+PICTURE_COLUMNS = ("clean", "speckled input", "visible to encoder", "reconstruction", "reconstruction + visible")
+
+
 def make_visualize(modules: sarmae.Modules, config):
-    """`(params, batch, step) -> dict of [B, H, W, 1] images in [0, 1]`: what the step at `step` saw and made.
+    """`(params, batch, step) -> tuple of [B, H, W, 1] images in [0, 1]`, one per `PICTURE_COLUMNS` entry:
+    what the step at `step` saw and made.
 
     Same keys as the train step, so the picture shows that step's speckle and mask.
     """
@@ -95,13 +102,13 @@ def make_visualize(modules: sarmae.Modules, config):
         masked = masked[..., :1]  # [B, H, W, 1], 1 where the patch was hidden
         noisy = preprocess.denormalize_sar(inputs["noisy"])
         recon = preprocess.denormalize_sar(vit.unpatchify(pred, m.patch_size, m.in_channels))
-        return {
-            "clean": preprocess.denormalize_sar(inputs["clean"]),
-            "speckled input": noisy,
-            "visible to encoder": noisy * (1 - masked) + 0.5 * masked,  # hidden patches grey
-            "reconstruction": recon,
-            "reconstruction + visible": recon * masked + noisy * (1 - masked),
-        }
+        return (  # a tuple: pytrees sort dict keys, and the column order matters to a reader
+            preprocess.denormalize_sar(inputs["clean"]),
+            noisy,
+            noisy * (1 - masked) + 0.5 * masked,  # hidden patches grey
+            recon,
+            recon * masked + noisy * (1 - masked),
+        )
 
     return visualize
 
@@ -109,8 +116,8 @@ def make_visualize(modules: sarmae.Modules, config):
 # ------------------------------------------------------------------------------- state building
 def init_train_state(modules, tx, config, key) -> TrainState:
     params = nn.unbox(sarmae.init_params(modules, config, key))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      skipped=jnp.zeros((), jnp.int32))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped=zero, skipped_in_a_row=zero)
 
 
 def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
@@ -122,7 +129,8 @@ def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
     scalar = sharding.replicated(mesh)
     shardings = TrainState(
         step=scalar, params=param_shardings,
-        opt_state=sharding.optimizer_shardings(tx, abstract_params, param_shardings, mesh), skipped=scalar,
+        opt_state=sharding.optimizer_shardings(tx, abstract_params, param_shardings, mesh),
+        skipped=scalar, skipped_in_a_row=scalar,
     )
     abstract = jax.eval_shape(lambda k: init_train_state(modules, tx, config, k), jax.random.key(0))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -167,7 +175,7 @@ def prepare_data(config, workdir: str) -> tuple[ml_collections.ConfigDict, dict]
         _sync_processes("synthetic dataset")
         data_cfg.path = out
     info = data.dataset_info(data_cfg)
-    if info["image_size"] != config.model.image_size:
+    if tuple(info["image_size"])[:2] != (config.model.image_size,) * 2:
         raise ValueError(f"{data_cfg.path}: images are {info['image_size']}px but config.model.image_size="
                          f"{config.model.image_size}")
     # Epoch length as released: with a paired share p, an epoch is (paired count / p) examples.
@@ -193,28 +201,58 @@ def run_length(config, num_examples_per_epoch: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------ loop helpers
-def maybe_log(step, every, history, writer, progress, t_last, images_per_step, flops_per_step, force=False):
-    """Every `every` steps, average the metrics gathered since the last write and send them out.
+class MetricWindow:
+    """Step metrics stay on device until a log step (no host sync per step), then are averaged and written.
 
-    Returns the timer's new start. Step time includes waiting for data: it is what a user pays.
+    Step time covers everything between log steps, data waiting included: it is what a user pays.
     """
-    if not history or not (force or step % every == 0):
-        return t_last
-    now = time.perf_counter()
-    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-    seconds_per_step = (now - t_last) / len(history)
-    means.update(
-        step_time=seconds_per_step,
-        images_per_sec=images_per_step / seconds_per_step,
-        images_per_sec_per_device=images_per_step / seconds_per_step / jax.device_count(),
-        tflops_per_device=flops_per_step / seconds_per_step / jax.device_count() / 1e12,
-    )
-    writer.write(step, means)
-    shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
-    shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
-    progress.update(step, shown)
-    history.clear()
-    return now
+
+    def __init__(self, config, writer, progress, flops_per_step: float):
+        self.every = config.train.log_every
+        self.max_in_a_row = config.train.max_consecutive_skips
+        self.images_per_step = config.train.batch_size
+        self.flops_per_step = flops_per_step
+        self.writer, self.progress = writer, progress
+        self.pending: list[dict[str, jax.Array]] = []
+        self.last: dict[str, float] = {}
+        self.restart_timer()
+
+    def restart_timer(self) -> None:
+        self.pending.clear()
+        self.t_start = time.perf_counter()
+
+    def add(self, step_metrics: dict[str, jax.Array]) -> None:
+        self.pending.append(step_metrics)
+
+    def maybe_write(self, step: int, force: bool = False) -> None:
+        if not self.pending or not (force or step % self.every == 0):
+            return
+        fetched = jax.device_get(self.pending)
+        seconds_per_step = (time.perf_counter() - self.t_start) / len(fetched)
+        skipped = sum(1 for m in fetched if not m["step_finite"])
+        if skipped:
+            log.warning("steps %d-%d: %d update(s) skipped for a non-finite loss or gradient",
+                        step - len(fetched) + 1, step, skipped)
+        in_a_row = int(fetched[-1]["skipped_in_a_row"])
+        if in_a_row >= self.max_in_a_row:
+            raise FloatingPointError(
+                f"{in_a_row} consecutive steps up to step {step} had a non-finite loss or gradient (last loss "
+                f"{float(fetched[-1]['loss'])}); stopping (train.max_consecutive_skips={self.max_in_a_row}). "
+                "Lower optim.lr or check the data.")
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        means.update(
+            steps_skipped=float(skipped),
+            step_time=seconds_per_step,
+            images_per_sec=self.images_per_step / seconds_per_step,
+            images_per_sec_per_device=self.images_per_step / seconds_per_step / jax.device_count(),
+            tflops_per_device=self.flops_per_step / seconds_per_step / jax.device_count() / 1e12,
+        )
+        self.writer.write(step, means)
+        shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
+        shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+        self.progress.update(step, shown)
+        self.last = means
+        self.restart_timer()
 
 
 def maybe_write_images(step, config, params, batch, visualize, writer, workdir, force=False):
@@ -222,7 +260,7 @@ def maybe_write_images(step, config, params, batch, visualize, writer, workdir, 
         return
     n = min(8, batch["sar"].shape[0])
     pictures = jax.device_get(visualize(params, batch, jnp.asarray(step - 1, jnp.int32)))
-    columns = {k: np.asarray(v)[:n] for k, v in pictures.items()}
+    columns = {name: np.asarray(v)[:n] for name, v in zip(PICTURE_COLUMNS, pictures)}
     grid = metrics.image_grid(columns)
     path = os.path.join(workdir, "images", f"step_{step:07d}.png")
     metrics.save_png(path, grid, description=" | ".join(columns))
@@ -301,30 +339,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # 7. Loop.
     writer = metrics.MetricWriter(workdir, enabled=main)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
-    flops_per_step = flops.train_step_flops_per_image(config) * config.train.batch_size
-    history: list[dict[str, float]] = []
-    last: dict[str, float] = {}
-    t_last = time.perf_counter()
-    consecutive_skips = 0
-    batch = None
+    window = MetricWindow(config, writer, progress, flops.train_step_flops_per_image(config) * config.train.batch_size)
     for step in range(start_step + 1, total_steps + 1):
         local = next(data_iter)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
                  for k in ("sar", "optical", "is_paired")}
         with mesh:
             state, step_metrics = train_step(state, batch, teacher_params)
-        step_metrics = jax.device_get(step_metrics)
-        consecutive_skips = 0 if step_metrics["step_finite"] else consecutive_skips + 1
-        if consecutive_skips:
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, consecutive_skips)
-        if consecutive_skips >= config.train.max_consecutive_skips:
-            raise FloatingPointError(
-                f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (last: step {step}, "
-                f"loss {step_metrics['loss']}); stopping. Lower optim.lr or check the data.")
-        history.append({k: float(v) for k, v in step_metrics.items()})
-        last = history[-1]
-        t_last = maybe_log(step, config.train.log_every, history, writer, progress, t_last,
-                           config.train.batch_size, flops_per_step, force=step == total_steps)
+        window.add(step_metrics)
+        if step == start_step + 1:  # the first step compiled: time the others without it
+            jax.block_until_ready(step_metrics)
+            log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
+            window.restart_timer()
+        window.maybe_write(step, force=step == total_steps)
         with mesh:
             maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=step == total_steps)
         maybe_save(manager, step, state, data_iter, meta, total_steps, config)
@@ -335,4 +362,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
     writer.close()
     log.info("done: %d steps; params exported to %s", total_steps, export_dir)
-    return last
+    return window.last

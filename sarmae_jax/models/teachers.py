@@ -23,6 +23,7 @@ from flax import traverse_util
 from sarmae_jax.models import vit
 
 Dtype = Any
+log = logging.getLogger("sarmae_jax")
 RANDOM_INIT = "random-init"  # an explicit request for an untrained teacher (tests, smoke runs); never a fallback
 
 
@@ -116,7 +117,7 @@ def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) 
             f"value {RANDOM_INIT!r} for an untrained teacher (tests and synthetic smoke runs only)."
         )
     if ckpt == RANDOM_INIT:
-        logging.warning("SARC teacher %r is RANDOMLY INITIALISED (checkpoint=%r), as the config asks.", cfg.kind, ckpt)
+        log.warning("SARC teacher %r is RANDOMLY INITIALISED (checkpoint=%r), as the config asks.", cfg.kind, ckpt)
         return jax.jit(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))()
     if str(ckpt).endswith(".npz"):
         params = load_params_npz(ckpt)
