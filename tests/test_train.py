@@ -1,0 +1,189 @@
+"""Train step, optimiser, config validation and the end-to-end training loop on tiny synthetic data."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from sarmae_jax import config as config_lib, optim, train
+from sarmae_jax.models import sarmae, teachers
+from tests.conftest import tiny_config
+
+
+def _setup(c, seed=None):
+    if seed is not None:
+        c.seed = seed
+    modules = sarmae.build(c)
+    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=100, steps_per_epoch=10)
+    tx = optim.make_optimizer(c.optim, schedule)
+    state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k))(jax.random.key(c.seed))
+    teacher = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size)
+    step = jax.jit(train.make_train_step(modules, tx, c, schedule))
+    return state, step, teacher
+
+
+def _batch(c, seed=0, paired=(True, False)):
+    rng = np.random.default_rng(seed)
+    b, s = c.train.batch_size, c.model.image_size
+    # Smooth images (a few gradients) so that there is structure to learn.
+    yy, xx = np.mgrid[0:s, 0:s] / s
+    phases = rng.uniform(0, 2 * np.pi, (b, 1, 1))
+    sar = (0.5 + 0.4 * np.sin(4 * xx[None] + phases) * np.cos(3 * yy[None])) * 255
+    return {
+        "sar": sar[..., None].astype(np.uint8),
+        "optical": rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8),
+        "is_paired": np.resize(np.array(paired), b),
+    }
+
+
+def test_weight_decay_mask_by_name():
+    c = tiny_config()
+    params = jax.eval_shape(lambda: sarmae.init_params(sarmae.build(c), c, jax.random.key(0)))
+    import flax.linen as nn
+
+    flat = traverse_util.flatten_dict(optim.weight_decay_mask(nn.unbox(params)), sep="/")
+    assert flat["encoder/stack/blocks/attn/qkv/kernel"] and flat["encoder/patch_embed/proj/kernel"]
+    assert flat["decoder/pred/kernel"] and flat["anchor_head/fc1/kernel"]
+    for name in ("encoder/cls_token", "decoder/mask_token", "encoder/stack/blocks/norm1/scale",
+                 "encoder/stack/blocks/attn/qkv/bias", "encoder/norm/bias", "anchor_head/norm/scale"):
+        assert not flat[name], name  # stacked norm scales are 2-D but must not decay
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    c = tiny_config().optim
+    c.lr, c.warmup_steps, c.min_lr = 1.0, 10, 0.1
+    s = optim.make_schedule(c, global_batch=8, total_steps=110, steps_per_epoch=10)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
+    assert float(s(60)) == pytest.approx(0.55, abs=1e-3)  # half-way down the cosine
+    assert float(s(110)) == pytest.approx(0.1)
+
+
+def test_lr_scaled_by_batch_when_not_absolute():
+    c = tiny_config().optim
+    c.lr, c.base_lr, c.warmup_steps = None, 1e-3, 0
+    assert optim.make_schedule(c, global_batch=512, total_steps=10, steps_per_epoch=1).peak_lr == pytest.approx(2e-3)
+
+
+def test_train_step_overfits_a_fixed_batch():
+    c = tiny_config()
+    c.sare.enabled = False  # a fixed input, so only the mask changes between steps
+    state, step, teacher = _setup(c)
+    batch = _batch(c)
+    losses, aligns = [], []
+    for _ in range(60):
+        state, m = step(state, batch, teacher)
+        losses.append(float(m["loss_mae"]))
+        aligns.append(float(m["loss_align"]))
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3]), losses
+    assert np.mean(aligns[-5:]) < 0.5 * np.mean(aligns[:3]), aligns
+    assert int(state.step) == 60 and int(state.skipped) == 0
+
+
+def test_run_is_reproducible_from_the_seed():
+    def losses(seed):
+        c = tiny_config()
+        state, step, teacher = _setup(c, seed)
+        out = []
+        for i in range(3):
+            state, m = step(state, _batch(c, i), teacher)
+            out.append(float(m["loss"]))
+        return out
+
+    a, b, other = losses(0), losses(0), losses(1)
+    assert a == b
+    assert a != other
+
+
+def test_teacher_is_frozen_and_not_in_optimizer_state():
+    c = tiny_config()
+    state, step, teacher = _setup(c)
+    assert set(state.params) == {"encoder", "decoder", "anchor_head"}
+    before = jax.tree.map(np.asarray, teacher)
+    state, _ = step(state, _batch(c), teacher)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, teacher))
+
+
+def test_non_finite_step_is_skipped_and_counted():
+    c = tiny_config()
+    state, step, teacher = _setup(c)
+    params_before = jax.tree.map(np.asarray, state.params)
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher)  # NaN teacher -> NaN alignment loss
+    state, m = step(state, _batch(c, paired=(True, True)), poisoned)
+    assert not np.isfinite(float(m["loss"])) and float(m["step_finite"]) == 0.0
+    assert int(state.skipped) == 1 and int(state.skipped_in_a_row) == 1 and int(state.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, params_before, jax.tree.map(np.asarray, state.params))
+    state, m = step(state, _batch(c), teacher)
+    assert float(m["step_finite"]) == 1.0 and int(state.skipped_in_a_row) == 0
+
+
+def test_all_unpaired_batch_has_zero_alignment_loss():
+    c = tiny_config()
+    state, step, teacher = _setup(c)
+    _, m = step(state, _batch(c, paired=(False,)), teacher)
+    assert float(m["loss_align"]) == 0.0 and np.isfinite(float(m["loss"]))
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("model.mask_ratio", 1.0, "model.mask_ratio=1.0"),
+    ("model.mask_ratio", 0.0, "model.mask_ratio=0.0"),
+    ("model.image_size", 30, "model.image_size=30"),
+    ("model.size", "gigantic", "model.size='gigantic'"),
+    ("sare.prob", 1.5, "sare.prob=1.5"),
+    ("sare.looks", (0.0, 4.0), "sare.looks"),
+    ("sarc.teacher.checkpoint", None, "sarc.teacher.checkpoint"),
+    ("sarc.teacher.patch_size", 16, "sarc.teacher.patch_size=16"),
+    ("optim.lr", -1.0, "optim.lr=-1.0"),
+    ("train.batch_size", 0, "train.batch_size=0"),
+    ("mesh.data", 0, "mesh.data=0"),
+    ("model.remat", "some", "model.remat='some'"),
+])
+def test_invalid_config_fails_naming_key_and_value(key, value, fragment):
+    c = tiny_config()
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        config_lib.validate(c)
+
+
+def test_shipped_configs_validate():
+    import importlib.util
+
+    for name in ("smoke", "sarmae_vit_b16", "sarmae_vit_l16"):
+        spec = importlib.util.spec_from_file_location(name, os.path.join("configs", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        c = module.get_config()
+        if c.sarc.teacher.checkpoint is None:
+            c.sarc.teacher.checkpoint = "/weights/teacher.pth"  # the recipes need the user's teacher weights
+        config_lib.validate(c)
+
+
+def test_end_to_end_training_writes_outputs_and_resumes(tmp_path, tiny_dataset):
+    c = tiny_config()
+    c.data.path = tiny_dataset
+    workdir = str(tmp_path / "run")
+    final = train.train_and_evaluate(c, workdir)
+    assert np.isfinite(final["loss"])
+    lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [l["step"] for l in lines] == [2, 4]
+    assert {"loss", "loss_mae", "loss_align", "images_per_sec", "lr", "grad_norm"} <= set(lines[0])
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert os.path.exists(os.path.join(workdir, "images", "step_0000004.png"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    from sarmae_jax import checkpoint
+
+    params, meta = checkpoint.load_export(os.path.join(workdir, "export"))
+    assert set(params) == {"encoder", "decoder", "anchor_head"}
+    assert meta["normalization"]["sar"]["mean"] == 0.5 and meta["config"]["model"]["size"] == "mini"
+    # Resume: asking for more steps continues from step 4, not from scratch.
+    c.train.num_steps = 6
+    train.train_and_evaluate(c, workdir)
+    lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [l["step"] for l in lines] == [2, 4, 6]
