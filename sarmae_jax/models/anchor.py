@@ -44,8 +44,9 @@ def gather_patches(tokens: jax.Array, ids_keep: jax.Array) -> jax.Array:
 
 
 def _unit(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    # Like torch.nn.functional.cosine_similarity: norms clamped by eps so an all-zero vector gives 0, not NaN.
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    # As torch's cosine_similarity, the norm is clamped by eps; clamping the squared norm (not the norm)
+    # also keeps the gradient finite at an all-zero vector.
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def alignment_loss(student: jax.Array, teacher: jax.Array, is_paired: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,10 +56,13 @@ def alignment_loss(student: jax.Array, teacher: jax.Array, is_paired: jax.Array)
     Returns `(loss, num_paired)`. With no paired sample the loss is exactly 0 (not NaN).
     """
     teacher = jax.lax.stop_gradient(teacher.astype(jnp.float32))
-    cos = jnp.sum(_unit(student.astype(jnp.float32)) * _unit(teacher), axis=-1)  # [B, K]
+    # Unpaired samples are replaced by zeros *before* the math (and dropped again after): neither their
+    # values nor their gradients can reach the loss, even if they were not finite.
+    keep = is_paired[:, None, None]
+    student = jnp.where(keep, student.astype(jnp.float32), 0.0)
+    teacher = jnp.where(keep, teacher, 0.0)
+    cos = jnp.sum(_unit(student) * _unit(teacher), axis=-1)  # [B, K]
     per_sample = jnp.mean(1.0 - cos, axis=1)
-    weight = is_paired.astype(jnp.float32)
-    num_paired = jnp.sum(weight)
-    # `where` rather than multiplying: an unpaired sample's value never enters, even if it were non-finite.
+    num_paired = jnp.sum(is_paired.astype(jnp.float32))
     total = jnp.sum(jnp.where(is_paired, per_sample, 0.0))
     return total / jnp.maximum(num_paired, 1.0), num_paired

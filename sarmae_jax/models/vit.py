@@ -23,6 +23,7 @@ Dtype = Any
 
 # Standard sizes. Decoder sizes are separate (see mae.py); these are encoder / teacher sizes.
 VIT_SIZES: dict[str, dict[str, int]] = {
+    "mini": dict(width=128, depth=4, num_heads=4),  # smoke runs and tests on CPU
     "tiny": dict(width=192, depth=12, num_heads=3),
     "small": dict(width=384, depth=12, num_heads=6),
     "base": dict(width=768, depth=12, num_heads=12),

@@ -1,0 +1,166 @@
+"""ViT-B/16 MAE + SARC train step on this machine: JAX vs the same step in PyTorch, side by side.
+
+    python benchmarks/train_step.py [--batch 8] [--steps 5] [--skip_torch]
+
+Both sides: ViT-B/16 encoder on 25% visible patches, 512x8 decoder, SARC head (768 -> 768 -> 768 + LN)
+against the released simplified teacher (patch-embedding conv + LN, frozen), AdamW, float32.
+PyTorch side: transformers' `ViTMAEForPreTraining` (the public SARMAE code's model family) plus the
+same head and teacher. Model FLOPs are analytic (sarmae_jax/flops.py):
+
+    per block over T tokens, width D:  2*T*D*3D + 4*T^2*D + 2*T*D^2 + 4*T*D*4D
+    step = 3 x (encoder on 50 tokens + decoder on 197 tokens + head) + teacher forward
+
+and are compared with the machine's measured float32 matmul peak (a large jnp.dot).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def bench_config(batch: int):
+    from sarmae_jax import config as config_lib
+
+    c = config_lib.default_config()
+    c.sarc.teacher.kind = "released"
+    c.sarc.teacher.checkpoint = "random-init"
+    c.train.batch_size = batch
+    c.sare.enabled = True
+    return c
+
+
+def jax_step_seconds(batch: int, steps: int) -> tuple[float, float]:
+    """(median seconds per step, compile seconds)."""
+    from sarmae_jax import optim, train
+    from sarmae_jax.models import sarmae, teachers
+
+    c = bench_config(batch)
+    modules = sarmae.build(c)
+    schedule = optim.make_schedule(c.optim, global_batch=batch, total_steps=1000, steps_per_epoch=100)
+    tx = optim.make_optimizer(c.optim, schedule)
+    state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k))(jax.random.key(0))
+    teacher_params = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, 224)
+    rng = np.random.default_rng(0)
+    batch_np = {
+        "sar": rng.integers(0, 255, (batch, 224, 224, 1), dtype=np.uint8),
+        "optical": rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8),
+        "is_paired": np.arange(batch) % 4 != 3,
+    }
+    step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,))
+    t = time.perf_counter()
+    state, m = step(state, batch_np, teacher_params)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, m = step(state, batch_np, teacher_params)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    assert np.isfinite(float(m["loss"]))
+    return statistics.median(times), compile_s
+
+
+def torch_step_seconds(batch: int, steps: int) -> float:
+    import torch
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    cfg = ViTMAEConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
+                       decoder_intermediate_size=2048, mask_ratio=0.75, norm_pix_loss=False, image_size=224,
+                       patch_size=16, layer_norm_eps=1e-6)
+    model = ViTMAEForPreTraining(cfg)
+    head = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.ReLU(), torch.nn.Linear(768, 768),
+                               torch.nn.LayerNorm(768))
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 768, 16, 16), torch.nn.Flatten(2))
+    teacher_norm = torch.nn.LayerNorm(768, eps=1e-5)
+    for p in list(teacher.parameters()) + list(teacher_norm.parameters()):
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-4, betas=(0.9, 0.95),
+                            weight_decay=0.05)
+    sar = torch.rand(batch, 3, 224, 224)
+    optical = torch.rand(batch, 3, 224, 224)
+    paired = (torch.arange(batch) % 4 != 3).float()
+
+    def step():
+        # Released-style SARE on [0, 1]: the encoder sees noise, the loss targets the clean image.
+        noisy = (sar * torch.exp(0.3 * torch.randn(batch, 1, 224, 224))).clamp(1e-8, 1)
+        emb, mask, ids_restore = model.vit.embeddings(noisy * 2 - 1)
+        latent = model.vit.layernorm(model.vit.encoder(emb).last_hidden_state)
+        logits = model.decoder(latent, ids_restore).logits
+        loss_mae = model.forward_loss(sar * 2 - 1, logits, mask)
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, : latent.shape[1] - 1]
+        with torch.no_grad():
+            t_tokens = teacher_norm(teacher(optical).transpose(1, 2))
+            t_vis = torch.gather(t_tokens, 1, ids_keep[:, :, None].expand(-1, -1, 768))
+        s = head(latent[:, 1:])
+        cos = torch.nn.functional.cosine_similarity(s, t_vis, dim=-1).mean(1)
+        align = ((1 - cos) * paired).sum() / paired.sum().clamp(min=1)
+        loss = loss_mae + 0.8 * align
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), 1.0)
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--skip_torch", action="store_true")
+    args = parser.parse_args()
+
+    from sarmae_jax import flops
+
+    c = bench_config(args.batch)
+    step_flops = flops.train_step_flops_per_image(c) * args.batch
+    peak = matmul_peak_gflops()
+    print(f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"f32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
+    print(f"model FLOPs per step (batch {args.batch}): {step_flops / 1e9:.1f} GFLOP")
+    rows = []
+    jax_s, compile_s = jax_step_seconds(args.batch, args.steps)
+    rows.append(("JAX (sarmae_jax)", jax_s))
+    if not args.skip_torch:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        rows.append((f"PyTorch {torch.__version__} (transformers ViTMAE)", torch_step_seconds(args.batch, args.steps)))
+    print(f"JAX compile: {compile_s:.1f} s")
+    print(f"| implementation | s/step | images/s | GFLOP/s | share of matmul peak |")
+    print(f"|---|---|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s:.3f} | {args.batch / s:.2f} | {step_flops / s / 1e9:.1f} | {step_flops / s / 1e9 / peak:.0%} |")
+    if len(rows) == 2:
+        print(f"JAX / PyTorch speed: {rows[1][1] / rows[0][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
