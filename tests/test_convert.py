@@ -18,10 +18,8 @@ IMAGE, PATCH, TEACHER_W = 32, 16, 48
 
 def _perturb(params, seed):
     """Random values everywhere (norm scales and biases included), so a swapped or transposed tensor shows."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [np.asarray(0.2 * jax.random.normal(k, x.shape) + (x if x.ndim else 0), np.float32)
-                                        for k, x in zip(keys, leaves)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: (np.asarray(x) + 0.2 * rng.normal(size=np.shape(x))).astype(np.float32), params)
 
 
 def _modules(scan=True):
@@ -35,10 +33,12 @@ def _params(scan=True, seed=0):
     enc, dec, head = _modules(scan)
     k = jax.random.key(seed)
     n = (IMAGE // PATCH) ** 2
-    params = {"encoder": enc.init(k, jnp.zeros((1, IMAGE, IMAGE, 3)))["params"],
-              "decoder": dec.init(k, jnp.zeros((1, 2, W)), jnp.zeros((1, n), jnp.int32))["params"],
-              "anchor_head": head.init(k, jnp.zeros((1, 1, W)))["params"]}
-    return _perturb(nn.unbox(params), seed)
+    # Shapes only (no init compile): the values are all drawn by `_perturb`.
+    params = jax.eval_shape(lambda: nn.unbox({
+        "encoder": enc.init(k, jnp.zeros((1, IMAGE, IMAGE, 3)))["params"],
+        "decoder": dec.init(k, jnp.zeros((1, 2, W)), jnp.zeros((1, n), jnp.int32))["params"],
+        "anchor_head": head.init(k, jnp.zeros((1, 1, W)))["params"]}))
+    return _perturb(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), params), seed)
 
 
 def _images(b=2, seed=0):
