@@ -222,3 +222,15 @@ def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys)
     sd["pos_embed"] = vit.sincos_2d(192, IMAGE // PATCH)[None]
     with pytest.raises(ValueError, match=r"missing:    blocks.3.mlp.fc2.bias \(192,\)"):
         torch_import.import_mae_family(sd, "x.pth", num_heads=3, image_size=IMAGE, decoder=DEC)
+
+
+def test_vit_teacher_loads_a_timm_export_through_the_teacher_config(tmp_path):
+    import ml_collections
+
+    path = str(tmp_path / "vit_mini.safetensors")
+    cfg = ml_collections.ConfigDict(dict(kind="vit", size="mini", patch_size=PATCH, checkpoint=path))
+    module, _ = teachers.build_teacher(cfg)
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, IMAGE, IMAGE, 3)))["params"]))
+    params = _perturb(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), seed=5)
+    state_dicts.save(path, torch_export.to_timm(params, IMAGE))
+    _assert_trees_equal(params, teachers.load_teacher_params(cfg, module, image_size=IMAGE))
