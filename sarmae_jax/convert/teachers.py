@@ -1,0 +1,179 @@
+"""Frozen-teacher weights from PyTorch checkpoints: `load_teacher_checkpoint(cfg, path) -> params` (NumPy tree).
+
+Called by `sarmae_jax.models.teachers.load_teacher_params` for every non-`.npz` path; the result is then
+checked name-by-name and shape-by-shape against the teacher module.
+
+| kind       | accepted checkpoints                                                                  |
+|------------|----------------------------------------------------------------------------------------|
+| `dinov3`   | official DINOv3 `.pth` (`dinov3_vitb16_pretrain_lvd1689m-*.pth`), transformers         |
+|            | `DINOv3ViTModel` directory / `.safetensors`                                             |
+| `released` | the same DINOv3 files; only `patch_embed` and the final `norm` are read (the released  |
+|            | SARMAE code's simplified teacher); the blocks are deliberately left out                |
+| `vit`      | MAE-family ViT with the fixed sin-cos table: timm/MAE names (`.pth`/`.safetensors`,     |
+|            | e.g. our `sarmae-export --format timm`) or a Hugging Face `ViTModel` directory          |
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sarmae_jax.convert import state_dicts, vit_layout
+from sarmae_jax.convert.state_dicts import StrictReader
+from sarmae_jax.models import vit
+
+# Buffers and heads of DINOv3 checkpoints that carry nothing the patch tokens depend on.
+_DINOV3_OFFICIAL_IGNORED = ("mask_token",)
+_DINOV3_HF_IGNORED = ("embeddings.mask_token",)
+
+
+def load_teacher_checkpoint(cfg, path: str) -> dict:
+    sd = state_dicts.strip_prefixes(state_dicts.load(path), ("module.", "backbone."))
+    size = vit.VIT_SIZES[cfg.size]
+    if cfg.kind == "dinov3":
+        return dinov3_from_torch(sd, path, num_heads=size["num_heads"])
+    if cfg.kind == "released":
+        return released_from_torch(sd, path)
+    if cfg.kind == "vit":
+        names, prefix = _vit_names(sd)
+        r = StrictReader(sd, path)
+        params = vit_layout.encoder_from_torch(r, names, num_heads=size["num_heads"], image_size=_grid_image_size(sd, names, prefix),
+                                               scan=True, prefix=prefix)
+        r.ignore([k for k in sd if k.startswith(("head.", "fc_norm.", "pooler."))])  # classifier heads: not teacher features
+        r.finish("a ViT teacher")
+        return {"encoder": params}
+    raise ValueError(f"teacher kind {cfg.kind!r} cannot load PyTorch checkpoints ({path}); "
+                     "supported: dinov3, released, vit")
+
+
+def _vit_names(sd) -> tuple[vit_layout.EncoderNames, str]:
+    for prefix in ("", "vit."):
+        if prefix + vit_layout.HF_ENCODER.cls in sd:
+            return vit_layout.HF_ENCODER, prefix
+    return vit_layout.TIMM_ENCODER, ""
+
+
+def _grid_image_size(sd, names, prefix) -> int:
+    """The image size the stored position table was made for (square grid)."""
+    pos = sd.get(prefix + names.pos)
+    patch = sd.get(prefix + names.patch + ".weight")
+    if pos is None or patch is None:
+        return 224  # the reader reports the missing keys
+    grid = int(round((pos.shape[1] - 1) ** 0.5))
+    return grid * patch.shape[-1]
+
+
+def _dinov3_format(sd, path) -> str:
+    if "storage_tokens" in sd or "blocks.0.ls1.gamma" in sd:
+        return "official"
+    if "embeddings.register_tokens" in sd or "model.layer.0.norm1.weight" in sd:
+        return "hf"
+    raise ValueError(f"{path}: neither an official DINOv3 checkpoint (storage_tokens, blocks.N.ls1.gamma) nor a "
+                     f"transformers DINOv3ViTModel (embeddings.register_tokens, model.layer.N); first keys: {sorted(sd)[:8]}")
+
+
+def dinov3_from_torch(sd, path: str, num_heads: int) -> dict:
+    """Params of `sarmae_jax.models.dinov3.DINOv3` from an official or a transformers DINOv3 state dict."""
+    fmt = _dinov3_format(sd, path)
+    r = StrictReader(sd, path)
+    official = fmt == "official"
+    cls_key = "cls_token" if official else "embeddings.cls_token"
+    d = r.sd[cls_key].shape[-1] if r.has(cls_key) else 0
+    reg_key = "storage_tokens" if official else "embeddings.register_tokens"
+    num_reg = r.sd[reg_key].shape[1] if r.has(reg_key) else 0
+    patch_prefix = "patch_embed.proj." if official else "embeddings.patch_embeddings."
+    patch = r.sd[patch_prefix + "weight"].shape[-1] if r.has(patch_prefix + "weight") else 16
+    block_pattern = "blocks.{i}." if official else "model.layer.{i}."
+    depth = vit_layout.count_blocks(sd, block_pattern)
+    if depth == 0 or d == 0:
+        raise ValueError(f"{path}: DINOv3 checkpoint without {cls_key} or {block_pattern.format(i=0)}* tensors")
+    if d % num_heads:
+        raise ValueError(f"{path}: checkpoint width {d} cannot be split into the teacher config's {num_heads} heads "
+                         "(wrong sarc.teacher.size for this checkpoint?)")
+    fc1 = "mlp.fc1.weight" if official else "mlp.up_proj.weight"
+    if not r.has(block_pattern.format(i=0) + fc1):
+        raise ValueError(f"{path}: no {block_pattern.format(i=0) + fc1}: only the plain-MLP DINOv3 ViTs (S, B, L) are "
+                         "supported, not the SwiGLU ones (H+, 7B)")
+    hidden = r.sd[block_pattern.format(i=0) + fc1].shape[0]
+    head_dim = d // num_heads
+    if official and r.has("rope_embed.periods"):
+        _check_rope_periods(r, head_dim)
+    blocks = [(_dinov3_official_block if official else _dinov3_hf_block)(r, block_pattern.format(i=i), d, num_heads, hidden)
+              for i in range(depth)]
+    params = {
+        "patch_embed": {"proj": vit_layout.conv_from_torch(r, patch_prefix, d, 3, patch)},
+        "cls_token": r.take(cls_key, (1, 1, d)),
+        "register_tokens": r.take(reg_key, (1, num_reg, d)),
+        "blocks": vit_layout.stack_blocks(blocks, scan=True)["blocks"],
+        "norm": vit_layout.norm_from_torch(r, "norm.", d),
+    }
+    # The teacher returns patch tokens after `norm`; `cls_norm`/`local_cls_norm` (untied class-token norms of
+    # some checkpoints) and the mask token never touch them.
+    r.ignore(_DINOV3_OFFICIAL_IGNORED if official else _DINOV3_HF_IGNORED)
+    r.ignore([k for k in sd if k.startswith(("cls_norm.", "local_cls_norm."))])
+    r.finish(f"a DINOv3 ViT (width {d}, depth {depth}, {num_heads} heads, {num_reg} registers)")
+    return params
+
+
+def _check_rope_periods(r: StrictReader, head_dim: int) -> None:
+    from sarmae_jax.models import dinov3
+
+    stored = r.take("rope_embed.periods", (head_dim // 4,))
+    expected = dinov3.ROPE_THETA ** (2 * np.arange(head_dim // 4, dtype=np.float64) / (head_dim // 2))
+    if np.max(np.abs(stored / expected - 1.0)) > 1e-5:
+        raise ValueError(f"{r.source}: rope_embed.periods {stored[:4]}... is not base {dinov3.ROPE_THETA} RoPE; "
+                         "this DINOv3 variant is not supported")
+
+
+def _qkv(q_w, k_w, v_w, q_b, k_b, v_b, d, h) -> dict:
+    w = np.concatenate([q_w, k_w, v_w])  # [3D, D]
+    b = np.concatenate([q_b, k_b, v_b])
+    return {"kernel": w.T.reshape(d, 3, h, d // h), "bias": b.reshape(3, h, d // h)}
+
+
+def _dinov3_official_block(r: StrictReader, p: str, d: int, h: int, hidden: int) -> dict:
+    w = r.take(p + "attn.qkv.weight", (3 * d, d))
+    b = r.take(p + "attn.qkv.bias", (3 * d,))
+    if r.has(p + "attn.qkv.bias_mask"):  # LinearKMaskedBias: the effective bias is bias * mask (k part masked to 0)
+        b = b * r.take(p + "attn.qkv.bias_mask", (3 * d,))
+    proj = vit_layout.linear_from_torch(r, p + "attn.proj.", d, d)
+    return _dinov3_block(
+        vit_layout.norm_from_torch(r, p + "norm1.", d), _qkv(w[:d], w[d:2 * d], w[2 * d:], b[:d], b[d:2 * d], b[2 * d:], d, h),
+        proj, r.take(p + "ls1.gamma", (d,)), vit_layout.norm_from_torch(r, p + "norm2.", d),
+        vit_layout.linear_from_torch(r, p + "mlp.fc1.", d, hidden), vit_layout.linear_from_torch(r, p + "mlp.fc2.", hidden, d),
+        r.take(p + "ls2.gamma", (d,)), h,
+    )
+
+
+def _dinov3_hf_block(r: StrictReader, p: str, d: int, h: int, hidden: int) -> dict:
+    a = p + "attention."
+    q_w, k_w, v_w = (r.take(f"{a}{n}_proj.weight", (d, d)) for n in "qkv")
+    # transformers' DINOv3 has no key bias (key_bias=False); a checkpoint made with one is read too.
+    k_b = r.take(a + "k_proj.bias", (d,)) if r.has(a + "k_proj.bias") else np.zeros((d,), np.float32)
+    qkv = _qkv(q_w, k_w, v_w, r.take(a + "q_proj.bias", (d,)), k_b, r.take(a + "v_proj.bias", (d,)), d, h)
+    return _dinov3_block(
+        vit_layout.norm_from_torch(r, p + "norm1.", d), qkv, vit_layout.linear_from_torch(r, a + "o_proj.", d, d),
+        r.take(p + "layer_scale1.lambda1", (d,)), vit_layout.norm_from_torch(r, p + "norm2.", d),
+        vit_layout.linear_from_torch(r, p + "mlp.up_proj.", d, hidden),
+        vit_layout.linear_from_torch(r, p + "mlp.down_proj.", hidden, d), r.take(p + "layer_scale2.lambda1", (d,)), h,
+    )
+
+
+def _dinov3_block(norm1, qkv, proj, ls1, norm2, fc1, fc2, ls2, h) -> dict:
+    d = proj["kernel"].shape[0]
+    return {"norm1": norm1, "attn": {"qkv": qkv, "proj": {"kernel": proj["kernel"].reshape(h, d // h, d), "bias": proj["bias"]}},
+            "ls1": {"gamma": ls1}, "norm2": norm2, "fc1": fc1, "fc2": fc2, "ls2": {"gamma": ls2}}
+
+
+def released_from_torch(sd, path: str) -> dict:
+    """The released SARMAE teacher: DINOv3's patch embedding and final norm only (what its code ran)."""
+    fmt = _dinov3_format(sd, path)
+    patch_prefix = "patch_embed.proj." if fmt == "official" else "embeddings.patch_embeddings."
+    r = StrictReader(sd, path)
+    if not r.has(patch_prefix + "weight"):
+        raise ValueError(f"{path}: no {patch_prefix}weight")
+    d, c, p, _ = r.sd[patch_prefix + "weight"].shape
+    params = {"patch_embed": {"proj": vit_layout.conv_from_torch(r, patch_prefix, d, c, p)},
+              "norm": vit_layout.norm_from_torch(r, "norm.", d)}
+    missing = r.missing + r.wrong
+    if missing:
+        raise ValueError(f"{path}: cannot build the released teacher: " + "; ".join(missing))
+    return params

@@ -1,0 +1,83 @@
+"""Params -> PyTorch formats. Pure functions returning `dict[str, np.ndarray]` (+ HF configs); I/O in `cli.py`.
+
+  to_timm(params, image_size)      timm `VisionTransformer` keys (vit_base_patch16_224 names, no head):
+                                   loads with `strict=True` into `timm.create_model(..., num_classes=0)`
+  to_hf_vit(params, image_size)    transformers `ViTModel` (load with `add_pooling_layer=False`: we have no pooler)
+  to_hf_vitmae(params, ...)        transformers `ViTMAEForPreTraining` (encoder + decoder)
+  to_released(params, image_size)  the released SARMAE `.pth` layout: MAE names + `align_head.{0,2,3}`
+Position tables are written from the fixed sin-cos table (class row zeros), as MAE stores them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sarmae_jax.convert import vit_layout
+from sarmae_jax.models import vit
+
+TRANSFORMERS_VERSION = "5.24.0"  # the key names below are those of this version (layers.N.attention.q_proj, ...)
+
+
+def encoder_arch(enc: Any) -> dict[str, int]:
+    """Width, depth, heads, MLP width and patch size, read off the parameter shapes."""
+    blocks = vit_layout.unstack_blocks(enc["stack"])
+    _, _, heads, _ = np.shape(blocks[0]["attn"]["qkv"]["kernel"])
+    return dict(width=int(np.shape(enc["cls_token"])[-1]), depth=len(blocks), num_heads=int(heads),
+                mlp=int(np.shape(blocks[0]["mlp"]["fc1"]["kernel"])[-1]),
+                patch_size=int(np.shape(enc["patch_embed"]["proj"]["kernel"])[0]),
+                channels=int(np.shape(enc["patch_embed"]["proj"]["kernel"])[2]))
+
+
+def decoder_arch(dec: Any) -> dict[str, int]:
+    blocks = vit_layout.unstack_blocks(dec["stack"])
+    _, _, heads, _ = np.shape(blocks[0]["attn"]["qkv"]["kernel"])
+    return dict(width=int(np.shape(dec["mask_token"])[-1]), depth=len(blocks), num_heads=int(heads),
+                mlp=int(np.shape(blocks[0]["mlp"]["fc1"]["kernel"])[-1]))
+
+
+def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
+    return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
+
+
+def to_released(params: Any, image_size: int) -> dict[str, np.ndarray]:
+    """Encoder, decoder and (when trained) the SARC head, in MAE's `models_mae.py` names."""
+    out = vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
+    if "decoder" in params:
+        patch = encoder_arch(params["encoder"])["patch_size"]
+        out.update(vit_layout.decoder_to_torch(params["decoder"], image_size, patch, vit_layout.MAE_DECODER))
+    if "anchor_head" in params:
+        out.update(vit_layout.anchor_head_to_torch(params["anchor_head"]))
+    return out
+
+
+def _hf_common(arch: dict, image_size: int) -> dict:
+    return {
+        "hidden_size": arch["width"], "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"],
+        "intermediate_size": arch["mlp"], "hidden_act": "gelu", "layer_norm_eps": vit.LAYER_NORM_EPS,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "image_size": image_size,
+        "patch_size": arch["patch_size"], "num_channels": arch["channels"], "qkv_bias": True,
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def to_hf_vit(params: Any, image_size: int) -> tuple[dict[str, np.ndarray], dict]:
+    arch = encoder_arch(params["encoder"])
+    config = {"model_type": "vit", "architectures": ["ViTModel"], **_hf_common(arch, image_size)}
+    return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.HF_ENCODER), config
+
+
+def to_hf_vitmae(params: Any, image_size: int, mask_ratio: float, norm_pix_loss: bool) -> tuple[dict[str, np.ndarray], dict]:
+    if "decoder" not in params:
+        raise ValueError("ViTMAEForPreTraining needs a decoder; this export holds only "
+                         f"{sorted(params)} (use --format hf-vit or timm for an encoder)")
+    enc, dec = encoder_arch(params["encoder"]), decoder_arch(params["decoder"])
+    config = {
+        "model_type": "vit_mae", "architectures": ["ViTMAEForPreTraining"], **_hf_common(enc, image_size),
+        "decoder_hidden_size": dec["width"], "decoder_num_hidden_layers": dec["depth"],
+        "decoder_num_attention_heads": dec["num_heads"], "decoder_intermediate_size": dec["mlp"],
+        "mask_ratio": float(mask_ratio), "norm_pix_loss": bool(norm_pix_loss),
+    }
+    sd = vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.HF_ENCODER, prefix="vit.")
+    sd.update(vit_layout.decoder_to_torch(params["decoder"], image_size, enc["patch_size"], vit_layout.HF_DECODER))
+    return sd, config
