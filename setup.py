@@ -15,16 +15,17 @@ RUNTIME = [
     "tqdm>=4.66",        # progress bars
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",      # PNG grids and image decoding in the converters
+    "safetensors>=0.4",  # PyTorch-interop weight files without importing torch
 ]
+
+# PyTorch interop (.pth files, parity tests, the PyTorch benchmark). torch is pinned to the CPU
+# build: an unpinned `torch` pulls a multi-GB CUDA build.
+TORCH = ["torch==2.13.0", "transformers>=5.0"]
 
 TEST = [
     "pytest>=8",
     "scipy>=1.11",       # Kolmogorov-Smirnov tests of the speckle laws
-]
-
-# PyTorch interop (conversion, parity tests, the PyTorch benchmark). torch is pinned to the
-# CPU build: an unpinned `torch` pulls a multi-GB CUDA build.
-TORCH = ["torch==2.13.0", "transformers>=4.56", "safetensors>=0.4"]
+] + TORCH                # parity tests against transformers' ViT, ViTMAE and DINOv3
 
 setup(
     name="sarmae-jax",
@@ -33,10 +34,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sarmae_jax", "sarmae_jax.*", "data_pipelines", "data_pipelines.*"]),
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "torch": TORCH, "all": TEST + TORCH},
+    extras_require={"test": TEST, "torch": TORCH},
     entry_points={
         "console_scripts": [
             "sarmae-train=sarmae_jax.main:run",
+            "sarmae-import=sarmae_jax.convert.cli:import_main",
+            "sarmae-export=sarmae_jax.convert.cli:export_main",
         ],
     },
 )

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from sarmae_jax import checkpoint  # noqa: E402
 from sarmae_jax.convert import cli, state_dicts, torch_export, torch_import, vit_layout  # noqa: E402

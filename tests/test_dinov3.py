@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from sarmae_jax.convert import state_dicts, teachers as convert_teachers  # noqa: E402
 from sarmae_jax.models import dinov3, teachers  # noqa: E402
