@@ -70,7 +70,9 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
 def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """float32 N(0, 1) values of the given static shape; half a Threefry hash per value."""
     size = math.prod(shape)
-    first, second = hash_word_pairs(key, (size + 1) // 2)
+    # The barrier materialises both words once: fused into the concatenation below, XLA would
+    # otherwise recompute the hash for each half.
+    first, second = jax.lax.optimization_barrier(hash_word_pairs(key, (size + 1) // 2))
     return normal_from_bits(jnp.concatenate([first, second])[:size]).reshape(shape)
 
 
@@ -99,7 +101,9 @@ def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c:
     t = c * z
     v = (1.0 + t) ** 3
     accepted = (t > -1.0) & (jnp.log(u) < _log_acceptance(t, d))
-    return v, z, accepted
+    # Computed once and materialised: several fusions consume these, and XLA would otherwise
+    # duplicate the hash and the acceptance test into each of them.
+    return jax.lax.optimization_barrier((v, z, accepted))
 
 
 def _pool_size(row_length: int) -> int:

@@ -82,7 +82,7 @@ def test_gamma_sampler_is_accurate_for_huge_shapes():
 def test_released_mode_has_the_uncorrected_lognormal_mean_bias():
     # Dim flat image: x * exp(0.7 * 5.3) < 1, so neither clamp is active ("before clamping").
     sigma, intensity = 0.7, 1e-3
-    images = jnp.full((4, 64, 64, 3), intensity, jnp.float32)
+    images = jnp.full((4, 64, 64, 1), intensity, jnp.float32)
     noisy = speckle.released_noise(jax.random.key(1), images, jnp.full((4,), sigma))
     ratio = np.asarray(noisy[..., 0]).ravel() / intensity
     sd = np.sqrt((np.exp(sigma**2) - 1) * np.exp(sigma**2) / ratio.size)
@@ -92,11 +92,11 @@ def test_released_mode_has_the_uncorrected_lognormal_mean_bias():
 
 def test_released_mode_gamma_branch_keeps_the_mean_and_clamps():
     sigma = 0.03  # <= 0.05: Gamma with L = 1 / (4 sigma^2 + 1e-8) = 277.8 looks, mean rescaled
-    images = jnp.full((2, 64, 64, 1), 0.2, jnp.float32)
-    noisy = np.asarray(speckle.released_noise(jax.random.key(2), images, jnp.full((2,), sigma)))
-    assert noisy.mean(axis=(1, 2, 3)) == pytest.approx([0.2, 0.2], rel=1e-5)
+    images = jnp.full((4, 64, 64, 1), 0.2, jnp.float32)
+    noisy = np.asarray(speckle.released_noise(jax.random.key(2), images, jnp.full((4,), sigma)))
+    assert noisy.mean(axis=(1, 2, 3)) == pytest.approx([0.2] * 4, rel=1e-5)
     assert float(speckle.equivalent_number_of_looks(noisy[0])) == pytest.approx(1 / (4 * sigma**2), rel=0.1)
-    bright = speckle.released_noise(jax.random.key(2), jnp.ones_like(images), jnp.array([0.7, 0.0]))
+    bright = speckle.released_noise(jax.random.key(2), jnp.ones_like(images), jnp.array([0.7, 0.0, 0.7, 0.0]))
     assert float(bright.max()) == 1.0 and float(bright.min()) >= 1e-8
 
 
@@ -129,7 +129,7 @@ def test_shape_dtype_channel_sharing_and_probability_one(model):
     assert not np.allclose(factor[0], factor[1])  # but with its own field
 
 
-def test_probability_zero_is_identity_and_fraction_applied_matches_probability():
+def test_probability_zero_is_identity_fraction_applied_matches_probability_and_looks_are_log_uniform():
     images = jax.random.uniform(jax.random.key(0), (4000, 2, 2, 1))
     clean, info = speckle.apply_sare(jax.random.key(1), images, model="gamma_intensity", prob=0.0,
                                      strength_range=(1.0, 1.0))
@@ -140,12 +140,9 @@ def test_probability_zero_is_identity_and_fraction_applied_matches_probability()
     assert applied.mean() == pytest.approx(0.3, abs=4 * np.sqrt(0.21 / 4000))
     changed = np.any(np.asarray(noisy) != np.asarray(images), axis=(1, 2, 3))
     np.testing.assert_array_equal(changed, applied)
-
-
-def test_looks_are_drawn_log_uniformly():
-    _, info = speckle.apply_sare(jax.random.key(7), jnp.ones((4000, 1, 1, 1)), model="gamma_intensity",
-                                 prob=1.0, strength_range=(1.0, 16.0))
-    log_looks = np.log2(np.asarray(info["strength"])) / 4.0
+    _, info = speckle.apply_sare(jax.random.key(7), images, model="gamma_intensity", prob=1.0,
+                                 strength_range=(1.0, 16.0))
+    log_looks = np.log2(np.asarray(info["strength"])) / 4.0  # looks are drawn log-uniformly
     assert scipy.stats.kstest(log_looks, "uniform").pvalue > KS_MIN_PVALUE
 
 
@@ -172,7 +169,7 @@ def test_config_defaults_disabled_identity_and_dispatch():
     config = speckle.default_config()
     speckle.validate_config(config)
     assert config.model == "gamma_intensity" and config.prob == 0.5
-    images = jnp.full((3, 8, 8, 3), 0.4)
+    images = jnp.full((6, 16, 16, 3), 0.4)
     config.enabled = False
     out, info = speckle.apply_sare_from_config(jax.random.key(0), images, config)
     assert out is images and not bool(info["applied"].any())
