@@ -51,6 +51,3 @@ def make_optimizer(optim_cfg, schedule: Schedule) -> optax.GradientTransformatio
                              weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask))
     return optax.chain(*parts)
 
-
-def global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree)

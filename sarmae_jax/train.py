@@ -44,10 +44,18 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
 
 
 def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule):
-    """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings."""
+    """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings.
+
+    Activation sharding annotations in the model are resolved by `config.mesh.rules` at trace time.
+    """
     uses_drop_path = config.model.drop_path_rate > 0
+    rules = sharding.rules_from_config(config.mesh.rules)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
+        with nn.logical_axis_rules(rules):
+            return _train_step(state, batch, teacher_params)
+
+    def _train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         k_noise, k_mask, k_drop = step_keys(config.seed, state.step)
         inputs = objective.prepare_inputs(batch, k_noise, config)
 
@@ -56,7 +64,7 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
                                      drop_key=k_drop if uses_drop_path else None)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         # A non-finite loss or gradient must not poison the parameters: keep the old state, count it.
@@ -319,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start_step, state = restored
         log.info("resumed from step %d", start_step)
     else:
-        with mesh:
+        with jax.set_mesh(mesh):
             init = jax.jit(functools.partial(init_train_state, modules, tx, config), out_shardings=shardings)
             state = init(jax.random.key(config.seed))
         state = state.replace(params=maybe_init_from(state.params, config.train.init_from))
@@ -344,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         local = next(data_iter)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
                  for k in ("sar", "optical", "is_paired")}
-        with mesh:
+        with jax.set_mesh(mesh):
             state, step_metrics = train_step(state, batch, teacher_params)
         window.add(step_metrics)
         if step == start_step + 1:  # the first step compiled: time the others without it
@@ -352,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
             window.restart_timer()
         window.maybe_write(step, force=step == total_steps)
-        with mesh:
+        with jax.set_mesh(mesh):
             maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=step == total_steps)
         maybe_save(manager, step, state, data_iter, meta, total_steps, config)
 

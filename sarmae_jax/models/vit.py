@@ -153,27 +153,37 @@ class Attention(nn.Module):
         if d % self.num_heads:
             raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
         head_dim = d // self.num_heads
-        qkv = nn.DenseGeneral(
-            (3, self.num_heads, head_dim),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_p(_fused_dense_init, ("embed", None, "heads", "kv")),
-            bias_init=_p(nn.initializers.zeros, (None, "heads", "kv")),
-            name="qkv",
+        qkv = _Projection(
+            (3, self.num_heads, head_dim), 1, ("embed", None, "heads", "kv"), (None, "heads", "kv"),
+            self.dtype, self.param_dtype, name="qkv",
         )(x)
         qkv = nn.with_logical_constraint(qkv, ("activation_batch", "activation_length", None, "activation_heads", "activation_kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
         out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-        return nn.DenseGeneral(
-            d,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_p(_fused_dense_init, ("heads", "kv", "embed")),
-            bias_init=_p(nn.initializers.zeros, ("embed",)),
-            name="proj",
-        )(out)
+        return _Projection((d,), 2, ("heads", "kv", "embed"), ("embed",), self.dtype, self.param_dtype, name="proj")(out)
+
+
+class _Projection(nn.Module):
+    """`y = x . kernel + bias`, contracting the last `in_axes` axes of x, with an *unflattened* kernel
+    `[*in, *features]` (flax's DenseGeneral initialises a flattened 2-D kernel, which logical axis
+    names of the full shape cannot describe)."""
+
+    features: tuple[int, ...]
+    in_axes: int
+    kernel_axes: tuple[str | None, ...]
+    bias_axes: tuple[str | None, ...]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.in_axes:]
+        kernel = self.param("kernel", _p(_fused_dense_init, self.kernel_axes), in_shape + self.features, self.param_dtype)
+        bias = self.param("bias", _p(nn.initializers.zeros, self.bias_axes), self.features, self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
+        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
 
 
 def _fused_dense_init(key, shape, dtype=jnp.float32):
