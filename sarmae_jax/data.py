@@ -2,11 +2,11 @@
 
 Pipeline (Grain dataset API)::
 
-    ShardedRecordSource (raw records of one split, paired first)
-      -> per pool (paired / unpaired, or one pool for the natural mix):
-           indices[process_index::process_count] -> shuffle(seed) -> repeat (reshuffled per epoch)
-      -> mix pools at `paired_share` (deterministic interleave, exact proportions)
-      -> batch the *indices* (global_batch_size / process_count)
+    batch position i (the iterator state)
+      -> sampling.BatchSampler: the i-th batch's global record indices; per pool (paired /
+         unpaired, or one pool for the natural mix) indices[process_index::process_count],
+         permuted anew each epoch from (seed, pool, epoch), pools interleaved at exactly
+         `paired_share` -- vectorised, a pure function of i
       -> per batch: read + decode all its records into preallocated arrays (zero-copy proto
          parse, one np.frombuffer per image), skip budget for corrupt records, then resize or
          random-resized-crop + flip on the host -> iterator
@@ -37,11 +37,12 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import records
-from sarmae_jax import host_transforms
+from sarmae_jax import host_transforms, sampling
 
 BATCH_KEYS = ("sar", "optical", "is_paired", "label")
 AUGMENTATIONS = ("none", "random_resized_crop")
 log = logging.getLogger(__name__)
+_ENDLESS = 2**62  # batches
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -199,36 +200,6 @@ def prepare(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict
     return cfg
 
 
-def _process_pool(start: int, stop: int, *, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """Global indices [start, stop) owned by this process, shuffled, repeated forever with a new
-    permutation per epoch. Raises if this process gets none."""
-    pool = grain.MapDataset.range(start, stop)[process_index::process_count]
-    if len(pool) == 0:
-        raise ValueError(f"records [{start}, {stop}) split over {process_count} processes leave process "
-                         f"{process_index} with none; use fewer processes or more data")
-    return pool.shuffle(seed=seed).repeat()
-
-
-def _index_stream(num_records: int, num_paired: int, paired_share: float | None, *, seed: int,
-                  process_index: int, process_count: int) -> grain.MapDataset:
-    """Infinite stream of global record indices for this process."""
-    kw = dict(process_index=process_index, process_count=process_count)
-    if paired_share is None:
-        return _process_pool(0, num_records, seed=seed, **kw)
-    if paired_share > 0 and num_paired == 0:
-        raise ValueError(f"paired_share={paired_share} but the split has no paired examples")
-    if paired_share < 1 and num_paired == num_records:
-        raise ValueError(f"paired_share={paired_share} but the split has no unpaired examples")
-    if paired_share == 1:
-        return _process_pool(0, num_paired, seed=seed, **kw)
-    if paired_share == 0:
-        return _process_pool(num_paired, num_records, seed=seed, **kw)
-    # Distinct seeds so the two pools are not permuted in lock step.
-    paired = _process_pool(0, num_paired, seed=seed, **kw)
-    unpaired = _process_pool(num_paired, num_records, seed=seed + 1, **kw)
-    return grain.MapDataset.mix([paired, unpaired], weights=[paired_share, 1.0 - paired_share])
-
-
 class _DecodeBatch(grain.transforms.MapWithIndex):
     """(batch position, global record indices [b]) -> a batch (dict of NumPy arrays).
 
@@ -285,15 +256,17 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
         raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
                          f"process_count={process_count}")
     source = records.ShardedRecordSource(_require_path(cfg), cfg.split)
-    indices = _index_stream(len(source), source.num_paired, cfg.paired_share, seed=seed,
-                            process_index=process_index, process_count=process_count)
+    sampler = sampling.BatchSampler(len(source), source.num_paired, cfg.paired_share,
+                                    batch_size=global_batch_size // process_count, seed=seed,
+                                    process_index=process_index, process_count=process_count)
     if cfg.image_size and source.spec.teacher_tokens is not None and (
             cfg.augment != "none" or (cfg.image_size, cfg.image_size) != source.spec.image_size):
         raise ValueError(f"dataset {source.data_dir} stores teacher_tokens computed at {source.spec.image_size}: "
                          f"config.data.image_size={cfg.image_size} / augment={cfg.augment!r} would change the "
                          "geometry they describe; use the stored size and augment='none'")
-    batches = indices.batch(global_batch_size // process_count, drop_remainder=True).map_with_index(
-        _DecodeBatch(source, cfg, seed))
+    # Element i of this (practically endless) MapDataset is batch i: its position is all the
+    # iterator state there is.
+    batches = grain.MapDataset.range(_ENDLESS).map(sampler).map_with_index(_DecodeBatch(source, cfg, seed))
     dataset = batches.to_iter_dataset(grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches if cfg.read_threads else 0))
     if cfg.num_workers > 0:
