@@ -251,37 +251,56 @@ def write_split(
     ``{"num_examples", "num_paired", "shards": [{"file", "num_examples", "num_paired",
     "num_bytes", "sha256"}]}``.
     """
-    features = make_features(spec)
     sizes = balanced_shard_sizes(num_examples, examples_per_shard)
     iterator = iter(examples)
-    shards, seen_unpaired, total_paired = [], False, 0
+    shards, seen_unpaired = [], False
+
+    def take(size):
+        for _ in range(size):
+            try:
+                yield next(iterator)
+            except StopIteration:
+                raise ValueError(f"split {split!r}: got fewer examples than num_examples={num_examples}") from None
+
     for shard_index, size in enumerate(sizes):
         name = shard_filename(dataset_name, split, shard_index, len(sizes))
-        path = os.path.join(out_dir, name)
-        writer = array_record_module.ArrayRecordWriter(path, writer_options)
-        num_paired = 0
-        try:
-            for record_index in range(size):
-                try:
-                    example = next(iterator)
-                except StopIteration:
-                    raise ValueError(f"split {split!r}: got fewer examples than num_examples={num_examples}") from None
-                if example["is_paired"]:
-                    if seen_unpaired:
-                        raise ValueError(f"split {split!r}, shard {name}, record {record_index}: paired example "
-                                         f"{example['source']!r} after an unpaired one; write paired examples first")
-                    num_paired += 1
-                else:
-                    seen_unpaired = True
-                writer.write(features.serialize_example(example))
-        finally:
-            writer.close()
-        total_paired += num_paired
-        shards.append({"file": name, "num_examples": size, "num_paired": num_paired,
-                       "num_bytes": os.path.getsize(path), "sha256": file_sha256(path)})
+        shard = write_shard(os.path.join(out_dir, name), take(size), spec=spec, writer_options=writer_options,
+                            after_unpaired=seen_unpaired)
+        seen_unpaired = seen_unpaired or shard["num_paired"] < shard["num_examples"]
+        shards.append(shard)
+    total_paired = sum(s["num_paired"] for s in shards)
     if next(iterator, None) is not None:
         raise ValueError(f"split {split!r}: got more examples than num_examples={num_examples}")
     return {"num_examples": num_examples, "num_paired": total_paired, "shards": shards}
+
+
+def write_shard(path: str, examples: Iterable[Mapping[str, Any]], *, spec: RecordSpec,
+                writer_options: str = DEFAULT_WRITER_OPTIONS, after_unpaired: bool = False) -> dict[str, Any]:
+    """Writes `examples` (paired first) as one ArrayRecord file. Returns its manifest entry
+    ``{"file", "num_examples", "num_paired", "num_bytes", "sha256"}``.
+
+    `after_unpaired`: an earlier shard of the split already held unpaired examples, so this one
+    must hold none that are paired.
+    """
+    features = make_features(spec)
+    name = os.path.basename(path)
+    writer = array_record_module.ArrayRecordWriter(path, writer_options)
+    num_examples = num_paired = 0
+    try:
+        for record_index, example in enumerate(examples):
+            if example["is_paired"]:
+                if after_unpaired:
+                    raise ValueError(f"shard {name}, record {record_index}: paired example {example['source']!r} "
+                                     "after an unpaired one; write paired examples first")
+                num_paired += 1
+            else:
+                after_unpaired = True
+            writer.write(features.serialize_example(example))
+            num_examples += 1
+    finally:
+        writer.close()
+    return {"file": name, "num_examples": num_examples, "num_paired": num_paired,
+            "num_bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def write_dataset_metadata(
