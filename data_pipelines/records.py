@@ -332,6 +332,15 @@ def write_dataset_metadata(
     # check_data=False: TFDS's check reads through tf.data, and TensorFlow is never a dependency.
     tfds.folder_dataset.write_metadata(data_dir=out_dir, features=features, split_infos=split_infos,
                                        check_data=False, description=description)
+    return write_manifest(out_dir, dataset_name=dataset_name, spec=spec, splits=splits, class_names=class_names,
+                          resize_rule=resize_rule, writer_options=writer_options, extra=extra)
+
+
+def write_manifest(out_dir: str, *, dataset_name: str, spec: RecordSpec, splits: Mapping[str, Mapping[str, Any]],
+                   class_names: Sequence[str], resize_rule: str, writer_options: str = DEFAULT_WRITER_OPTIONS,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Writes ``manifest.json`` alone (atomically), for directories whose TFDS metadata already
+    exists (the TFDS builders). Returns the manifest."""
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
