@@ -22,7 +22,7 @@ Rules (each recorded in the dataset manifest as written here):
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 INTENSITY_RULES = {
@@ -61,9 +61,10 @@ def read_image(path: str) -> tuple[np.ndarray, int]:
             raise BadImage(f"unsupported image mode {mode!r}")
     except BadImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- any decoder failure is this file's fault, reported with its type
         # Pillow raises OSError for truncated data ("image file is truncated"), SyntaxError for
-        # some broken headers, UnidentifiedImageError for non-images.
+        # some broken headers, UnidentifiedImageError for non-images, DecompressionBombError
+        # for images over Image.MAX_IMAGE_PIXELS, and plugin-specific errors for odd TIFFs.
         raise BadImage(f"unreadable image ({type(e).__name__}: {e})") from None
 
 

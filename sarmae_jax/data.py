@@ -259,8 +259,8 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
     sampler = sampling.BatchSampler(len(source), source.num_paired, cfg.paired_share,
                                     batch_size=global_batch_size // process_count, seed=seed,
                                     process_index=process_index, process_count=process_count)
-    if cfg.image_size and source.spec.teacher_tokens is not None and (
-            cfg.augment != "none" or (cfg.image_size, cfg.image_size) != source.spec.image_size):
+    if source.spec.teacher_tokens is not None and (cfg.augment != "none" or (
+            cfg.image_size and (cfg.image_size, cfg.image_size) != source.spec.image_size)):
         raise ValueError(f"dataset {source.data_dir} stores teacher_tokens computed at {source.spec.image_size}: "
                          f"config.data.image_size={cfg.image_size} / augment={cfg.augment!r} would change the "
                          "geometry they describe; use the stored size and augment='none'")

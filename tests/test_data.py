@@ -30,6 +30,15 @@ def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
+def _restored_after(cfg, consumed, *, global_batch_size, seed):
+    """A fresh iterator restored from the state of one that yielded `consumed` batches."""
+    interrupted = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    _take(interrupted, consumed)
+    resumed = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    resumed.set_state(interrupted.get_state())
+    return resumed
+
+
 def test_batch_contract(dataset_dir):
     it = data.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0)
     for batch in _take(it, 10):
@@ -54,11 +63,7 @@ def test_dataset_info(dataset_dir):
 def test_resume_yields_exactly_the_uninterrupted_batches(dataset_dir, paired_share):
     cfg = _cfg(dataset_dir, paired_share=paired_share)
     reference = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=5), 14)  # crosses epochs
-    interrupted = data.make_train_iterator(cfg, global_batch_size=8, seed=5)
-    _take(interrupted, 6)
-    state = interrupted.get_state()
-    resumed = data.make_train_iterator(cfg, global_batch_size=8, seed=5)
-    resumed.set_state(state)
+    resumed = _restored_after(cfg, 6, global_batch_size=8, seed=5)
     for want, got in zip(reference[6:], _take(resumed, 8)):
         for key in data.BATCH_KEYS:
             np.testing.assert_array_equal(want[key], got[key])
@@ -224,11 +229,7 @@ def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
             assert np.array_equal(a, b) or mirrored
             flipped += mirrored and not np.array_equal(a, b)
     assert 4 <= flipped <= 20  # of 24, p = 0.5
-    it = data.make_train_iterator(crop, global_batch_size=4, seed=1)
-    _take(it, 3)
-    state = it.get_state()
-    resumed = data.make_train_iterator(crop, global_batch_size=4, seed=1)
-    resumed.set_state(state)
+    resumed = _restored_after(crop, 3, global_batch_size=4, seed=1)
     for want, got in zip(reference[3:], _take(resumed, 3)):
         np.testing.assert_array_equal(want["sar"], got["sar"])  # same boxes after a restore
     plain = _take(data.make_train_iterator(_cfg(str(tmp_path), image_size=12, paired_share=0.5),
@@ -296,3 +297,17 @@ def test_example_proto_matches_the_tfds_decoder():
     assert set(example_proto.parse_example(data_bytes, frozenset({"flag"}))) == {"flag"}
     with pytest.raises(example_proto.ProtoError):
         example_proto.parse_example(data_bytes[:-5])
+
+
+def test_prepare_fills_path_and_model_size(tmp_path):
+    import ml_collections
+
+    cfg = data.default_config()
+    cfg.synthetic.update(num_examples=16, num_test_examples=0, image_size=16, examples_per_shard=16)
+    prepared = data.prepare(cfg, ml_collections.ConfigDict({"image_size": 8}), str(tmp_path))
+    assert prepared.path == str(tmp_path / "data") and prepared.image_size == 8 and cfg.path is None
+    info = data.dataset_info(prepared)
+    assert info["image_size"] == (8, 8) and info["stored_image_size"] == (16, 16)
+    assert info["epoch_size"] == round(12 / 0.7)  # num_paired / paired_share, as released
+    batch = next(data.make_train_iterator(prepared, global_batch_size=4, seed=0))
+    assert batch["sar"].shape == (4, 8, 8, 1)
