@@ -41,6 +41,7 @@ setup(
             "sarmae-import=sarmae_jax.convert.cli:import_main",
             "sarmae-export=sarmae_jax.convert.cli:export_main",
             "sarmae-convert-sar1m=data_pipelines.sar1m:main",
+            "sarmae-precompute-teacher=data_pipelines.teacher_features:main",
         ],
     },
 )

@@ -18,12 +18,14 @@ def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[
     """Device batch -> normalised model inputs. SARE noises the encoder input; the target stays clean.
 
     Returns `clean` and `noisy` `[B, H, W, in_channels]` (normalised SAR), `optical` `[B, H, W, 3]`
-    (ImageNet-normalised), `speckled` `[B]` bool and `strength` `[B]` float32.
+    (ImageNet-normalised), `speckled` `[B]` bool and `strength` `[B]` float32; `teacher_tokens`
+    `[B, N, Dt]` passes through when the dataset stores precomputed teacher features.
     """
     channels = config.model.in_channels
     clean01 = preprocess.to_unit_interval(batch["sar"])
     noisy01, info = speckle.apply_sare_from_config(key, clean01, config.sare)
-    return {
+    extra = {"teacher_tokens": batch["teacher_tokens"]} if "teacher_tokens" in batch else {}
+    return extra | {
         "clean": preprocess.normalize_sar(clean01, channels),
         "noisy": preprocess.normalize_sar(noisy01, channels),
         "optical": preprocess.normalize_optical(preprocess.to_unit_interval(batch["optical"])),
@@ -47,7 +49,10 @@ def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.A
     loss = config.loss.mae_weight * loss_mae
     aux = {"loss_mae": loss_mae, "pred": pred, "mask": masking.mask}
     if modules.anchor_head is not None:
-        teacher_tokens = modules.teacher.apply({"params": teacher_params}, inputs["optical"])  # [B, N, Dt]
+        if "teacher_tokens" in inputs:  # precomputed offline (data_pipelines/teacher_features.py)
+            teacher_tokens = inputs["teacher_tokens"].astype(jnp.float32)
+        else:
+            teacher_tokens = modules.teacher.apply({"params": teacher_params}, inputs["optical"])  # [B, N, Dt]
         teacher_visible = anchor.gather_patches(teacher_tokens, masking.ids_keep)
         student = modules.anchor_head.apply({"params": params["anchor_head"]}, latent[:, 1:])
         loss_align, num_paired = anchor.alignment_loss(student, teacher_visible, is_paired)

@@ -12,6 +12,7 @@ Kinds:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -88,6 +89,12 @@ def build_teacher(cfg, dtype: Dtype = jnp.float32) -> tuple[nn.Module, int]:
     if cfg.kind not in TEACHERS:
         raise ValueError(f"config.sarc.teacher.kind={cfg.kind!r}: expected one of {sorted(TEACHERS)}")
     return TEACHERS[cfg.kind](cfg, dtype)
+
+
+def teacher_identity(cfg) -> str:
+    """A name for the teacher a config describes, stored with precomputed tokens and checked by the trainer."""
+    checkpoint = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
+    return f"{cfg.kind}/{cfg.size}/p{cfg.patch_size}:{checkpoint}"
 
 
 def _ensure_registered() -> None:
