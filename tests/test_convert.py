@@ -232,5 +232,7 @@ def test_vit_teacher_loads_a_timm_export_through_the_teacher_config(tmp_path):
     module, _ = teachers.build_teacher(cfg)
     shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, IMAGE, IMAGE, 3)))["params"]))
     params = _perturb(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), seed=5)
+    # The export writes the sin-cos table; the teacher keeps whatever table it loads as its `pos_embed` parameter.
+    params["encoder"]["pos_embed"] = vit.sincos_2d(params["encoder"]["cls_token"].shape[-1], IMAGE // PATCH)[None]
     state_dicts.save(path, torch_export.to_timm(params, IMAGE))
     _assert_trees_equal(params, teachers.load_teacher_params(cfg, module, image_size=IMAGE))

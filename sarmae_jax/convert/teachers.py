@@ -1,4 +1,4 @@
-"""Frozen-teacher weights from PyTorch checkpoints: `load_teacher_checkpoint(cfg, path) -> params` (NumPy tree).
+"""Frozen-teacher weights from PyTorch checkpoints: `load_teacher_checkpoint(cfg, path, image_size) -> params` (NumPy tree).
 
 Called by `sarmae_jax.models.teachers.load_teacher_params` for every non-`.npz` path; the result is then
 checked name-by-name and shape-by-shape against the teacher module.
@@ -9,8 +9,14 @@ checked name-by-name and shape-by-shape against the teacher module.
 |            | `DINOv3ViTModel` directory / `.safetensors`                                             |
 | `released` | the same DINOv3 files; only `patch_embed` and the final `norm` are read (the released  |
 |            | SARMAE code's simplified teacher); the blocks are deliberately left out                |
-| `vit`      | MAE-family ViT with the fixed sin-cos table: timm/MAE names (`.pth`/`.safetensors`,     |
-|            | e.g. our `sarmae-export --format timm`) or a Hugging Face `ViTModel` directory          |
+| `vit`      | timm/MAE-named ViT (`.pth`/`.safetensors`, e.g. our `sarmae-export --format timm`) or   |
+|            | a Hugging Face `ViTModel`; learned or sin-cos position table (kept as a parameter)     |
+| `dinov2`   | official DINOv2 `.pth` (`dinov2_vitb14_pretrain.pth`), transformers `Dinov2Model`      |
+| `dinov2_reg` | official `dinov2_vitb14_reg4_pretrain.pth`, transformers `Dinov2WithRegistersModel`  |
+
+Learned position tables made for another grid (DINOv2: 37 x 37, for 518-pixel images) are resampled once,
+here, to `image_size / patch` exactly as the checkpoint's own model does it at that input size (see
+`_pos_resampling`); the frozen teacher's forward is then the PyTorch model's forward at that size.
 """
 from __future__ import annotations
 
@@ -18,14 +24,15 @@ import numpy as np
 
 from sarmae_jax.convert import state_dicts, vit_layout
 from sarmae_jax.convert.state_dicts import StrictReader
-from sarmae_jax.models import vit
+from sarmae_jax.models import teachers, vit
 
 # Buffers and heads of DINOv3 checkpoints that carry nothing the patch tokens depend on.
 _DINOV3_OFFICIAL_IGNORED = ("mask_token",)
 _DINOV3_HF_IGNORED = ("embeddings.mask_token",)
 
 
-def load_teacher_checkpoint(cfg, path: str) -> dict:
+def load_teacher_checkpoint(cfg, path: str, image_size: int) -> dict:
+    """`cfg`: the `sarc.teacher` config; `image_size`: the (square) optical input size the teacher will see."""
     sd = state_dicts.strip_prefixes(state_dicts.load(path), ("module.", "backbone."))
     size = vit.VIT_SIZES[cfg.size]
     if cfg.kind == "dinov3":
@@ -33,15 +40,20 @@ def load_teacher_checkpoint(cfg, path: str) -> dict:
     if cfg.kind == "released":
         return released_from_torch(sd, path)
     if cfg.kind == "vit":
+        sd = vit_layout.hf_file_names_to_current(sd, "vit")
         names, prefix = _vit_names(sd)
+        _check_patch_size(sd, prefix + names.patch + ".weight", cfg.patch_size, path)
         r = StrictReader(sd, path)
-        params = vit_layout.encoder_from_torch(r, names, num_heads=size["num_heads"], image_size=_grid_image_size(sd, names, prefix),
-                                               scan=True, prefix=prefix)
+        params = vit_layout.encoder_from_torch(r, names, num_heads=size["num_heads"], image_size=image_size, scan=True,
+                                               prefix=prefix, learned_pos=vit.PLAIN_BICUBIC)
         r.ignore([k for k in sd if k.startswith(("head.", "fc_norm.", "pooler."))])  # classifier heads: not teacher features
         r.finish("a ViT teacher")
         return {"encoder": params}
+    if cfg.kind in ("dinov2", "dinov2_reg"):
+        return dinov2_from_torch(sd, path, num_heads=size["num_heads"], patch_size=cfg.patch_size, image_size=image_size,
+                                 with_registers=cfg.kind == "dinov2_reg")
     raise ValueError(f"teacher kind {cfg.kind!r} cannot load PyTorch checkpoints ({path}); "
-                     "supported: dinov3, released, vit")
+                     "supported: dinov2, dinov2_reg, dinov3, released, vit")
 
 
 def _vit_names(sd) -> tuple[vit_layout.EncoderNames, str]:
@@ -51,14 +63,54 @@ def _vit_names(sd) -> tuple[vit_layout.EncoderNames, str]:
     return vit_layout.TIMM_ENCODER, ""
 
 
-def _grid_image_size(sd, names, prefix) -> int:
-    """The image size the stored position table was made for (square grid)."""
-    pos = sd.get(prefix + names.pos)
-    patch = sd.get(prefix + names.patch + ".weight")
-    if pos is None or patch is None:
-        return 224  # the reader reports the missing keys
-    grid = int(round((pos.shape[1] - 1) ** 0.5))
-    return grid * patch.shape[-1]
+def _check_patch_size(sd, key: str, patch_size: int, path: str) -> None:
+    kernel = sd.get(key)
+    if kernel is not None and kernel.ndim == 4 and kernel.shape[-1] != patch_size:
+        raise ValueError(
+            f"{path}: {key} has {kernel.shape[-1]}-pixel patches, but sarc.teacher.patch_size={patch_size}. Teacher and "
+            "student tokens must cover the same pixels, so set model.patch_size and sarc.teacher.patch_size to "
+            f"{kernel.shape[-1]} (DINOv2 ViTs use 14: e.g. image_size=224 gives a 16 x 16 grid for both).")
+
+
+# ------------------------------------------------------------------------------------ DINOv2
+def _pos_resampling(official: bool, with_registers: bool) -> vit.PosResampling:
+    """How each DINOv2 resamples its 37 x 37 table at another input size (its `interpolate_pos_encoding`).
+
+    transformers' Dinov2Model: plain bicubic to the new size. Dinov2WithRegistersModel and the official hub's
+    `dinov2_*_reg` models: antialiased bicubic (`interpolate_antialias=True, interpolate_offset=0`).
+    The official models without registers: plain bicubic with `scale_factor=(new + 0.1) / 37`
+    (`interpolate_offset=0.1`), which samples slightly differently from transformers' port.
+    """
+    if with_registers:
+        return vit.PosResampling(antialias=True)
+    return vit.PosResampling(offset=0.1) if official else vit.PLAIN_BICUBIC
+
+
+def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_size: int, with_registers: bool) -> dict:
+    """Params of `teachers.ViTTeacher(layer_scale=True, num_registers=0 | 4)` from an official or transformers DINOv2."""
+    sd = vit_layout.hf_file_names_to_current(sd, "dinov2")
+    if "cls_token" in sd:
+        names, official = vit_layout.DINOV2_OFFICIAL, True
+    elif "embeddings.cls_token" in sd:
+        names, official = vit_layout.DINOV2_HF, False
+    else:
+        raise ValueError(f"{path}: neither an official DINOv2 checkpoint (cls_token, pos_embed, blocks.N.ls1.gamma) nor a "
+                         f"transformers Dinov2Model (embeddings.cls_token, encoder.layer.N); first keys: {sorted(sd)[:8]}")
+    found = sd[names.registers].shape[1] if names.registers in sd else 0
+    wanted = teachers.DINOV2_REGISTERS if with_registers else 0
+    if found != wanted:
+        kind = "dinov2_reg" if found else "dinov2"
+        raise ValueError(f"{path}: the checkpoint has {found} register tokens ({names.registers}), the teacher kind "
+                         f"expects {wanted}: set sarc.teacher.kind={kind}")
+    if names.blocks.format(i=0) + "mlp.w12.weight" in sd or names.blocks.format(i=0) + "mlp.weights_in.weight" in sd:
+        raise ValueError(f"{path}: a SwiGLU DINOv2 (ViT-g/14) is not supported; use ViT-S/B/L")
+    _check_patch_size(sd, names.patch + ".weight", patch_size, path)
+    r = StrictReader(sd, path)
+    encoder = vit_layout.encoder_from_torch(r, names, num_heads=num_heads, image_size=image_size, scan=True,
+                                            learned_pos=_pos_resampling(official, with_registers))
+    r.ignore(["mask_token", "embeddings.mask_token"])  # masked-image-modelling input only: never touches the features
+    r.finish(f"a DINOv2{' with registers' if found else ''} ViT ({num_heads} heads)")
+    return {"encoder": encoder}
 
 
 def _dinov3_format(sd, path) -> str:

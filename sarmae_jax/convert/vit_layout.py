@@ -6,12 +6,14 @@ Tensor conventions (all exact transposes/reshapes, so conversions are bitwise lo
   fused qkv torch `weight [3D, D]` rows (q|k|v, head, head_dim) <-> Flax `kernel [D, 3, H, Dh]`
   out proj torch `weight [D, D]` columns (head, head_dim)       <-> Flax `kernel [H, Dh, D]`
   LayerNorm `weight`/`bias`                 <-> `scale`/`bias`
-Position embeddings are fixed sin-cos tables here (not parameters): exports write `vit.sincos_2d`
-(class row included), imports check the stored table against it.
+Position embeddings of the student are fixed sin-cos tables (not parameters): exports write `vit.sincos_2d`
+(class row included), imports check the stored table against it. Frozen ViT teachers keep their learned
+table as a parameter (`encoder_from_torch(..., learned_pos=...)`), resampled to the run's grid.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,9 @@ class EncoderNames:
     patch: str
     blocks: str  # format string with {i}
     norm: str
-    scheme: str  # block naming: "timm" (fused qkv) | "hf" (separate q/k/v)
+    scheme: str  # block naming: "timm" (fused qkv) | "hf" (separate q/k/v) | "hf_dinov2" (hf, norm1/norm2)
+    registers: str | None = None  # register tokens [1, R, D] (DINOv2 with registers)
+    layer_scale: tuple[str, str] | None = None  # per-block LayerScale vectors of the two branches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,38 @@ HF_ENCODER = EncoderNames("embeddings.cls_token", "embeddings.position_embedding
                           "embeddings.patch_embeddings.projection", "layers.{i}.", "layernorm", "hf")
 HF_DECODER = DecoderNames("decoder.decoder_embed", "decoder.mask_token", "decoder.decoder_pos_embed",
                           "decoder.decoder_layers.{i}.", "decoder.decoder_norm", "decoder.decoder_pred", "hf")
+# DINOv2 (with or without registers): the official facebookresearch/dinov2 `.pth`, and transformers'
+# Dinov2Model / Dinov2WithRegistersModel. Registers are read only where the checkpoint has them.
+DINOV2_OFFICIAL = EncoderNames("cls_token", "pos_embed", "patch_embed.proj", "blocks.{i}.", "norm", "timm",
+                               registers="register_tokens", layer_scale=("ls1.gamma", "ls2.gamma"))
+DINOV2_HF = EncoderNames("embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection",
+                         "encoder.layer.{i}.", "layernorm", "hf_dinov2", registers="embeddings.register_tokens",
+                         layer_scale=("layer_scale1.lambda1", "layer_scale2.lambda1"))
+# transformers (5.x) renames the names its files keep (the hub's `model.safetensors`) when it loads them;
+# `hf_file_names_to_current` does the same, so a checkpoint on disk and a live `state_dict()` read alike.
+_HF_ATTENTION_RENAMES = ((r"\.attention\.attention\.query\.", ".attention.q_proj."),
+                         (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+                         (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+                         (r"\.attention\.output\.dense\.", ".attention.o_proj."))
+_HF_FILE_RENAMES = {
+    "dinov2": _HF_ATTENTION_RENAMES,
+    "vit": _HF_ATTENTION_RENAMES + ((r"\.intermediate\.dense\.", ".mlp.fc1."), (r"\.output\.dense\.", ".mlp.fc2."),
+                                    (r"^((?:vit\.)?)encoder\.layer\.", r"\1layers.")),
+}
+
+
+def hf_file_names_to_current(sd: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
+    """Rename the stored transformers names of a ViT (`family="vit"`) or DINOv2 (`"dinov2"`) file
+    (`encoder.layer.N.attention.attention.query`, ...) to the current ones (`layers.N.attention.q_proj`, ...)."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, replacement in _HF_FILE_RENAMES[family]:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
+_HF_NORMS = {"hf": ("layernorm_before.", "layernorm_after."), "hf_dinov2": ("norm1.", "norm2.")}
 # Our choice for the SARC projection head in the released format (nn.Sequential(Linear, ReLU, Linear, LayerNorm)).
 ALIGN_HEAD = "align_head."
 
@@ -109,7 +145,8 @@ def block_to_torch(block: Tree, prefix: str, scheme: str) -> dict[str, np.ndarra
     return out
 
 
-def block_from_torch(r: StrictReader, prefix: str, width: int, num_heads: int, hidden: int, scheme: str) -> Tree:
+def block_from_torch(r: StrictReader, prefix: str, width: int, num_heads: int, hidden: int, scheme: str,
+                     layer_scale: tuple[str, str] | None = None) -> Tree:
     d, h = width, num_heads
     if scheme == "timm":
         norm1 = norm_from_torch(r, prefix + "norm1.", d)
@@ -117,16 +154,19 @@ def block_from_torch(r: StrictReader, prefix: str, width: int, num_heads: int, h
         qkv_b = r.take(prefix + "attn.qkv.bias", (3 * d,))
         proj = linear_from_torch(r, prefix + "attn.proj.", d, d)
         norm2 = norm_from_torch(r, prefix + "norm2.", d)
-    elif scheme == "hf":
-        norm1 = norm_from_torch(r, prefix + "layernorm_before.", d)
+    elif scheme in _HF_NORMS:
+        norm1 = norm_from_torch(r, prefix + _HF_NORMS[scheme][0], d)
         names = ("q_proj", "k_proj", "v_proj")
         qkv_w = np.concatenate([r.take(f"{prefix}attention.{n}.weight", (d, d)) for n in names])
         qkv_b = np.concatenate([r.take(f"{prefix}attention.{n}.bias", (d,)) for n in names])
         proj = linear_from_torch(r, prefix + "attention.o_proj.", d, d)
-        norm2 = norm_from_torch(r, prefix + "layernorm_after.", d)
+        norm2 = norm_from_torch(r, prefix + _HF_NORMS[scheme][1], d)
     else:
         raise ValueError(f"unknown block naming scheme {scheme!r}")
-    return {
+    scales = {}
+    if layer_scale:
+        scales = {"ls1": {"gamma": r.take(prefix + layer_scale[0], (d,))}, "ls2": {"gamma": r.take(prefix + layer_scale[1], (d,))}}
+    return {**scales,
         "norm1": norm1,
         "attn": {
             "qkv": {"kernel": qkv_w.T.reshape(d, 3, h, d // h), "bias": qkv_b.reshape(3, h, d // h)},
@@ -186,6 +226,16 @@ def check_pos_embed(r: StrictReader, key: str, width: int, grid: int) -> None:
         )
 
 
+def learned_pos_table(r: StrictReader, key: str, width: int, grid: tuple[int, int], how: vit.PosResampling) -> np.ndarray:
+    """A learned `[1, 1 + M*M, D]` table resampled to `grid`; a mis-shaped or missing one is recorded in `r`."""
+    if not r.has(key):
+        return r.take(key, (1, 1 + grid[0] * grid[1], width))
+    stored = r.sd[key]
+    m = int(round((stored.shape[1] - 1) ** 0.5)) if stored.ndim == 3 else 0
+    table = r.take(key, (1, 1 + m * m, width))
+    return vit.resample_pos_embed(table, grid, how) if m else np.zeros((1, 1 + grid[0] * grid[1], width), np.float32)
+
+
 def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: str = "") -> dict[str, np.ndarray]:
     width = np.shape(enc["cls_token"])[-1]
     patch = np.shape(enc["patch_embed"]["proj"]["kernel"])[0]
@@ -200,8 +250,13 @@ def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: st
 
 
 def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, image_size: int, channels: int = 3,
-                       scan: bool = True, prefix: str = "") -> Tree:
-    """Read an encoder; width from the class token, depth from the block keys, patch size from the conv kernel."""
+                       scan: bool = True, prefix: str = "", learned_pos: vit.PosResampling | None = None) -> Tree:
+    """Read an encoder; width from the class token, depth from the block keys, patch size from the conv kernel.
+
+    `learned_pos=None` (the student): the stored position table must be our sin-cos table. Otherwise (a frozen
+    teacher) the table becomes the `pos_embed` parameter, resampled the checkpoint's model's way to
+    `image_size / patch` if its grid differs. Register tokens and LayerScale are read where `names` has them.
+    """
     cls_key = prefix + names.cls
     if not r.has(cls_key):
         raise ValueError(f"{r.source}: no {cls_key!r}: not a ViT encoder in {names.scheme} naming "
@@ -218,10 +273,18 @@ def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, 
     hidden = fc1.shape[0] if fc1 is not None else 4 * width
     if width % num_heads:
         raise ValueError(f"{r.source}: width {width} is not divisible by num_heads={num_heads}")
-    check_pos_embed(r, prefix + names.pos, width, image_size // patch)
-    blocks = [block_from_torch(r, prefix + names.blocks.format(i=i), width, num_heads, hidden, names.scheme)
+    grid = image_size // patch
+    extra: Tree = {}
+    if learned_pos is None:
+        check_pos_embed(r, prefix + names.pos, width, grid)
+    else:
+        extra["pos_embed"] = learned_pos_table(r, prefix + names.pos, width, (grid, grid), learned_pos)
+    if names.registers and r.has(prefix + names.registers):
+        extra["register_tokens"] = r.take(prefix + names.registers, (1, r.sd[prefix + names.registers].shape[1], width))
+    blocks = [block_from_torch(r, prefix + names.blocks.format(i=i), width, num_heads, hidden, names.scheme, names.layer_scale)
               for i in range(depth)]
     return {
+        **extra,
         "cls_token": r.take(cls_key, (1, 1, width)),
         "patch_embed": {"proj": conv_from_torch(r, prefix + names.patch + ".", width, channels, patch)},
         "stack": stack_blocks(blocks, scan),

@@ -59,13 +59,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, num_prefix: int) ->
     return jnp.concatenate([prefix, patches.astype(x.dtype)], axis=1)
 
 
-class LayerScale(nn.Module):
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gamma = self.param("gamma", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        return x * gamma.astype(x.dtype)
-
-
 class RopeAttention(nn.Module):
     """Fused-qkv multi-head attention with RoPE on the patch tokens. `[B, T, D] -> [B, T, D]`."""
 
@@ -100,11 +93,11 @@ class DINOv3Block(nn.Module):
         d = x.shape[-1]
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm1")(x)
         h = RopeAttention(self.num_heads, self.num_prefix, self.dtype, name="attn")(h, cos, sin)
-        x = x + LayerScale(name="ls1")(h)
+        x = x + vit.LayerScale(name="ls1")(h)
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm2")(x)
         h = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, name="fc1")(h)
         h = nn.Dense(d, dtype=self.dtype, name="fc2")(nn.gelu(h, approximate=False))
-        x = x + LayerScale(name="ls2")(h)
+        x = x + vit.LayerScale(name="ls2")(h)
         return x, None
 
 
@@ -142,7 +135,7 @@ class DINOv3(nn.Module):
         num_prefix = 1 + self.num_registers
         blocks = nn.scan(
             DINOv3Block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=nn.broadcast, length=self.depth,
+            in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )(self.num_heads, num_prefix, self.mlp_ratio, self.norm_eps, self.dtype, name="blocks")
         x, _ = blocks(x, rope)
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)

@@ -7,6 +7,9 @@ Kinds:
   - `released`: what the public SARMAE code actually ran as its "DINOv3 teacher": only the
     patch-embedding convolution followed by the final LayerNorm (no transformer blocks).
   - `vit`: a plain frozen ViT of configurable size (its patch tokens after the final norm).
+  - `dinov2` / `dinov2_reg`: DINOv2 (Oquab et al., 2023) without / with its 4 register tokens
+    (Darcet et al., 2023): a ViT with learned positions and LayerScale. Released DINOv2s have 14-pixel
+    patches, so they need `model.patch_size=14` (the teacher's and the student's patches must coincide).
   - `dinov3`: the full DINOv3 ViT (registered by `sarmae_jax.models.dinov3` when available).
 """
 from __future__ import annotations
@@ -43,21 +46,30 @@ class ReleasedTeacher(nn.Module):
 
 
 class ViTTeacher(nn.Module):
-    """A plain ViT; its patch tokens (class token dropped) after the final norm. `[B, H, W, 3] -> [B, N, D]`."""
+    """A ViT; its patch tokens (class and register tokens dropped) after the final norm. `[B, H, W, 3] -> [B, N, D]`.
+
+    The position table is a parameter (`encoder/pos_embed [1, 1 + N, D]`, N at the input's grid): a frozen
+    teacher keeps whatever table its checkpoint was trained with, learned (timm/HF ViT, DINOv2) or MAE's
+    fixed sin-cos one (the initial value). A checkpoint made for another grid is resampled once at load.
+    With `num_registers=4, layer_scale=True` this is DINOv2 with registers.
+    """
 
     patch_size: int = 16
     width: int = 768
     depth: int = 12
     num_heads: int = 12
+    num_registers: int = 0
+    layer_scale: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         tokens = vit.ViTEncoder(
             patch_size=self.patch_size, width=self.width, depth=self.depth, num_heads=self.num_heads,
-            dtype=self.dtype, name="encoder",
+            dtype=self.dtype, learned_pos_embed=True, num_registers=self.num_registers,
+            layer_scale=self.layer_scale, name="encoder",
         )(images)
-        return tokens[:, 1:]
+        return tokens[:, 1 + self.num_registers:]
 
 
 # kind -> (teacher_cfg, dtype) -> (module, output width). Other modules register more kinds.
@@ -81,6 +93,22 @@ def _released(cfg, dtype):
 def _plain_vit(cfg, dtype):
     size = vit.VIT_SIZES[cfg.size]
     return ViTTeacher(patch_size=cfg.patch_size, dtype=dtype, **size), size["width"]
+
+
+DINOV2_REGISTERS = 4  # every released DINOv2-with-registers ViT (S/B/L/g) carries 4
+
+
+@register_teacher("dinov2")
+def _dinov2(cfg, dtype):
+    size = vit.VIT_SIZES[cfg.size]
+    return ViTTeacher(patch_size=cfg.patch_size, layer_scale=True, dtype=dtype, **size), size["width"]
+
+
+@register_teacher("dinov2_reg")
+def _dinov2_with_registers(cfg, dtype):
+    size = vit.VIT_SIZES[cfg.size]
+    return (ViTTeacher(patch_size=cfg.patch_size, num_registers=DINOV2_REGISTERS, layer_scale=True, dtype=dtype, **size),
+            size["width"])
 
 
 def build_teacher(cfg, dtype: Dtype = jnp.float32) -> tuple[nn.Module, int]:
@@ -131,7 +159,7 @@ def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) 
     else:
         from sarmae_jax.convert import teachers as convert_teachers  # PyTorch formats: optional extra
 
-        params = convert_teachers.load_teacher_checkpoint(cfg, ckpt)
+        params = convert_teachers.load_teacher_checkpoint(cfg, ckpt, image_size)
     check_tree_matches(params, shapes, what=f"teacher checkpoint {ckpt}")
     return jax.tree.map(jnp.asarray, params)
 

@@ -69,6 +69,75 @@ def sincos_2d(dim: int, grid_size: int, with_cls_token: bool = True) -> np.ndarr
     return table.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class PosResampling:
+    """How a checkpoint's model resamples its learned position table to another grid (all bicubic, in float32).
+
+    `antialias`: PyTorch's antialiased bicubic (Keys a = -0.5, the PIL filter) instead of the plain one (a = -0.75).
+    `offset`: the official DINOv2's `interpolate_offset`: it resamples with `scale_factor = (new + offset) / old`
+    rather than `size=new`, which moves the sample points slightly (0.1 in its models without registers).
+    """
+
+    antialias: bool = False
+    offset: float = 0.0
+
+
+# transformers' ViTModel / Dinov2Model `interpolate_pos_encoding`, timm-free plain bicubic.
+PLAIN_BICUBIC = PosResampling()
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter `a`, for `|x| < 2` (0 beyond)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
+def bicubic_matrix(n_in: int, n_out: int, how: PosResampling = PLAIN_BICUBIC) -> np.ndarray:
+    """`[n_out, n_in]` float64 weights of PyTorch's 1-D bicubic resampling, `align_corners=False`.
+
+    Plain: `upsample_bicubic2d` (source `(i + 0.5) * scale - 0.5`, a = -0.75, border indices clamped).
+    Antialiased: `_upsample_bicubic2d_aa` (PIL's filter: a = -0.5, support widened by the scale when
+    shrinking, taps outside the input dropped and the rest renormalised).
+    """
+    scale = n_in / (n_out + how.offset) if how.offset else n_in / n_out
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        if how.antialias:
+            support = 2.0 * max(scale, 1.0)
+            centre = scale * (i + 0.5)
+            lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+            taps = _cubic((np.arange(lo, hi) - centre + 0.5) / max(scale, 1.0), -0.5)
+            w[i, lo:hi] = taps / taps.sum()
+        else:
+            src = scale * (i + 0.5) - 0.5
+            base = int(np.floor(src))
+            t = src - base
+            for j, dist in zip(range(base - 1, base + 3), (t + 1, t, 1 - t, 2 - t)):
+                w[i, min(max(j, 0), n_in - 1)] += _cubic(np.asarray(dist), -0.75)
+    return w
+
+
+def resample_pos_embed(table: np.ndarray, grid: tuple[int, int], how: PosResampling = PLAIN_BICUBIC) -> np.ndarray:
+    """A learned position table `[1, 1 + M*M, D]` (class row first, square M x M grid, row-major) resampled to
+    `grid = (rows, cols)`: `[1, 1 + rows*cols, D]` float32. The class row is kept; an equal grid is returned as is.
+
+    Computed once when a frozen teacher is loaded (the table is a constant), so the teacher's forward
+    is what DINOv2 / transformers compute at that input size.
+    """
+    table = np.asarray(table)
+    m = int(round((table.shape[1] - 1) ** 0.5))
+    if table.ndim != 3 or table.shape[0] != 1 or m * m != table.shape[1] - 1:
+        raise ValueError(f"position table of shape {table.shape}: expected [1, 1 + M*M, D] (class row + square grid)")
+    if (m, m) == tuple(grid):
+        return table.astype(np.float32)
+    patches = table[0, 1:].astype(np.float64).reshape(m, m, -1)
+    rows, cols = bicubic_matrix(m, grid[0], how), bicubic_matrix(m, grid[1], how)
+    resampled = np.einsum("ym,xn,mnd->yxd", rows, cols, patches).reshape(1, grid[0] * grid[1], -1)
+    return np.concatenate([table[:, :1], resampled], axis=1).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Patches
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +291,15 @@ class Mlp(nn.Module):
         )(x)
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (CaiT; DINOv2, DINOv3): `x * gamma`, `gamma [D]` float32."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", _p(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
+        return x * gamma.astype(x.dtype)
+
+
 def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
@@ -245,6 +323,7 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    layer_scale: bool = False  # LayerScale (`ls1`, `ls2`) on both branches, as DINOv2
 
     @nn.compact
     def __call__(self, x: jax.Array, layer_index: jax.Array):
@@ -257,9 +336,13 @@ class Block(nn.Module):
 
         h = layer_norm("norm1", self.dtype, self.param_dtype)(x)
         h = Attention(self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn")(h)
+        if self.layer_scale:
+            h = LayerScale(name="ls1")(h)
         x = x + drop_path(h, rate, branch_rng())
         h = layer_norm("norm2", self.dtype, self.param_dtype)(x)
         h = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(h)
+        if self.layer_scale:
+            h = LayerScale(name="ls2")(h)
         x = x + drop_path(h, rate, branch_rng())
         return x, None
 
@@ -294,6 +377,7 @@ class BlockStack(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     options: StackOptions = StackOptions()
+    layer_scale: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -306,6 +390,7 @@ class BlockStack(nn.Module):
             num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, depth=self.depth,
             drop_path_rate=self.drop_path_rate, deterministic=self.deterministic,
             dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+            layer_scale=self.layer_scale,
         )
         indices = jnp.arange(self.depth, dtype=jnp.float32)
         if self.options.scan:
@@ -330,7 +415,12 @@ class ViTEncoder(nn.Module):
     `__call__(images, ids_keep=None)`:
       images:   `[B, H, W, C]` float, already normalised.
       ids_keep: `[B, K]` int32 indices of the patches to keep (MAE masking), or None for all N.
-    Returns tokens `[B, 1 + K, D]` after the final LayerNorm (class token first).
+    Returns tokens `[B, 1 + R + K, D]` after the final LayerNorm (class token, R register tokens, patches).
+
+    The student is the default (sin-cos, no registers, no LayerScale). Frozen teachers loaded from other
+    ViTs use the rest: `learned_pos_embed` (a `pos_embed [1, 1 + N, D]` parameter at this input's grid,
+    initialised to the sin-cos table), `num_registers` (`register_tokens [1, R, D]`, inserted after the
+    class token without positions, as DINOv2) and `layer_scale`.
     """
 
     patch_size: int = 16
@@ -344,6 +434,9 @@ class ViTEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     stack: StackOptions = StackOptions()
+    learned_pos_embed: bool = False
+    num_registers: int = 0
+    layer_scale: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None) -> jax.Array:
@@ -352,15 +445,24 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"image size {h}x{w} must be square and divisible by the patch size {self.patch_size}")
         x = PatchEmbed(self.patch_size, self.width, self.dtype, self.param_dtype, name="patch_embed")(images)
         grid = h // self.patch_size
-        pos = jnp.asarray(sincos_2d(self.width, grid, with_cls_token=True), dtype=x.dtype)
+        table = sincos_2d(self.width, grid, with_cls_token=True)
+        if self.learned_pos_embed:
+            pos = self.param("pos_embed", _p(lambda *_: jnp.asarray(table[None]), (None, None, "embed")),
+                             (1, 1 + grid * grid, self.width), self.param_dtype)[0].astype(x.dtype)
+        else:
+            pos = jnp.asarray(table, dtype=x.dtype)
         x = x + pos[None, 1:]
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
         cls = self.param("cls_token", _p(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), self.param_dtype)
-        cls = (cls + pos[None, :1]).astype(x.dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
+        prefix = [(cls + pos[None, :1]).astype(x.dtype)]
+        if self.num_registers:
+            prefix.append(self.param("register_tokens", _p(nn.initializers.normal(0.02), (None, None, "embed")),
+                                     (1, self.num_registers, self.width), self.param_dtype).astype(x.dtype))
+        prefix = jnp.concatenate(prefix, axis=1)
+        x = jnp.concatenate([jnp.broadcast_to(prefix, (b,) + prefix.shape[1:]), x], axis=1)
         x = BlockStack(
             self.depth, self.num_heads, self.mlp_ratio, self.drop_path_rate, self.deterministic,
-            self.dtype, self.param_dtype, self.attention_impl, self.stack, name="stack",
+            self.dtype, self.param_dtype, self.attention_impl, self.stack, self.layer_scale, name="stack",
         )(x)
         return layer_norm("norm", self.dtype, self.param_dtype)(x)
