@@ -9,7 +9,9 @@ Per transformer block over T tokens, width D, MLP width M = 4D:
 """
 from __future__ import annotations
 
-from sarmae_jax.models import mae, vit
+from sarmae_jax.models import mae, teachers, vit
+
+TEACHER_CHANNELS = 3  # the teacher sees the optical RGB image, whatever `model.in_channels` the SAR student has
 
 
 def block_forward_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
@@ -42,8 +44,13 @@ def train_step_flops_per_image(config) -> float:
         t = config.sarc.teacher
         tw = vit.VIT_SIZES[t.size]["width"]
         trained += 2 * k * enc["width"] * enc["width"] + 2 * k * enc["width"] * tw  # anchor head
+        teacher_pixels = t.patch_size**2 * TEACHER_CHANNELS
         if t.kind == "released":
-            teacher = 2 * n * patch_pixels * tw
+            teacher = 2 * n * teacher_pixels * tw
         else:
-            teacher = vit_forward_flops(n + 1, tw, vit.VIT_SIZES[t.size]["depth"], patch_pixels, n)
+            # The teacher's blocks run over class + register tokens + all N patches (DINOv3 and DINOv2-with-
+            # registers carry 4 registers); the module of the configured kind knows its count.
+            module, _ = teachers.build_teacher(t)
+            tokens = 1 + getattr(module, "num_registers", 0) + n
+            teacher = vit_forward_flops(tokens, tw, vit.VIT_SIZES[t.size]["depth"], teacher_pixels, n)
     return 3 * trained + teacher

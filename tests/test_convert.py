@@ -104,6 +104,10 @@ def test_timm_export_has_timm_keys_and_matches_a_timm_forward(tmp_path):
         _assert_trees_equal(sd, state_dicts.load(path))
 
 
+def _file_keys(directory):
+    return set(state_dicts.load(str(directory)))
+
+
 def test_hf_vitmodel_export_loads_strictly_and_matches(tmp_path):
     params = _params(seed=1)
     sd, config = torch_export.to_hf_vit(params, IMAGE)
@@ -118,7 +122,17 @@ def test_hf_vitmodel_export_loads_strictly_and_matches(tmp_path):
         ref = model.eval()(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).last_hidden_state.numpy()
     ours = _modules()[0].apply({"params": params["encoder"]}, images)
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=0)
-    back = torch_import.import_mae_family(state_dicts.load(str(out)), str(out), num_heads=HEADS, image_size=IMAGE)
+    # What transformers itself writes for this model: exactly our key set, and it imports back bit for bit
+    # (a pooler, which `ViTModel` has by default, is a classifier part and is read past).
+    resaved = tmp_path / "resaved"
+    model.save_pretrained(str(resaved))
+    assert set(sd) == _file_keys(resaved)
+    back = torch_import.import_mae_family(state_dicts.load(str(resaved)), str(resaved), num_heads=HEADS, image_size=IMAGE)
+    _assert_trees_equal(params["encoder"], back["encoder"])
+    pooled = tmp_path / "pooled"
+    transformers.ViTModel.from_pretrained(str(out)).save_pretrained(str(pooled))
+    assert "pooler.dense.weight" in _file_keys(pooled)
+    back = torch_import.import_mae_family(state_dicts.load(str(pooled)), str(pooled), num_heads=HEADS, image_size=IMAGE)
     _assert_trees_equal(params["encoder"], back["encoder"])
 
 
@@ -141,6 +155,37 @@ def test_hf_vitmae_reconstruction_and_loss_match_with_the_same_noise(tmp_path):
     np.testing.assert_allclose(np.asarray(pred), ref.logits.numpy(), atol=1e-4, rtol=0)
     loss = mae.reconstruction_loss(pred, vit.patchify(jnp.asarray(images), PATCH), m.mask)
     np.testing.assert_allclose(float(loss), float(ref.loss), atol=1e-4, rtol=0)
+    # The torch model's own files (`save_pretrained`: `vit.encoder.layer.N.attention.attention.query`,
+    # `decoder.decoder_encoder.layer.N...`) hold exactly our key set and import back bit for bit; so does its
+    # transformers 5.x in-memory state dict (`vit.layers.N.attention.q_proj`, `decoder.decoder_layers.N...`).
+    resaved = tmp_path / "resaved"
+    model.save_pretrained(str(resaved))
+    assert _file_keys(out) == _file_keys(resaved)
+    for source in (state_dicts.load(str(resaved)), {k: v.numpy() for k, v in model.state_dict().items()}):
+        back = torch_import.import_mae_family(source, str(resaved), num_heads=HEADS, image_size=IMAGE, decoder=DEC)
+        _assert_trees_equal({p: params[p] for p in ("encoder", "decoder")}, back)
+
+
+@pytest.mark.parametrize("family", ["vit", "vitmae", "dinov2", "dinov2_reg", "dinov3"])
+def test_hf_live_names_map_to_the_file_names_save_pretrained_writes(tmp_path, family):
+    small = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32,
+                 patch_size=16)
+    model = {"vit": lambda: transformers.ViTModel(transformers.ViTConfig(**small)),
+             "vitmae": lambda: transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
+                 **small, decoder_hidden_size=8, decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
+                 decoder_intermediate_size=16)),
+             "dinov2": lambda: transformers.Dinov2Model(transformers.Dinov2Config(**small)),
+             "dinov2_reg": lambda: transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(**small)),
+             "dinov3": lambda: transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(**small))}[family]()
+    model.save_pretrained(str(tmp_path))
+    files = state_dicts.load(str(tmp_path))
+    live = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert set(live) != set(files)  # transformers 5.x renames on load: otherwise this test checks nothing
+    assert vit_layout.hf_live_naming(live) == {"vitmae": "vit", "dinov2_reg": "dinov2"}.get(family, family)
+    assert vit_layout.hf_live_naming(files) is None
+    renamed = vit_layout.hf_live_names_to_file(live)
+    _assert_trees_equal(files, renamed)
+    _assert_trees_equal(files, vit_layout.hf_live_names_to_file(files))
 
 
 def _fake_released_checkpoint(path, size="tiny", seed=0):

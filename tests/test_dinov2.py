@@ -37,12 +37,14 @@ def _dinov2(registers: bool, seed=0):
     return _randomise(transformers.Dinov2Model(transformers.Dinov2Config(**common)))
 
 
-def _state_dict(model):
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+def _state_dict(model, directory):
+    """The tensors `save_pretrained` writes (the hub's names: `encoder.layer.N.attention.attention.query`, ...)."""
+    model.save_pretrained(str(directory))
+    return state_dicts.load(str(directory))
 
 
 def _to_official(sd):
-    """A transformers DINOv2 state dict renamed to the official facebookresearch/dinov2 `.pth` layout."""
+    """A transformers DINOv2 file's state dict renamed to the official facebookresearch/dinov2 `.pth` layout."""
     out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
            "mask_token": sd["embeddings.mask_token"],
            "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
@@ -53,8 +55,9 @@ def _to_official(sd):
     for i in range(DEPTH):
         h, o = f"encoder.layer.{i}.", f"blocks.{i}."
         for part in ("weight", "bias"):
-            out[o + "attn.qkv." + part] = np.concatenate([sd[f"{h}attention.{n}_proj.{part}"] for n in "qkv"])
-            out[o + "attn.proj." + part] = sd[f"{h}attention.o_proj.{part}"]
+            out[o + "attn.qkv." + part] = np.concatenate([sd[f"{h}attention.attention.{n}.{part}"]
+                                                          for n in ("query", "key", "value")])
+            out[o + "attn.proj." + part] = sd[f"{h}attention.output.dense.{part}"]
             for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
                 out[f"{o}{name}.{part}"] = sd[f"{h}{name}.{part}"]
         out[o + "ls1.gamma"], out[o + "ls2.gamma"] = sd[h + "layer_scale1.lambda1"], sd[h + "layer_scale2.lambda1"]
@@ -104,10 +107,10 @@ def test_resample_pos_embed_matches_torch_interpolate(how, grid):
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "dinov2_reg"])
-def test_dinov2_patch_tokens_match_transformers_with_resampled_positions(kind):
+def test_dinov2_patch_tokens_match_transformers_with_resampled_positions(kind, tmp_path):
     model = _dinov2(registers=kind == "dinov2_reg")
     images = _images(RUN_IMAGE)
-    ours = _run_teacher(kind, _state_dict(model), images)
+    ours = _run_teacher(kind, _state_dict(model, tmp_path), images)
     ref = _torch_tokens(model, images, 1 + (4 if kind == "dinov2_reg" else 0))
     assert ours.shape == (2, (RUN_IMAGE // PATCH) ** 2, WIDTH)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
@@ -116,7 +119,7 @@ def test_dinov2_patch_tokens_match_transformers_with_resampled_positions(kind):
 @pytest.mark.parametrize("kind", ["dinov2", "dinov2_reg"])
 def test_dinov2_official_layout_matches_the_official_forward(kind, tmp_path):
     model = _dinov2(registers=kind == "dinov2_reg", seed=1)
-    sd = _state_dict(model)
+    sd = _state_dict(model, tmp_path / "hf")
     path = str(tmp_path / "dinov2.pth")
     state_dicts.save(path, _to_official(sd))
     images = _images(RUN_IMAGE, seed=1)
@@ -146,7 +149,7 @@ def test_dinov2_kinds_load_through_the_teacher_config_and_refuse_mismatches(tmp_
         convert_teachers.load_teacher_checkpoint(_teacher("dinov2", path), path, RUN_IMAGE)
     with pytest.raises(ValueError, match=r"14-pixel patches, but sarc.teacher.patch_size=16.*set model.patch_size"):
         convert_teachers.load_teacher_checkpoint(_teacher("dinov2_reg", path, patch=16), path, 224)
-    sd = _to_official(_state_dict(_dinov2(registers=False)))
+    sd = _to_official(_state_dict(_dinov2(registers=False), tmp_path / "plain"))
     del sd["blocks.1.ls2.gamma"]
     sd["blocks.0.attn.surprise"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as e:

@@ -42,7 +42,7 @@ def _hf_patch_tokens(model, images_nhwc):
 
 
 def _to_official(sd):
-    """The transformers state dict renamed to the official DINOv3 `.pth` layout (fused qkv + k-bias mask)."""
+    """The transformers file's state dict (`save_pretrained` names) renamed to the official DINOv3 `.pth` layout (fused qkv + k-bias mask)."""
     out = {"cls_token": sd["embeddings.cls_token"], "storage_tokens": sd["embeddings.register_tokens"],
            "mask_token": sd["embeddings.mask_token"][0],
            "patch_embed.proj.weight": sd["embeddings.patch_embeddings.weight"],
@@ -50,7 +50,7 @@ def _to_official(sd):
            "norm.weight": sd["norm.weight"], "norm.bias": sd["norm.bias"],
            "rope_embed.periods": (100.0 ** (2 * np.arange(WIDTH // HEADS // 4) / (WIDTH // HEADS // 2))).astype(np.float32)}
     for i in range(DEPTH):
-        h, o = f"model.layer.{i}.", f"blocks.{i}."
+        h, o = f"layer.{i}.", f"blocks.{i}."
         a = h + "attention."
         out[o + "attn.qkv.weight"] = np.concatenate([sd[a + f"{n}_proj.weight"] for n in "qkv"])
         garbage_k_bias = np.full((WIDTH,), 7.0, np.float32)  # masked out by bias_mask, as in the official code
@@ -64,15 +64,24 @@ def _to_official(sd):
 
 
 def _hf_state_dict(model):
+    """transformers 5.x in-memory names (`model.layer.N.`)."""
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("layout", ["hf", "official"])
+def _hf_file(model, directory):
+    """What `save_pretrained` (and the hub) stores: `layer.N.` names."""
+    model.save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.mark.parametrize("layout", ["hf_file", "hf_live", "official"])
 def test_dinov3_patch_tokens_match_transformers(tmp_path, layout):
     model = _hf_model()
-    sd = _hf_state_dict(model)
-    path = str(tmp_path / ("model.safetensors" if layout == "hf" else "dinov3.pth"))
-    state_dicts.save(path, sd if layout == "hf" else _to_official(sd), wrap_key=None)
+    path = _hf_file(model, tmp_path / "hf")
+    if layout == "hf_live":
+        path = state_dicts.save(str(tmp_path / "live.safetensors"), _hf_state_dict(model))
+    elif layout == "official":
+        path = state_dicts.save(str(tmp_path / "dinov3.pth"), _to_official(state_dicts.load(path)))
     params = convert_teachers.dinov3_from_torch(state_dicts.load(path), path, num_heads=HEADS)
     module = _module()
     images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
@@ -99,9 +108,7 @@ def test_rope_tables_rotate_only_patch_tokens_and_follow_grid():
 
 
 def test_dinov3_teacher_kind_is_registered_and_loads_through_the_config(tmp_path):
-    model = _hf_model(seed=1, image_size=32)
-    path = str(tmp_path / "dinov3.safetensors")
-    state_dicts.save(path, _hf_state_dict(model))
+    path = _hf_file(_hf_model(seed=1, image_size=32), tmp_path / "dinov3")
     cfg = ml_collections.ConfigDict(dict(kind="dinov3", size="small", patch_size=PATCH, checkpoint=path))
     module, width = teachers.build_teacher(cfg)
     assert isinstance(module, dinov3.DINOv3) and width == 384
@@ -111,10 +118,10 @@ def test_dinov3_teacher_kind_is_registered_and_loads_through_the_config(tmp_path
 
 
 def test_dinov3_checkpoint_with_missing_and_extra_keys_is_refused(tmp_path):
-    sd = _hf_state_dict(_hf_model(image_size=32))
-    del sd["model.layer.1.layer_scale2.lambda1"]
-    sd["model.layer.0.surprise"] = np.zeros(3, np.float32)
+    sd = state_dicts.load(_hf_file(_hf_model(image_size=32), tmp_path))
+    del sd["layer.1.layer_scale2.lambda1"]
+    sd["layer.0.surprise"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as e:
         convert_teachers.dinov3_from_torch(sd, "x.safetensors", num_heads=HEADS)
-    assert "missing:    model.layer.1.layer_scale2.lambda1" in str(e.value)
-    assert "unexpected: model.layer.0.surprise" in str(e.value)
+    assert "missing:    layer.1.layer_scale2.lambda1" in str(e.value)
+    assert "unexpected: layer.0.surprise" in str(e.value)

@@ -33,14 +33,13 @@ _DINOV3_HF_IGNORED = ("embeddings.mask_token",)
 
 def load_teacher_checkpoint(cfg, path: str, image_size: int) -> dict:
     """`cfg`: the `sarc.teacher` config; `image_size`: the (square) optical input size the teacher will see."""
-    sd = state_dicts.strip_prefixes(state_dicts.load(path), ("module.", "backbone."))
+    sd = vit_layout.hf_live_names_to_file(state_dicts.strip_prefixes(state_dicts.load(path), ("module.", "backbone.")))
     size = vit.VIT_SIZES[cfg.size]
     if cfg.kind == "dinov3":
         return dinov3_from_torch(sd, path, num_heads=size["num_heads"])
     if cfg.kind == "released":
         return released_from_torch(sd, path)
     if cfg.kind == "vit":
-        sd = vit_layout.hf_file_names_to_current(sd, "vit")
         names, prefix = _vit_names(sd)
         _check_patch_size(sd, prefix + names.patch + ".weight", cfg.patch_size, path)
         r = StrictReader(sd, path)
@@ -88,7 +87,7 @@ def _pos_resampling(official: bool, with_registers: bool) -> vit.PosResampling:
 
 def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_size: int, with_registers: bool) -> dict:
     """Params of `teachers.ViTTeacher(layer_scale=True, num_registers=0 | 4)` from an official or transformers DINOv2."""
-    sd = vit_layout.hf_file_names_to_current(sd, "dinov2")
+    sd = vit_layout.hf_live_names_to_file(sd)
     if "cls_token" in sd:
         names, official = vit_layout.DINOV2_OFFICIAL, True
     elif "embeddings.cls_token" in sd:
@@ -116,14 +115,16 @@ def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_s
 def _dinov3_format(sd, path) -> str:
     if "storage_tokens" in sd or "blocks.0.ls1.gamma" in sd:
         return "official"
-    if "embeddings.register_tokens" in sd or "model.layer.0.norm1.weight" in sd:
+    if "embeddings.register_tokens" in sd or "layer.0.norm1.weight" in sd:
         return "hf"
     raise ValueError(f"{path}: neither an official DINOv3 checkpoint (storage_tokens, blocks.N.ls1.gamma) nor a "
-                     f"transformers DINOv3ViTModel (embeddings.register_tokens, model.layer.N); first keys: {sorted(sd)[:8]}")
+                     f"transformers DINOv3ViTModel (embeddings.register_tokens, layer.N); first keys: {sorted(sd)[:8]}")
 
 
 def dinov3_from_torch(sd, path: str, num_heads: int) -> dict:
-    """Params of `sarmae_jax.models.dinov3.DINOv3` from an official or a transformers DINOv3 state dict."""
+    """Params of `sarmae_jax.models.dinov3.DINOv3` from an official or a transformers DINOv3 state dict (file
+    names `layer.N.`, or a live 5.x `state_dict()`'s `model.layer.N.`)."""
+    sd = vit_layout.hf_live_names_to_file(sd)
     fmt = _dinov3_format(sd, path)
     r = StrictReader(sd, path)
     official = fmt == "official"
@@ -133,7 +134,7 @@ def dinov3_from_torch(sd, path: str, num_heads: int) -> dict:
     num_reg = r.sd[reg_key].shape[1] if r.has(reg_key) else 0
     patch_prefix = "patch_embed.proj." if official else "embeddings.patch_embeddings."
     patch = r.sd[patch_prefix + "weight"].shape[-1] if r.has(patch_prefix + "weight") else 16
-    block_pattern = "blocks.{i}." if official else "model.layer.{i}."
+    block_pattern = "blocks.{i}." if official else vit_layout.DINOV3_HF_BLOCKS
     depth = vit_layout.count_blocks(sd, block_pattern)
     if depth == 0 or d == 0:
         raise ValueError(f"{path}: DINOv3 checkpoint without {cls_key} or {block_pattern.format(i=0)}* tensors")
@@ -217,6 +218,7 @@ def _dinov3_block(norm1, qkv, proj, ls1, norm2, fc1, fc2, ls2, h) -> dict:
 
 def released_from_torch(sd, path: str) -> dict:
     """The released SARMAE teacher: DINOv3's patch embedding and final norm only (what its code ran)."""
+    sd = vit_layout.hf_live_names_to_file(sd)
     fmt = _dinov3_format(sd, path)
     patch_prefix = "patch_embed.proj." if fmt == "official" else "embeddings.patch_embeddings."
     r = StrictReader(sd, path)

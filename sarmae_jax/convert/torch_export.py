@@ -4,6 +4,8 @@
                                    loads with `strict=True` into `timm.create_model(..., num_classes=0)`
   to_hf_vit(params, image_size)    transformers `ViTModel` (load with `add_pooling_layer=False`: we have no pooler)
   to_hf_vitmae(params, ...)        transformers `ViTMAEForPreTraining` (encoder + decoder)
+The Hugging Face dicts hold exactly the keys `save_pretrained` writes (`encoder.layer.N.attention.attention.query`,
+...): the file names every transformers version loads, not transformers 5.x's in-memory names.
   to_released(params, image_size)  the released SARMAE `.pth` layout: MAE names + `align_head.{0,2,3}`
 Position tables are written from the fixed sin-cos table (class row zeros), as MAE stores them.
 """
@@ -16,7 +18,7 @@ import numpy as np
 from sarmae_jax.convert import vit_layout
 from sarmae_jax.models import vit
 
-TRANSFORMERS_VERSION = "5.24.0"  # the key names below are those of this version (layers.N.attention.q_proj, ...)
+TRANSFORMERS_VERSION = "5.24.0"  # written to config.json; the tests check the key sets against this version's files
 
 
 def encoder_arch(enc: Any) -> dict[str, int]:

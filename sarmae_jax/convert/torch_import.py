@@ -4,7 +4,8 @@ Reads the released SARMAE pre-training checkpoints (`{"model": ...}`; keys with 
 `sar_encoder.` prefixes; MAE `models_mae.py` names for encoder and decoder, the SARC head under
 `align_head.{0,2,3}` -- `nn.Sequential(Linear, ReLU, Linear, LayerNorm)`; another prefix can be named),
 ImageNet MAE checkpoints (encoder only, or with decoder), our own `to_timm`/`to_released` exports and
-Hugging Face `ViTMAEForPreTraining` / `ViTModel` files. Strict: every tensor is placed and shape-checked,
+Hugging Face `ViTMAEForPreTraining` / `ViTModel` files (the names `save_pretrained` and the hub's files hold,
+or a transformers 5.x live `state_dict()`: see `vit_layout.hf_live_names_to_file`). Strict: every tensor is placed and shape-checked,
 leftovers are errors; the stored position tables must equal the fixed sin-cos table.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def import_mae_family(sd, source: str, *, num_heads: int, image_size: int, decod
     the decoder part). Tensors of parts that are present but not requested are skipped on purpose and
     logged (e.g. `parts=["encoder"]`: the recipe's ImageNet-MAE initialisation, decoder left fresh).
     """
-    sd = strip_prefixes(sd, PREFIXES)
+    sd = vit_layout.hf_live_names_to_file(strip_prefixes(sd, PREFIXES))
     hf = any(k.startswith(("vit.embeddings.", "embeddings.")) for k in sd)
     enc_names = vit_layout.HF_ENCODER if hf else vit_layout.TIMM_ENCODER
     enc_prefix = "vit." if hf and any(k.startswith("vit.") for k in sd) else ""
@@ -70,8 +71,8 @@ def import_mae_family(sd, source: str, *, num_heads: int, image_size: int, decod
         fc2 = sd.get(head_prefix + "2.weight")
         teacher_width = fc2.shape[0] if fc2 is not None else width
         out["anchor_head"] = vit_layout.anchor_head_from_torch(r, width, teacher_width, head_prefix)
-    # MAE fine-tuning leftovers and timm classifier heads are not pre-training parts.
-    r.ignore([k for k in sd if k.startswith(("head.", "fc_norm."))])
+    # MAE fine-tuning leftovers, timm classifier heads and HF ViTModel's pooler are not pre-training parts.
+    r.ignore([k for k in sd if k.startswith(("head.", "fc_norm.", "pooler."))])
     r.finish("a MAE-family ViT" + (f" with {present[1:]}" if len(present) > 1 else ""))
     skipped = [p for p in present if p not in parts]
     if skipped:

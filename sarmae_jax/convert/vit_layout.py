@@ -52,10 +52,13 @@ class DecoderNames:
 TIMM_ENCODER = EncoderNames("cls_token", "pos_embed", "patch_embed.proj", "blocks.{i}.", "norm", "timm")
 MAE_DECODER = DecoderNames("decoder_embed", "mask_token", "decoder_pos_embed", "decoder_blocks.{i}.", "decoder_norm",
                            "decoder_pred", "timm")
+# Hugging Face names are those transformers writes to files (`save_pretrained`, the hub's `model.safetensors`):
+# the same in every transformers version, and what any safetensors reader sees. transformers 5.x renames them
+# in memory (`layers.N.attention.q_proj`, ...); `hf_live_names_to_file` maps such live `state_dict()`s back.
 HF_ENCODER = EncoderNames("embeddings.cls_token", "embeddings.position_embeddings",
-                          "embeddings.patch_embeddings.projection", "layers.{i}.", "layernorm", "hf")
+                          "embeddings.patch_embeddings.projection", "encoder.layer.{i}.", "layernorm", "hf")
 HF_DECODER = DecoderNames("decoder.decoder_embed", "decoder.mask_token", "decoder.decoder_pos_embed",
-                          "decoder.decoder_layers.{i}.", "decoder.decoder_norm", "decoder.decoder_pred", "hf")
+                          "decoder.decoder_encoder.layer.{i}.", "decoder.decoder_norm", "decoder.decoder_pred", "hf")
 # DINOv2 (with or without registers): the official facebookresearch/dinov2 `.pth`, and transformers'
 # Dinov2Model / Dinov2WithRegistersModel. Registers are read only where the checkpoint has them.
 DINOV2_OFFICIAL = EncoderNames("cls_token", "pos_embed", "patch_embed.proj", "blocks.{i}.", "norm", "timm",
@@ -63,31 +66,60 @@ DINOV2_OFFICIAL = EncoderNames("cls_token", "pos_embed", "patch_embed.proj", "bl
 DINOV2_HF = EncoderNames("embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection",
                          "encoder.layer.{i}.", "layernorm", "hf_dinov2", registers="embeddings.register_tokens",
                          layer_scale=("layer_scale1.lambda1", "layer_scale2.lambda1"))
-# transformers (5.x) renames the names its files keep (the hub's `model.safetensors`) when it loads them;
-# `hf_file_names_to_current` does the same, so a checkpoint on disk and a live `state_dict()` read alike.
-_HF_ATTENTION_RENAMES = ((r"\.attention\.attention\.query\.", ".attention.q_proj."),
-                         (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-                         (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-                         (r"\.attention\.output\.dense\.", ".attention.o_proj."))
-_HF_FILE_RENAMES = {
-    "dinov2": _HF_ATTENTION_RENAMES,
-    "vit": _HF_ATTENTION_RENAMES + ((r"\.intermediate\.dense\.", ".mlp.fc1."), (r"\.output\.dense\.", ".mlp.fc2."),
-                                    (r"^((?:vit\.)?)encoder\.layer\.", r"\1layers.")),
+# transformers' DINOv3ViTModel file names: blocks `layer.{i}.` (live: `model.layer.{i}.`).
+DINOV3_HF_BLOCKS = "layer.{i}."
+
+# Live (transformers 5.x in-memory) -> file names, per family; the inverse of what `from_pretrained` does on load.
+_LIVE_ATTENTION = ((r"\.attention\.q_proj\.", ".attention.attention.query."),
+                   (r"\.attention\.k_proj\.", ".attention.attention.key."),
+                   (r"\.attention\.v_proj\.", ".attention.attention.value."),
+                   (r"\.attention\.o_proj\.", ".attention.output.dense."))
+_LIVE_TO_FILE = {
+    # ViTModel, ViTMAEModel, ViTMAEForPreTraining (encoder under `vit.`, decoder blocks), ViTForImageClassification.
+    "vit": ((r"^((?:vit\.)?)layers\.", r"\1encoder.layer."), (r"^decoder\.decoder_layers\.", "decoder.decoder_encoder.layer."),
+            *_LIVE_ATTENTION, (r"\.mlp\.fc1\.", ".intermediate.dense."), (r"\.mlp\.fc2\.", ".output.dense.")),
+    "dinov2": _LIVE_ATTENTION,  # Dinov2Model, Dinov2WithRegistersModel: only the attention is renamed
+    "dinov3": ((r"^model\.layer\.", "layer."),),  # DINOv3ViTModel: only the block prefix
 }
+# A key that only the live naming of each family has (checked in this order).
+_LIVE_MARKERS = (("dinov3", r"^model\.layer\.\d+\."),
+                 ("vit", r"^(vit\.)?layers\.\d+\.|^decoder\.decoder_layers\.\d+\."),
+                 ("dinov2", r"^encoder\.layer\.\d+\.attention\.[qkvo]_proj\."))
 
 
-def hf_file_names_to_current(sd: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
-    """Rename the stored transformers names of a ViT (`family="vit"`) or DINOv2 (`"dinov2"`) file
-    (`encoder.layer.N.attention.attention.query`, ...) to the current ones (`layers.N.attention.q_proj`, ...)."""
+def hf_live_naming(sd) -> str | None:
+    """The transformers family (`"vit"`, `"dinov2"`, `"dinov3"`) whose 5.x in-memory names `sd` uses, or None when
+    it holds file names (a `save_pretrained` / hub file, or any transformers 4.x dict) or is no transformers dict."""
+    for family, marker in _LIVE_MARKERS:
+        if any(re.match(marker, k) for k in sd):
+            return family
+    return None
+
+
+def hf_live_names_to_file(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`sd` in transformers' file names: a live 5.x `state_dict()` of a ViT / ViTMAE (decoder included), DINOv2 or
+    DINOv3 is renamed (`layers.N.attention.q_proj` -> `encoder.layer.N.attention.attention.query`, ...); file-named,
+    timm, MAE and official dicts come back unchanged. The values are not copied."""
+    family = hf_live_naming(sd)
+    if family is None:
+        return dict(sd)
     out = {}
     for key, value in sd.items():
-        for pattern, replacement in _HF_FILE_RENAMES[family]:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
+        new = key
+        for pattern, replacement in _LIVE_TO_FILE[family]:
+            new = re.sub(pattern, replacement, new)
+        if new in out:
+            raise ValueError(f"{key!r} and another tensor both map to {new!r}: a dict mixing transformers' file and "
+                             "in-memory names")
+        out[new] = value
     return out
 
 
 _HF_NORMS = {"hf": ("layernorm_before.", "layernorm_after."), "hf_dinov2": ("norm1.", "norm2.")}
+_HF_QKV = ("query", "key", "value")  # under `attention.attention.`
+_HF_OUT = "attention.output.dense."
+_MLP_NAMES = {"timm": ("mlp.fc1.", "mlp.fc2."), "hf": ("intermediate.dense.", "output.dense."),
+              "hf_dinov2": ("mlp.fc1.", "mlp.fc2.")}
 # Our choice for the SARC projection head in the released format (nn.Sequential(Linear, ReLU, Linear, LayerNorm)).
 ALIGN_HEAD = "align_head."
 
@@ -133,15 +165,16 @@ def block_to_torch(block: Tree, prefix: str, scheme: str) -> dict[str, np.ndarra
         out.update(norm_to_torch(block["norm2"], prefix + "norm2."))
     elif scheme == "hf":
         out.update(norm_to_torch(block["norm1"], prefix + "layernorm_before."))
-        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            out[f"{prefix}attention.{name}.weight"] = qkv_w[j * d:(j + 1) * d]
-            out[f"{prefix}attention.{name}.bias"] = qkv_b[j * d:(j + 1) * d]
-        out.update(linear_to_torch(proj, prefix + "attention.o_proj."))
+        for j, name in enumerate(_HF_QKV):
+            out[f"{prefix}attention.attention.{name}.weight"] = qkv_w[j * d:(j + 1) * d]
+            out[f"{prefix}attention.attention.{name}.bias"] = qkv_b[j * d:(j + 1) * d]
+        out.update(linear_to_torch(proj, prefix + _HF_OUT))
         out.update(norm_to_torch(block["norm2"], prefix + "layernorm_after."))
     else:
         raise ValueError(f"unknown block naming scheme {scheme!r}")
-    out.update(linear_to_torch(block["mlp"]["fc1"], prefix + "mlp.fc1."))
-    out.update(linear_to_torch(block["mlp"]["fc2"], prefix + "mlp.fc2."))
+    fc1, fc2 = _MLP_NAMES[scheme]
+    out.update(linear_to_torch(block["mlp"]["fc1"], prefix + fc1))
+    out.update(linear_to_torch(block["mlp"]["fc2"], prefix + fc2))
     return out
 
 
@@ -156,10 +189,9 @@ def block_from_torch(r: StrictReader, prefix: str, width: int, num_heads: int, h
         norm2 = norm_from_torch(r, prefix + "norm2.", d)
     elif scheme in _HF_NORMS:
         norm1 = norm_from_torch(r, prefix + _HF_NORMS[scheme][0], d)
-        names = ("q_proj", "k_proj", "v_proj")
-        qkv_w = np.concatenate([r.take(f"{prefix}attention.{n}.weight", (d, d)) for n in names])
-        qkv_b = np.concatenate([r.take(f"{prefix}attention.{n}.bias", (d,)) for n in names])
-        proj = linear_from_torch(r, prefix + "attention.o_proj.", d, d)
+        qkv_w = np.concatenate([r.take(f"{prefix}attention.attention.{n}.weight", (d, d)) for n in _HF_QKV])
+        qkv_b = np.concatenate([r.take(f"{prefix}attention.attention.{n}.bias", (d,)) for n in _HF_QKV])
+        proj = linear_from_torch(r, prefix + _HF_OUT, d, d)
         norm2 = norm_from_torch(r, prefix + _HF_NORMS[scheme][1], d)
     else:
         raise ValueError(f"unknown block naming scheme {scheme!r}")
@@ -173,8 +205,8 @@ def block_from_torch(r: StrictReader, prefix: str, width: int, num_heads: int, h
             "proj": {"kernel": proj["kernel"].reshape(h, d // h, d), "bias": proj["bias"]},
         },
         "norm2": norm2,
-        "mlp": {"fc1": linear_from_torch(r, prefix + "mlp.fc1.", d, hidden),
-                "fc2": linear_from_torch(r, prefix + "mlp.fc2.", hidden, d)},
+        "mlp": {"fc1": linear_from_torch(r, prefix + _MLP_NAMES[scheme][0], d, hidden),
+                "fc2": linear_from_torch(r, prefix + _MLP_NAMES[scheme][1], hidden, d)},
     }
 
 
@@ -269,7 +301,7 @@ def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, 
     depth = count_blocks(r.sd, prefix + names.blocks)
     if depth == 0:
         raise ValueError(f"{r.source}: no encoder blocks named {prefix + names.blocks.format(i=0)}...")
-    fc1 = r.sd.get(prefix + names.blocks.format(i=0) + "mlp.fc1.weight")
+    fc1 = r.sd.get(prefix + names.blocks.format(i=0) + _MLP_NAMES[names.scheme][0] + "weight")
     hidden = fc1.shape[0] if fc1 is not None else 4 * width
     if width % num_heads:
         raise ValueError(f"{r.source}: width {width} is not divisible by num_heads={num_heads}")
