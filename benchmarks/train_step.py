@@ -104,10 +104,11 @@ def torch_step_seconds(batch: int, steps: int) -> float:
     def step():
         # Released-style SARE on [0, 1]: the encoder sees noise, the loss targets the clean image.
         noisy = (sar * torch.exp(0.3 * torch.randn(batch, 1, 224, 224))).clamp(1e-8, 1)
-        emb, mask, ids_restore = model.vit.embeddings(noisy * 2 - 1)
-        latent = model.vit.layernorm(model.vit.encoder(emb).last_hidden_state)
+        out = model.vit(pixel_values=noisy * 2 - 1)  # random masking inside; latent after the final norm
+        latent, mask, ids_restore = out.last_hidden_state, out.mask, out.ids_restore
         logits = model.decoder(latent, ids_restore).logits
-        loss_mae = model.forward_loss(sar * 2 - 1, logits, mask)
+        target = (sar * 2 - 1).reshape(batch, 3, 14, 16, 14, 16).permute(0, 2, 4, 3, 5, 1).reshape(batch, 196, 768)
+        loss_mae = (((logits - target) ** 2).mean(-1) * mask).sum() / mask.sum()
         ids_keep = torch.argsort(ids_restore, dim=1)[:, : latent.shape[1] - 1]
         with torch.no_grad():
             t_tokens = teacher_norm(teacher(optical).transpose(1, 2))
