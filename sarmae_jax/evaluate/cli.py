@@ -33,9 +33,9 @@ def main(argv):
 
 
 def run():
-    from sarmae_jax.main import _parse_flags_with_logging
+    from sarmae_jax import metrics
 
-    app.run(main, flags_parser=_parse_flags_with_logging)
+    app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 
 if __name__ == "__main__":
