@@ -103,3 +103,36 @@ def test_random_init_baseline_is_labelled_and_differs(tmp_path, tiny_export):
     assert results["random_init"] and results["encoder"].startswith("random-init (seed 3)")
     assert results["reconstruction"] is None and "random-init" in results["reconstruction_skipped"]
     assert "random-init" in open(tmp_path / "random" / "results.md").read()
+
+
+def test_image_folder_dataset_end_to_end(tmp_path, tiny_export):
+    """A released-protocol config on an ImageFolder set of another image size (resized to the model's 32)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("Train", 12), ("Val", 6)):
+        for label, name in enumerate(("bright", "dark")):
+            os.makedirs(tmp_path / "set" / split / name)
+            for i in range(n):
+                level = 180 if label == 0 else 40
+                pixels = np.clip(rng.normal(level, 20, (48, 40)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "set" / split / name / f"{i}.png")
+    cfg = config_lib.released_protocol(str(tmp_path / "set"), ("shots:4", "all"))
+    cfg.checkpoint = tiny_export
+    cfg.protocols = ("linear_probe", "knn")
+    cfg.linear_probe.update(epochs=20, seeds=(0,))
+    cfg.knn.update(k=3, seeds=(0,))
+    results = pipeline.run(cfg, str(tmp_path / "eval"))
+    assert results["class_names"] == ["bright", "dark"] and results["num_test"] == 12
+    acc = {(r["protocol"].split(" ")[0], r["split"]): r["summary"]["test_last"]["mean"] for r in results["classification"]}
+    # Brightness separates the classes even through a random encoder.
+    assert acc[("linear_probe", "all")] == 100.0 and acc[("knn", "all")] >= 90.0
+
+
+@pytest.mark.parametrize("name", ["synthetic", "fusar_ship", "mstar", "sar_acd"])
+def test_eval_configs_validate(name):
+    import importlib
+
+    cfg = importlib.import_module(f"configs.eval.{name}").get_config()
+    config_lib.validate(cfg)
+    assert cfg.finetune.epochs == 30 and cfg.finetune.layer_decay == 0.75 and len(cfg.finetune.seeds) == 5

@@ -51,3 +51,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "the test split is not allowed")
     if c.features.pooling not in ("gap", "cls"):
         raise ValueError(f"config.features.pooling={c.features.pooling!r}: expected 'gap' or 'cls'")
+
+
+def released_protocol(path: str, splits: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """The released SARMAE classification evaluation of an ImageFolder set (`<path>/Train`, `<path>/Val`).
+
+    `Val/` is the reported test split (the release has no separate validation; set
+    `dataset.val_split="holdout:0.1"` to add one carved from Train). Images are resized to the
+    checkpoint's input size with a plain resize. Full fine-tuning with the defaults of
+    `finetune.default_config()` (30 epochs, 5 seeds, layer decay 0.75, drop path 0.1, label smoothing
+    0.1), plus the linear probe and k-NN.
+    """
+    c = default_config()
+    c.dataset.kind = "image_folder"
+    c.dataset.path = path
+    c.dataset.train_split, c.dataset.test_split, c.dataset.val_split = "Train", "Val", ""
+    c.splits = splits
+    c.protocols = ("finetune", "linear_probe", "knn")
+    return c
