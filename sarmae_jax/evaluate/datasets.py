@@ -64,7 +64,7 @@ def load_split(dataset_cfg: ml_collections.ConfigDict, split: str, image_size: i
     elif kind == "records":
         data = _read_records(dataset_cfg.path, split)
     elif kind == "image_folder":
-        data = read_image_folder(os.path.join(dataset_cfg.path, split))
+        data = read_image_folder(os.path.join(dataset_cfg.path, split), image_size)
     else:
         raise ValueError(f"dataset.kind={kind!r}: expected one of {KINDS}")
     return LabelledImages(resize(data.images, image_size), data.labels, data.class_names)
@@ -105,8 +105,9 @@ def _read_records(data_dir: str, split: str) -> LabelledImages:
 
 
 # ----------------------------------------------------------------------------------- image folder
-def read_image_folder(split_dir: str) -> LabelledImages:
-    """`split_dir/<class>/<image>`: classes sorted by name (torchvision ImageFolder order).
+def read_image_folder(split_dir: str, image_size: int) -> LabelledImages:
+    """`split_dir/<class>/<image>`: classes sorted by name (torchvision ImageFolder order), every
+    image resized to `image_size` as it is read (files of one set often differ in size).
 
     Every image is single-channel SAR; colour files whose channels are equal (grey saved as RGB or
     RGBA) are accepted, true colour is an error naming the file. 8-bit stays uint8, 16-bit uint16.
@@ -123,12 +124,8 @@ def read_image_folder(split_dir: str) -> LabelledImages:
         if not files:
             raise ValueError(f"class folder {class_dir} holds no images (extensions {IMAGE_EXTENSIONS})")
         for f in files:
-            images.append(read_sar_image(os.path.join(class_dir, f)))
+            images.append(resize(read_sar_image(os.path.join(class_dir, f))[None], image_size)[0])
             labels.append(label)
-    sizes = {im.shape for im in images}
-    if len(sizes) > 1:  # mixed sizes: bring everything to the largest before stacking (the caller resizes anyway)
-        side = max(max(s[:2]) for s in sizes)
-        images = [resize(im[None], side)[0] for im in images]
     dtypes = {im.dtype for im in images}
     if len(dtypes) > 1:  # mixed bit depths: promote 8-bit to 16-bit so value / dtype max is kept
         images = [im.astype(np.uint16) * 257 if im.dtype == np.uint8 else im for im in images]
