@@ -9,8 +9,8 @@ Command (after `sarmae-train --config configs/smoke.py --workdir runs/smoke`):
 What to expect (2-core CPU, smoke `mini` ViT at 64x64): the dataset (2,048 train + 512 test scenes,
 seed 0, identical to the smoke pre-training set) is generated into /tmp/sarmae_eval/synthetic in
 seconds; features + linear probe + k-NN for 40-shot and 30% (5 seeds each) take about a minute;
-fine-tuning takes about 6-7 minutes per seed on the 30% split (240 steps + 30 evaluations), so the
-full 5 seeds x 2 splits is about an hour on CPU (minutes on a GPU); reconstruction seconds. A
+fine-tuning takes about 3.5 minutes per seed on the 30% split (240 steps + 30 evaluations), so the
+full 5 seeds x 2 splits is about half an hour on CPU (minutes on a GPU); reconstruction seconds. A
 validation set (10% of train, stratified) is held out, so tables also show the test accuracy at
 the best validation epoch. The smoke-pretrained encoder should beat the random-init one clearly on
 the linear probe and k-NN (numbers in docs/evaluate.md).
