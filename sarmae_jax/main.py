@@ -1,8 +1,6 @@
 """`sarmae-train --config configs/smoke.py --workdir DIR [--config.key=value ...]`."""
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,28 +18,10 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
-def setup_logging() -> None:
-    """Our own INFO lines, readable; the libraries' (Orbax, Grain, XLA) only from WARNING up."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    ours = logging.getLogger("sarmae_jax")
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-        ours.addHandler(handler)
-
-
 def run():
-    app.run(main, flags_parser=_parse_flags_with_logging)
+    from sarmae_jax import metrics
 
-
-def _parse_flags_with_logging(argv):
-    parsed = flags.FLAGS(argv)
-    setup_logging()
-    return parsed
+    app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 
 if __name__ == "__main__":

@@ -119,3 +119,26 @@ def save_png(path: str, image: np.ndarray, description: str = "") -> None:
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def setup_logging() -> None:
+    """Our own INFO lines, readable; the libraries' (Orbax, Grain, XLA) only from WARNING up."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("sarmae_jax")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+
+
+def parse_flags_with_logging(argv):
+    """absl `flags_parser` for the command-line tools: parse the flags, then set up logging."""
+    from absl import flags
+
+    parsed = flags.FLAGS(argv)
+    setup_logging()
+    return parsed

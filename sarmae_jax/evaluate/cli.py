@@ -1,0 +1,42 @@
+"""`sarmae-eval --config configs/eval/synthetic.py --checkpoint DIR --workdir OUT [--random_init] [--config.key=value ...]`.
+
+Writes OUT/results.json, OUT/results.md (and OUT/reconstruction.png, OUT/features/ cache).
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval/*.py).", lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Params-only export directory (sets config.checkpoint).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for results, figures and the feature cache.")
+_RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Evaluate a randomly initialised encoder with the "
+                                 "checkpoint's architecture (the baseline; sets config.random_init).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from sarmae_jax.evaluate import pipeline
+
+    cfg = _CONFIG.value
+    with cfg.unlocked():
+        if _CHECKPOINT.value is not None:
+            cfg.checkpoint = _CHECKPOINT.value
+        if _RANDOM_INIT.value:
+            cfg.random_init = True
+    results = pipeline.run(cfg, _WORKDIR.value)
+    from sarmae_jax.evaluate import report
+
+    print(report.markdown(results))
+
+
+def run():
+    from sarmae_jax import metrics
+
+    app.run(main, flags_parser=metrics.parse_flags_with_logging)
+
+
+if __name__ == "__main__":
+    run()
