@@ -42,6 +42,7 @@ setup(
             "sarmae-export=sarmae_jax.convert.cli:export_main",
             "sarmae-convert-sar1m=data_pipelines.sar1m:main",
             "sarmae-precompute-teacher=data_pipelines.teacher_features:main",
+            "sarmae-eval=sarmae_jax.evaluate.cli:run",
         ],
     },
 )
