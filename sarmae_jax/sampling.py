@@ -12,14 +12,17 @@ Why this module exists: on a CPU the speckle kernels are bound by random-number 
   (normal, uniform) costs one hash.
 - `jax.random.gamma` with a per-pixel shape runs a `while_loop` rejection sampler per element
   (about 13 images/s for 224x224 on a 2-core CPU). Here Marsaglia-Tsang runs as ONE vectorised
-  round over every pixel; the few rejected pixels (at most 4.9%, at shape 1) take accepted
-  candidates from a small per-row pool drawn with the same shape. If a row's pool ever runs out
-  (more than 8 standard deviations from the mean for 224x224 rows), a `while_loop` redraws the
-  remaining pixels until all are accepted, so the result is exact in distribution, never truncated.
+  round over every pixel, materialised once as one array (rejected = 0); the few rejected pixels
+  (at most 4.9%, at shape 1) take accepted candidates from a small per-row pool drawn with the
+  same shape, located by ranks built from packed mask words (no full-size cumsum or scatter).
+  If a row's pool ever runs out (more than 8 standard deviations from the mean for 224x224
+  rows), that whole row is redrawn by a `while_loop` until every pixel is accepted, so the result
+  is exact in distribution, never truncated.
 
-Assignment of pool candidates to rejected pixels depends only on which pixels were rejected,
-which is independent of the pool's values; every output is therefore an independent accepted
-Marsaglia-Tsang sample, i.e. exactly Gamma distributed (up to float32 arithmetic).
+Assignment of pool candidates to rejected pixels, and the decision to redraw a row, depend only on
+which candidates were accepted, which is independent of the accepted values; every output is
+therefore an independent accepted Marsaglia-Tsang sample, i.e. exactly Gamma distributed (up to
+float32 arithmetic).
 
 Uniforms carry 23 random bits and are taken at bin centres, (k + 1/2) / 2^23, so they lie in the
 open interval (0, 1): logs and powers never see 0 or 1. Normals come from the inverse error
