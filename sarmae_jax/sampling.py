@@ -12,7 +12,7 @@ Why this module exists: on a CPU the speckle kernels are bound by random-number 
   (normal, uniform) costs one hash.
 - `jax.random.gamma` with a per-pixel shape runs a `while_loop` rejection sampler per element
   (about 13 images/s for 224x224 on a 2-core CPU). Here Marsaglia-Tsang runs as ONE vectorised
-  round over every pixel, materialised once as one array (rejected = 0); the few rejected pixels
+  round over every pixel, materialised once as one array (rejected = -1); the few rejected pixels
   (at most 4.9%, at shape 1) take accepted candidates from a small per-row pool drawn with the
   same shape, located by ranks built from packed mask words (no full-size cumsum or scatter).
   If a row's pool ever runs out (more than 8 standard deviations from the mean for 224x224
@@ -139,8 +139,9 @@ def _log_acceptance(t: jax.Array, d: jax.Array) -> jax.Array:
 
 
 def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c: jax.Array):
-    """One vectorised Marsaglia-Tsang round from hash words. Returns (v, z): v = (1 + c z)^3 where
-    the candidate is accepted and 0 where it is rejected (Gamma(d + 1/3) sample = d * v); z the normal.
+    """One vectorised Marsaglia-Tsang round from hash words. Returns (v, z): v = (1 + c z)^3 > 0
+    where the candidate is accepted and -1 where it is rejected (Gamma(d + 1/3) sample = d * v);
+    z the normal.
 
     Rejection is encoded in the value (accepted v > 0) so that ONE array leaves the fusion that
     computes the round: XLA's CPU fusion duplicates or splits a producer with several outputs
@@ -150,7 +151,7 @@ def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c:
     u = open_unit_interval(second)
     t = c * z
     accepted = (t > -1.0) & (jnp.log(u) < _log_acceptance(t, d))
-    return jnp.where(accepted, (1.0 + t) ** 3, 0.0), z
+    return jnp.where(accepted, (1.0 + t) ** 3, -1.0), z
 
 
 def _pool_size(row_length: int) -> int:
@@ -163,11 +164,11 @@ def _pool_size(row_length: int) -> int:
 
 
 def _pack_rejections(v: jax.Array) -> jax.Array:
-    """`[R, m]` round values (0 = rejected) -> `[R, ceil(m / 32)]` uint32 words, bit l of word w set
+    """`[R, m]` round values (< 0 = rejected) -> `[R, ceil(m / 32)]` uint32 words, bit l of word w set
     where pixel 32 w + l was rejected. One reduction over a minor axis of 32: no full-size cumsum."""
     rows, m = v.shape
     padded = -(-m // _GROUP) * _GROUP
-    rejected = jnp.pad(v, ((0, 0), (0, padded - m)), constant_values=1.0) == 0.0
+    rejected = jnp.pad(v, ((0, 0), (0, padded - m)), constant_values=1.0) < 0.0
     lanes = jnp.arange(_GROUP, dtype=jnp.uint32)
     return jnp.sum(rejected.reshape(rows, padded // _GROUP, _GROUP).astype(jnp.uint32) << lanes,
                    axis=-1, dtype=jnp.uint32)
@@ -232,7 +233,7 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
         return _marsaglia_tsang_round(first.reshape(rows, length), second.reshape(rows, length), d, c)
 
     v, z = round_values(key_main, row_length)
-    # Log-normal rows never count as rejected (exp(sigma z) > 0 for |z| < 5.3, sigma < 100).
+    # Log-normal rows never count as rejected: exp(sigma z) >= 0 (even where it underflows).
     v = jnp.where(lognormal_rows[:, None], jnp.exp(sigma * z), v)
 
     pool_size = pool_size or _pool_size(row_length)
@@ -252,7 +253,7 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
 
     def filled(v, words, compact_pool):
         rank = jnp.minimum(_rejection_ranks(words, row_length), pool_size - 1)
-        return jnp.where(v > 0.0, v, jnp.take_along_axis(compact_pool, rank, axis=1))
+        return jnp.where(v >= 0.0, v, jnp.take_along_axis(compact_pool, rank, axis=1))
 
     def boost(gamma):
         bits, _ = hash_word_pairs(key_boost, rows * row_length)
