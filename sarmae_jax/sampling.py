@@ -12,14 +12,17 @@ Why this module exists: on a CPU the speckle kernels are bound by random-number 
   (normal, uniform) costs one hash.
 - `jax.random.gamma` with a per-pixel shape runs a `while_loop` rejection sampler per element
   (about 13 images/s for 224x224 on a 2-core CPU). Here Marsaglia-Tsang runs as ONE vectorised
-  round over every pixel; the few rejected pixels (at most 4.9%, at shape 1) take accepted
-  candidates from a small per-row pool drawn with the same shape. If a row's pool ever runs out
-  (more than 8 standard deviations from the mean for 224x224 rows), a `while_loop` redraws the
-  remaining pixels until all are accepted, so the result is exact in distribution, never truncated.
+  round over every pixel, materialised once as one array (rejected = -1); the few rejected pixels
+  (at most 4.9%, at shape 1) take accepted candidates from a small per-row pool drawn with the
+  same shape, located by ranks built from packed mask words (no full-size cumsum or scatter).
+  If a row's pool ever runs out (more than 8 standard deviations from the mean for 224x224
+  rows), that whole row is redrawn by a `while_loop` until every pixel is accepted, so the result
+  is exact in distribution, never truncated.
 
-Assignment of pool candidates to rejected pixels depends only on which pixels were rejected,
-which is independent of the pool's values; every output is therefore an independent accepted
-Marsaglia-Tsang sample, i.e. exactly Gamma distributed (up to float32 arithmetic).
+Assignment of pool candidates to rejected pixels, and the decision to redraw a row, depend only on
+which candidates were accepted, which is independent of the accepted values; every output is
+therefore an independent accepted Marsaglia-Tsang sample, i.e. exactly Gamma distributed (up to
+float32 arithmetic).
 
 Uniforms carry 23 random bits and are taken at bin centres, (k + 1/2) / 2^23, so they lie in the
 open interval (0, 1): logs and powers never see 0 or 1. Normals come from the inverse error
@@ -40,7 +43,7 @@ _BIN_WIDTH = 2.0**-_MANTISSA_BITS
 _SERIES_THRESHOLD = 0.25
 _SERIES_TERMS = 12
 # Rejected fraction of one Marsaglia-Tsang round is at most 0.049 (shape 1); see `_pool_size`.
-_GROUP = 32  # mask bits packed per uint32 word in `_ranks_within_rows`
+_GROUP = 32  # rejection bits packed per uint32 word (contiguous pixels) in `_pack_rejections`
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -136,15 +139,19 @@ def _log_acceptance(t: jax.Array, d: jax.Array) -> jax.Array:
 
 
 def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c: jax.Array):
-    """One vectorised Marsaglia-Tsang round. Returns (v, z, accepted); Gamma(d + 1/3) sample = d * v."""
+    """One vectorised Marsaglia-Tsang round from hash words. Returns (v, z): v = (1 + c z)^3 > 0
+    where the candidate is accepted and -1 where it is rejected (Gamma(d + 1/3) sample = d * v);
+    z the normal.
+
+    Rejection is encoded in the value (accepted v > 0) so that ONE array leaves the fusion that
+    computes the round: XLA's CPU fusion duplicates or splits a producer with several outputs
+    (optimization_barrier is removed before fusion there), which computed the round 4 times.
+    """
     z = normal_from_bits(first)
     u = open_unit_interval(second)
     t = c * z
-    v = (1.0 + t) ** 3
     accepted = (t > -1.0) & (jnp.log(u) < _log_acceptance(t, d))
-    # Computed once and materialised: several fusions consume these, and XLA would otherwise
-    # duplicate the hash and the acceptance test into each of them.
-    return jax.lax.optimization_barrier((v, z, accepted))
+    return jnp.where(accepted, (1.0 + t) ** 3, -1.0), z
 
 
 def _pool_size(row_length: int) -> int:
@@ -156,100 +163,121 @@ def _pool_size(row_length: int) -> int:
     return -(-row_length // 16) + math.ceil(2.0 * math.sqrt(row_length)) + 16
 
 
-def _ranks_within_rows(mask: jax.Array) -> jax.Array:
-    """For a `[R, m]` bool mask, each True element's 0-based rank among the True entries of its row.
-
-    (Values at False entries are meaningless.) A cumsum over 224x224 rows costs about as much as
-    the random numbers themselves on CPU, so the rank is built from bit counts instead: the mask
-    is packed into one uint32 word per group of 32 strided elements, a cumsum runs over the
-    m / 32 word popcounts, and the rank inside a group is the popcount of the word's lower bits.
-    The order this induces is a fixed permutation of the row, which is all the pool needs.
-    """
-    rows, m = mask.shape
+def _pack_rejections(v: jax.Array) -> jax.Array:
+    """`[R, m]` round values (< 0 = rejected) -> `[R, ceil(m / 32)]` uint32 words, bit l of word w set
+    where pixel 32 w + l was rejected. One reduction over a minor axis of 32: no full-size cumsum."""
+    rows, m = v.shape
     padded = -(-m // _GROUP) * _GROUP
-    lanes = jnp.pad(mask, ((0, 0), (0, padded - m))).astype(jnp.uint32)
-    lanes = lanes.reshape(rows, _GROUP, padded // _GROUP)  # group j = elements j, j + m/32, ...
-    shifts = jnp.arange(_GROUP, dtype=jnp.uint32)[:, None]
-    words = jnp.sum(lanes << shifts, axis=1, dtype=jnp.uint32)  # [R, m/32], one bit per lane
+    rejected = jnp.pad(v, ((0, 0), (0, padded - m)), constant_values=1.0) < 0.0
+    lanes = jnp.arange(_GROUP, dtype=jnp.uint32)
+    return jnp.sum(rejected.reshape(rows, padded // _GROUP, _GROUP).astype(jnp.uint32) << lanes,
+                   axis=-1, dtype=jnp.uint32)
+
+
+def _rejection_ranks(words: jax.Array, row_length: int) -> jax.Array:
+    """Each pixel's 0-based rank among the rejected pixels of its row, from `_pack_rejections`'
+    words: rejections in earlier words (a cumsum over m / 32 popcounts) plus the popcount of the
+    word's lower lanes. `[R, m]` int32; meaningless at accepted pixels."""
     per_word = jax.lax.population_count(words).astype(jnp.int32)
     before_word = jnp.cumsum(per_word, axis=1) - per_word
-    lower_lanes = (jnp.uint32(1) << shifts) - jnp.uint32(1)
-    within_word = jax.lax.population_count(words[:, None, :] & lower_lanes).astype(jnp.int32)
-    return (before_word[:, None, :] + within_word).reshape(rows, padded)[:, :m]
+    lower_lanes = (jnp.uint32(1) << jnp.arange(_GROUP, dtype=jnp.uint32)) - jnp.uint32(1)
+    within_word = jax.lax.population_count(words[:, :, None] & lower_lanes).astype(jnp.int32)
+    rank = before_word[:, :, None] + within_word
+    return rank.reshape(words.shape[0], -1)[:, :row_length]
 
 
 @functools.partial(jax.jit, static_argnames=("row_length", "pool_size"))
-def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int,
-                        pool_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Gamma(alpha_r, 1) samples, one shape per row, plus the standard normals of the first round.
+def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
+                        lognormal_sigma: jax.Array | None = None,
+                        pool_size: int | None = None) -> jax.Array:
+    """Gamma(alpha_r, 1) samples, one shape per row; optionally log-normal rows instead.
 
     Args:
       key: PRNG key.
       alpha: `[R]` float32 shapes, > 0 (traced values are fine; no recompilation per value).
       row_length: m, samples per row (static).
+      lognormal_sigma: optional `[R]` float32; rows where it is > 0 hold exp(sigma_r z) with z the
+        iid N(0, 1) normals of the Marsaglia-Tsang round instead of Gamma samples (the released
+        speckle mode picks one law per image; one pass serves both).
       pool_size: replacement candidates per row (static); default `_pool_size(row_length)`.
         Only tests set it (small, to exercise the exact fallback).
     Returns:
-      (gamma, z): `[R, m]` float32. `gamma[r]` is iid Gamma(alpha[r], 1). `z` is iid N(0, 1), the
-      normals of the first round; it is NOT independent of `gamma`, so a caller may use, per row,
-      either `gamma` or `z`, never both (the released speckle mode does exactly that).
+      `[R, m]` float32; row r iid Gamma(alpha[r], 1) (or log-normal, see above).
+
+    Algorithm (exact in distribution, see the module docstring): one Marsaglia-Tsang round over
+    every pixel; the k-th rejected pixel of a row takes the k-th accepted candidate of the row's
+    pool. Which candidate a pixel gets depends only on accept/reject indicators, and accepted
+    values are independent of those, so outputs are iid accepted samples. Rows whose pool ran out
+    (> 8 sd away) are redrawn whole by a rejection `while_loop`; whether a row is redrawn also
+    depends only on indicators, so that keeps the law exact. A `lax.switch` picks, per call, the
+    common branch, the one with the alpha < 1 boost, or that fallback: the branches start from
+    the materialised round, so the common path carries no full-size loop state or copies.
     """
     alpha = jnp.asarray(alpha, jnp.float32)
     rows = alpha.shape[0]
     key_main, key_pool, key_boost, key_fallback = jax.random.split(key, 4)
+    lognormal_rows = (jnp.zeros((rows,), bool) if lognormal_sigma is None
+                      else jnp.asarray(lognormal_sigma, jnp.float32) > 0.0)
+    sigma = (jnp.zeros((rows,), jnp.float32) if lognormal_sigma is None
+             else jnp.asarray(lognormal_sigma, jnp.float32))[:, None]
 
     # Shapes below 1 are sampled at alpha + 1 and boosted: Gamma(a) = Gamma(a + 1) * U^(1/a).
-    boosted = alpha < 1.0
+    boosted = (alpha < 1.0) & ~lognormal_rows
     shape = jnp.where(boosted, alpha + 1.0, alpha)
+    shape = jnp.where(lognormal_rows, 1.0, shape)  # unused there; keeps d > 0 (no NaN lanes)
     d = (shape - 1.0 / 3.0)[:, None]
     c = jax.lax.rsqrt(9.0 * d)
 
-    first, second = hash_word_pairs(key_main, rows * row_length)
-    v, z, accepted = _marsaglia_tsang_round(
-        first.reshape(rows, row_length), second.reshape(rows, row_length), d, c)
+    def round_values(round_key, length):
+        first, second = hash_word_pairs(round_key, rows * length)
+        return _marsaglia_tsang_round(first.reshape(rows, length), second.reshape(rows, length), d, c)
+
+    v, z = round_values(key_main, row_length)
+    # Log-normal rows never count as rejected: exp(sigma z) >= 0 (even where it underflows).
+    v = jnp.where(lognormal_rows[:, None], jnp.exp(sigma * z), v)
 
     pool_size = pool_size or _pool_size(row_length)
-    pool_first, pool_second = hash_word_pairs(key_pool, rows * pool_size)
-    pool_v, _, pool_accepted = _marsaglia_tsang_round(
-        pool_first.reshape(rows, pool_size), pool_second.reshape(rows, pool_size), d, c)
-    # Compact each row's accepted pool candidates to its front; the k-th rejected pixel of the row
-    # takes the k-th accepted candidate.
-    pool_rank = _ranks_within_rows(pool_accepted)
-    row_index = jnp.arange(rows)[:, None]
+    pool_v, _ = round_values(key_pool, pool_size)
+    pool_accepted = pool_v > 0.0
+    pool_rank = jnp.cumsum(pool_accepted, axis=1, dtype=jnp.int32) - 1  # [R, P]: small
+    available = pool_rank[:, -1] + 1
     compact_pool = jnp.ones((rows, pool_size), jnp.float32).at[
-        row_index, jnp.where(pool_accepted, pool_rank, pool_size)].set(pool_v, mode="drop")
-    rejected = ~accepted
-    reject_rank = _ranks_within_rows(rejected)
-    available = jnp.sum(pool_accepted, axis=1, keepdims=True)
-    from_pool = rejected & (reject_rank < available)
-    pooled_v = jnp.take_along_axis(compact_pool, jnp.clip(reject_rank, 0, pool_size - 1), axis=1)
-    v = jnp.where(from_pool, pooled_v, v)
+        jnp.arange(rows)[:, None], jnp.where(pool_accepted, pool_rank, pool_size)].set(pool_v, mode="drop")
+
+    words = _pack_rejections(v)
+    rejected_count = jnp.sum(jax.lax.population_count(words), axis=1, dtype=jnp.int32)
+    pool_ran_out = rejected_count > available
+
+    def finish(v):  # accepted round values -> samples (log-normal rows pass through)
+        return jnp.where(lognormal_rows[:, None], v, d * v)
+
+    def filled(v, words, compact_pool):
+        rank = jnp.minimum(_rejection_ranks(words, row_length), pool_size - 1)
+        return jnp.where(v >= 0.0, v, jnp.take_along_axis(compact_pool, rank, axis=1))
+
+    def boost(gamma):
+        bits, _ = hash_word_pairs(key_boost, rows * row_length)
+        factor = open_unit_interval(bits.reshape(rows, row_length)) ** (1.0 / alpha)[:, None]
+        return jnp.where(boosted[:, None], gamma * factor, gamma)
+
+    def common(v, words, compact_pool):
+        return finish(filled(v, words, compact_pool))
+
+    def common_boosted(v, words, compact_pool):
+        return boost(common(v, words, compact_pool))
 
     def fallback_round(state):
         round_index, v, unresolved = state
-        round_first, round_second = hash_word_pairs(jax.random.fold_in(key_fallback, round_index),
-                                                    rows * row_length)
-        round_v, _, round_accepted = _marsaglia_tsang_round(
-            round_first.reshape(rows, row_length), round_second.reshape(rows, row_length), d, c)
-        take = unresolved & round_accepted
+        round_v, _ = round_values(jax.random.fold_in(key_fallback, round_index), row_length)
+        take = unresolved & (round_v > 0.0)
         return round_index + 1, jnp.where(take, round_v, v), unresolved & ~take
 
-    def exact_fallback(v):
+    def exact_fallback(v, words, compact_pool):
+        v = filled(v, words, compact_pool)
+        unresolved = jnp.broadcast_to(pool_ran_out[:, None], v.shape)
         _, v, _ = jax.lax.while_loop(lambda state: jnp.any(state[2]), fallback_round,
-                                     (jnp.int32(0), v, rejected & ~from_pool))
-        return v
+                                     (jnp.int32(0), v, unresolved))
+        return boost(finish(v))
 
-    # Decided per row from two counts, so the common case (no pool ran out) costs no full-size
-    # loop state: a while_loop carrying v would copy and re-scan it even with zero iterations.
-    pool_ran_out = jnp.any(jnp.sum(rejected, axis=1, keepdims=True) > available)
-    v = jax.lax.cond(pool_ran_out, exact_fallback, lambda v: v, v)
-    gamma = d * v
-
-    def boost(gamma):
-        boost_bits, _ = hash_word_pairs(key_boost, rows * row_length)
-        factor = open_unit_interval(boost_bits.reshape(rows, row_length)) ** (1.0 / alpha)[:, None]
-        return jnp.where(boosted[:, None], gamma * factor, gamma)
-
-    # Skipped at run time (not just masked) when no row needs it, e.g. for looks >= 1.
-    gamma = jax.lax.cond(jnp.any(boosted), boost, lambda g: g, gamma)
-    return gamma, z
+    branch = jnp.where(jnp.any(pool_ran_out), 2, jnp.where(jnp.any(boosted), 1, 0))
+    return jax.lax.switch(branch, (common, common_boosted, exact_fallback), v, words, compact_pool)

@@ -70,7 +70,7 @@ def gamma_field(key: jax.Array, shape: tuple[int, ...], looks) -> jax.Array:
     """
     batch, per_image = shape[0], math.prod(shape[1:])
     looks = _per_image(looks, batch)
-    gamma, _ = sampling.standard_gamma_rows(key, looks, per_image)
+    gamma = sampling.standard_gamma_rows(key, looks, per_image)
     return (gamma / looks[:, None]).reshape(shape)
 
 
@@ -101,19 +101,19 @@ def released_noise(key: jax.Array, images: jax.Array, sigma) -> jax.Array:
     batch, height, width, _ = images.shape
     sigma = _per_image(sigma, batch)
     looks = 1.0 / ((2.0 * sigma) ** 2 + RELEASED_MIN_VALUE)
-    # One sampler call serves both branches: per image either the Gamma samples or the
-    # first-round normals are used, never both (see `sampling.standard_gamma_rows`).
-    gamma, normal = sampling.standard_gamma_rows(key, looks, height * width)
-    gamma_speckle = (gamma / looks[:, None]).reshape(batch, height, width, 1)
-    normal = normal.reshape(batch, height, width, 1)
+    lognormal_rows = sigma > RELEASED_GAMMA_MAX_SIGMA
+    # One sampler pass serves both laws: per image either Gamma samples or exp(sigma z).
+    field = sampling.standard_gamma_rows(key, looks, height * width,
+                                         lognormal_sigma=jnp.where(lognormal_rows, sigma, 0.0))
+    field = field.reshape(batch, height, width, 1)
+    lognormal_column = lognormal_rows[:, None, None, None]
 
     positive = jnp.maximum(images, RELEASED_MIN_VALUE)
-    column = sigma[:, None, None, None]
-    lognormal = positive * jnp.exp(column * normal)
-    gamma_noisy = positive * gamma_speckle
+    lognormal = positive * field
+    gamma_noisy = positive * (field / looks[:, None, None, None])
     mean_ratio = jnp.mean(positive, axis=(1, 2, 3), keepdims=True) / (
         jnp.mean(gamma_noisy, axis=(1, 2, 3), keepdims=True) + RELEASED_MIN_VALUE)
-    noisy = jnp.where(column > RELEASED_GAMMA_MAX_SIGMA, lognormal, gamma_noisy * mean_ratio)
+    noisy = jnp.where(lognormal_column, lognormal, gamma_noisy * mean_ratio)
     return jnp.clip(noisy, RELEASED_MIN_VALUE, 1.0)
 
 
