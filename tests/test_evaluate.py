@@ -106,7 +106,8 @@ def test_random_init_baseline_is_labelled_and_differs(tmp_path, tiny_export):
 
 
 def test_image_folder_dataset_end_to_end(tmp_path, tiny_export):
-    """A released-protocol config on an ImageFolder set of another image size (resized to the model's 32)."""
+    """A released-protocol config on an ImageFolder set of another image size: built by the TFDS
+    image-folder builder at the model's 32 into <workdir>/datasets."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -124,6 +125,7 @@ def test_image_folder_dataset_end_to_end(tmp_path, tiny_export):
     cfg.knn.update(k=3, seeds=(0,))
     results = pipeline.run(cfg, str(tmp_path / "eval"))
     assert results["class_names"] == ["bright", "dark"] and results["num_test"] == 12
+    assert os.path.isfile(tmp_path / "eval" / "datasets" / "set" / "32" / "1.0.0" / "source.json")
     acc = {(r["protocol"].split(" ")[0], r["split"]): r["summary"]["test_last"]["mean"] for r in results["classification"]}
     # Brightness separates the classes even through a random encoder.
     assert acc[("linear_probe", "all")] == 100.0 and acc[("knn", "all")] >= 90.0

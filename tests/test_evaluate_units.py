@@ -146,33 +146,85 @@ def save(path, array, mode=None):
     Image.fromarray(array, mode).save(path)
 
 
-def test_image_folder_reads_grey_and_16_bit_and_resizes(tmp_path):
-    save(str(tmp_path / "Train/ship/a.png"), np.full((20, 30), 100, np.uint8))
-    save(str(tmp_path / "Train/ship/b.png"), np.repeat(np.full((20, 30, 1), 50, np.uint8), 3, -1))  # grey as RGB
-    save(str(tmp_path / "Train/tank/c.png"), np.full((16, 16), 1000, np.uint16))  # 16-bit
+def image_folder_config(root) -> "ml_collections.ConfigDict":
     cfg = datasets.default_config()
-    cfg.kind, cfg.path = "image_folder", str(tmp_path)
-    data = datasets.load_split(cfg, "Train", 32)
-    assert data.class_names == ("ship", "tank") and data.labels.tolist() == [0, 0, 1]
-    assert data.images.shape == (3, 32, 32, 1) and data.images.dtype == np.uint16
-    assert data.images[0, 5, 5, 0] == 100 * 257 and data.images[2, 5, 5, 0] == 1000
+    cfg.kind, cfg.path = "image_folder", str(root)
+    return cfg
 
 
-def test_image_folder_errors_name_the_folder_or_file(tmp_path):
-    cfg = datasets.default_config()
-    cfg.kind, cfg.path = "image_folder", str(tmp_path)
-    save(str(tmp_path / "Train/ship/a.png"), np.zeros((8, 8), np.uint8))
-    os.makedirs(tmp_path / "Train/empty")
-    with pytest.raises(ValueError, match=r"class folder .*Train/empty holds no images"):
-        datasets.load_split(cfg, "Train", 16)
-    os.rmdir(tmp_path / "Train/empty")
-    colour = np.zeros((8, 8, 3), np.uint8)
+def test_image_folder_is_built_once_by_the_tfds_builder_and_read_by_folder_name(tmp_path, monkeypatch):
+    from data_pipelines.tfds import image_folder
+
+    root = tmp_path / "set"
+    save(str(root / "Train/ship/a.png"), np.full((20, 30), 100, np.uint8))
+    save(str(root / "Train/ship/b.png"), np.repeat(np.full((20, 30, 1), 50, np.uint8), 3, -1))  # grey as RGB
+    ramp = (np.arange(16 * 16, dtype=np.uint16) * 7).reshape(16, 16)
+    save(str(root / "Train/tank/c.png"), ramp)  # 16-bit: the percentile rule stretches it to [0, 1]
+    save(str(root / "Val/tank/d.png"), np.full((32, 32), 30, np.uint8))
+    cfg, workdir = image_folder_config(root), str(tmp_path / "eval")
+    train = datasets.load_split(cfg, "Train", 32, workdir=workdir)
+    # (The builder stores examples in TFDS's key-hash order, the same on every build.)
+    assert train.class_names == ("ship", "tank") and sorted(train.labels.tolist()) == [0, 0, 1]
+    assert train.images.shape == (3, 32, 32, 1) and train.images.dtype == np.uint8
+    ships, tank = train.images[train.labels == 0], train.images[train.labels == 1][0]
+    assert sorted(ships[:, 5, 5, 0].tolist()) == [50, 100] and tank.min() == 0 and tank.max() == 255
+    val = datasets.load_split(cfg, "Val", 32, workdir=workdir)
+    assert val.class_names == train.class_names and val.labels.tolist() == [1] and val.images[0, 0, 0, 0] == 30
+    assert os.path.isdir(os.path.join(workdir, "datasets", "set", "32", "1.0.0"))  # default build_dir
+
+    # Built once: while the folder is unchanged the build is reused (the builder is not run again) ...
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt an unchanged folder")
+
+    with monkeypatch.context() as m:
+        m.setattr(image_folder.SarImageFolder, "download_and_prepare", no_rebuild)
+        np.testing.assert_array_equal(datasets.load_split(cfg, "train", 32, workdir=workdir).images, train.images)
+    # ... and a changed folder is rebuilt in place, not read stale.
+    save(str(root / "Train/tank/e.png"), np.full((32, 32), 200, np.uint8))
+    assert sorted(datasets.load_split(cfg, "Train", 32, workdir=workdir).labels.tolist()) == [0, 0, 1, 1]
+    # Another input size is another build; dataset.build_dir moves the builds out of the workdir.
+    cfg.build_dir = str(tmp_path / "shared")
+    assert datasets.load_split(cfg, "Train", 16, workdir=workdir).images.shape == (4, 16, 16, 1)
+    assert os.path.isdir(tmp_path / "shared" / "set" / "16" / "1.0.0")
+
+
+def test_image_folder_bad_input_errors_name_the_folder_or_file(tmp_path):
+    root = tmp_path / "set"
+    cfg, workdir = image_folder_config(root), str(tmp_path / "eval")
+    save(str(root / "Train/ship/a.png"), np.zeros((16, 16), np.uint8))
+    os.makedirs(root / "Train/empty")
+    with pytest.raises(ValueError, match=r"Train/empty: empty class folder"):
+        datasets.load_split(cfg, "Train", 16, workdir=workdir)
+    os.rmdir(root / "Train/empty")
+    colour = np.zeros((16, 16, 3), np.uint8)
     colour[..., 0] = 200
-    save(str(tmp_path / "Train/ship/rgb.png"), colour)
-    with pytest.raises(ValueError, match=r"rgb.png: 3 distinct colour channels"):
-        datasets.load_split(cfg, "Train", 16)
-    with pytest.raises(FileNotFoundError, match="Val"):
-        datasets.load_split(cfg, "Val", 16)
+    save(str(root / "Train/ship/rgb.png"), colour)
+    with pytest.raises(ValueError, match=r"ship/rgb.png: mismatched channels: 3 distinct colour channels"):
+        datasets.load_split(cfg, "Train", 16, workdir=workdir)
+    os.remove(root / "Train/ship/rgb.png")
+    with pytest.raises(ValueError, match=r"set: no Val/.* folder for split 'Val'"):
+        datasets.load_split(cfg, "Val", 16, workdir=workdir)
+    with pytest.raises(ValueError, match=r"split 'Test': the image-folder builder reads only the folders Train"):
+        datasets.load_split(cfg, "Test", 16, workdir=workdir)
+    # A config naming a split the builder does not have fails before any work.
+    from sarmae_jax.evaluate import config as config_lib
+
+    released = config_lib.released_protocol(str(root), ("all",))
+    config_lib.validate(released)
+    released.dataset.test_split = "Test"
+    with pytest.raises(ValueError, match=r"config.dataset.test_split='Test': split 'Test'"):
+        config_lib.validate(released)
+
+
+def test_records_resize_follows_the_image_rules():
+    # A horizontal 16-bit ramp, halved: bilinear (antialiased) keeps a linear ramp linear, sampled
+    # at the output pixel centres (input x = 2j + 0.5); dtype and range are kept.
+    ramp = np.tile((np.arange(16, dtype=np.float64) + 0.5) * 4000, (16, 1)).astype(np.uint16)
+    out = datasets.resize(ramp[None, ..., None], 8)
+    assert out.shape == (1, 8, 8, 1) and out.dtype == np.uint16
+    np.testing.assert_allclose(out[0, 4, 1:7, 0], (2 * np.arange(1, 7) + 1) * 4000, rtol=0.002)
+    same = np.zeros((2, 8, 8, 1), np.uint8)
+    assert datasets.resize(same, 8) is same
 
 
 def test_model_input_with_wrong_channels_is_an_error():

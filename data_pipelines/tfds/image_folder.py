@@ -4,7 +4,12 @@ and ``Val/<class>/`` (how MSTAR, FUSAR-Ship and SAR-ACD are distributed) -> arra
 Images are decoded, scaled to [0, 1] intensity, reduced to one channel and resized (plain
 resize, aspect not kept: the released fine-tuning recipe) by the rules of
 data_pipelines/images.py, and stored as uint8 ``[S, S, 1]``. Class names are the sorted
-subfolder names of ``Train/``; ``Val/`` must not hold other classes.
+subfolder names of ``Train/``; ``Val/`` must not hold other classes. Splits: ``train`` and
+``val`` (`split_of_folder` maps a folder name such as ``Val`` to its split).
+
+`build_image_folder` builds once: it reuses a complete build whose source fingerprint (the
+folder, its files' names, sizes and modification times, the builder version and config)
+matches, and rebuilds in place otherwise.
 
 Errors, each naming the folder or file: no ``Train/``, a class folder without images, a ``Val/``
 class unknown to ``Train/``, an unreadable image, and mismatched channels (a colour image in a
@@ -21,6 +26,8 @@ For the evaluation code::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -29,7 +36,21 @@ import tensorflow_datasets as tfds
 from data_pipelines import example_proto, images
 from data_pipelines.tfds.base import LocalBuilder
 
+SOURCE_FILE = "source.json"  # the fingerprint of what a build was made from, in its dataset directory
 SPLIT_FOLDERS = {"train": ("Train", "train"), "val": ("Val", "val", "Validation", "validation")}
+
+
+def split_of_folder(folder: str) -> str:
+    """The builder's split read from the folder named `folder` ("Train" -> "train", "Val" -> "val").
+
+    Raises:
+      ValueError: a folder the builder does not read (naming the ones it does).
+    """
+    for split, names in SPLIT_FOLDERS.items():
+        if folder in names:
+            return split
+    raise ValueError(f"split {folder!r}: the image-folder builder reads only the folders "
+                     + "; ".join(f"{'/'.join(names)} -> split {split!r}" for split, names in SPLIT_FOLDERS.items()))
 
 
 @dataclasses.dataclass
@@ -84,6 +105,21 @@ class SarImageFolder(LocalBuilder):
         self._class_names, self._files = scan_image_folder(self._root)
         super().__init__(file_format=file_format, **kwargs)
 
+    def source_fingerprint(self) -> dict:
+        """What this build is made from: the folder, the builder version and config, and a digest
+        of every image's (path, bytes, mtime in ns) -- JSON-serialisable, compared for equality."""
+        digest = hashlib.sha256()
+        for split, files in sorted(self._files.items()):
+            for path, label in files:
+                st = os.stat(path)
+                digest.update(f"{split}\0{os.path.relpath(path, self._root)}\0{label}\0{st.st_size}\0"
+                              f"{st.st_mtime_ns}\n".encode())
+        return {"root": self._root, "version": str(self.version),
+                "config": {k: getattr(self.builder_config, k) for k in ("image_size", "intensity_rule", "min_size")},
+                "class_names": self._class_names,
+                "num_files": {split: len(files) for split, files in sorted(self._files.items())},
+                "files_sha256": digest.hexdigest()}
+
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.image_size
         return tfds.core.DatasetInfo(
@@ -117,15 +153,34 @@ class SarImageFolder(LocalBuilder):
 
 def build_image_folder(root: str, *, data_dir: str, name: str | None = None, image_size: int = 224) -> str:
     """Builds `root` (Train/, Val/) into `data_dir`; returns the dataset directory
-    (``<data_dir>/<name>/<image_size>/1.0.0``; `name` defaults to the folder's name)."""
+    (``<data_dir>/<name>/<image_size>/1.0.0``; `name` defaults to the folder's name).
+
+    Built once: a complete earlier build is reused when its source fingerprint (``SOURCE_FILE``:
+    the folder, every image's path, size and modification time, and the builder version and
+    config) matches, and rebuilt in place otherwise -- TFDS alone would reuse any build at that
+    path, however much the folder changed since.
+    """
     if str(image_size) not in {c.name for c in SarImageFolder.BUILDER_CONFIGS}:
         config = ImageFolderConfig(name=str(image_size), image_size=image_size)
     else:
         config = str(image_size)
     name = name or os.path.basename(os.path.abspath(root)).lower()
     builder = _named_builder(name)(root=root, config=config, data_dir=data_dir)
-    builder.download_and_prepare()
-    return os.fspath(builder.data_dir)
+    dataset_dir = os.fspath(builder.data_dir)
+    fingerprint = builder.source_fingerprint()
+    stamp = os.path.join(dataset_dir, SOURCE_FILE)
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f) == fingerprint:
+                return dataset_dir
+    # No stamp: never built, or built from other files or settings, or interrupted after TFDS
+    # finished but before the stamp was written. In every case the data there cannot be trusted.
+    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # overwrites the dataset (nothing is downloaded)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    with open(stamp + ".tmp", "w") as f:
+        json.dump(fingerprint, f, indent=1)
+    os.replace(stamp + ".tmp", stamp)
+    return dataset_dir
 
 
 def _named_builder(name: str):

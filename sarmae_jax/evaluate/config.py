@@ -43,6 +43,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.protocols: unknown {unknown}; expected a subset of {PROTOCOLS}")
     if c.dataset.kind not in datasets.KINDS:
         raise ValueError(f"config.dataset.kind={c.dataset.kind!r}: expected one of {datasets.KINDS}")
+    if c.dataset.kind == "image_folder":  # split names are folder names the builder reads
+        for key in ("train_split", "test_split", "val_split"):
+            name = c.dataset[key]
+            if key == "val_split" and (not name or name.startswith("holdout:")):
+                continue
+            try:
+                datasets.image_folder_split(name)
+            except ValueError as e:
+                raise ValueError(f"config.dataset.{key}={name!r}: {e}") from None
     if "reconstruction" in c.protocols and c.dataset.kind != "synthetic":
         raise ValueError("config.protocols includes 'reconstruction', which needs known clean images: "
                          f"only dataset.kind='synthetic' has them (got {c.dataset.kind!r})")
@@ -57,8 +66,9 @@ def released_protocol(path: str, splits: tuple[str, ...]) -> ml_collections.Conf
     """The released SARMAE classification evaluation of an ImageFolder set (`<path>/Train`, `<path>/Val`).
 
     `Val/` is the reported test split (the release has no separate validation; set
-    `dataset.val_split="holdout:0.1"` to add one carved from Train). Images are resized to the
-    checkpoint's input size with a plain resize. Full fine-tuning with the defaults of
+    `dataset.val_split="holdout:0.1"` to add one carved from Train). The folder is built by the
+    TFDS image-folder builder at the checkpoint's input size (plain resize, aspect not kept) into
+    `dataset.build_dir` (default `<workdir>/datasets`). Full fine-tuning with the defaults of
     `finetune.default_config()` (30 epochs, 5 seeds, layer decay 0.75, drop path 0.1, label smoothing
     0.1), plus the linear probe and k-NN.
     """

@@ -21,7 +21,7 @@ from sarmae_jax.evaluate import encoder as encoder_lib
 log = logging.getLogger("sarmae_jax")
 
 
-def _validation(cfg, train: datasets.LabelledImages, image_size: int):
+def _validation(cfg, train: datasets.LabelledImages, image_size: int, workdir: str):
     """(pool indices into train, validation LabelledImages or None)."""
     spec = cfg.dataset.val_split
     if not spec:
@@ -29,7 +29,7 @@ def _validation(cfg, train: datasets.LabelledImages, image_size: int):
     if spec.startswith("holdout:"):
         pool, val_idx = splits.holdout(train.labels, float(spec.split(":", 1)[1]), cfg.split_seed, train.class_names)
         return pool, datasets.LabelledImages(train.images[val_idx], train.labels[val_idx], train.class_names)
-    val = datasets.load_split(cfg.dataset, spec, image_size)
+    val = datasets.load_split(cfg.dataset, spec, image_size, workdir=workdir)
     _check_same_classes(train, val, spec)
     return np.arange(len(train.labels)), val
 
@@ -54,10 +54,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log.info("encoder: %s (ViT %s, patch %d, input %d)", enc.name, enc.model_cfg.size, enc.model_cfg.patch_size, image_size)
 
     # 2. Data ------------------------------------------------------------------------------------
-    train = datasets.load_split(cfg.dataset, cfg.dataset.train_split, image_size)
-    test = datasets.load_split(cfg.dataset, cfg.dataset.test_split, image_size)
+    train = datasets.load_split(cfg.dataset, cfg.dataset.train_split, image_size, workdir=workdir)
+    test = datasets.load_split(cfg.dataset, cfg.dataset.test_split, image_size, workdir=workdir)
     _check_same_classes(train, test, cfg.dataset.test_split)
-    pool, val = _validation(cfg, train, image_size)
+    pool, val = _validation(cfg, train, image_size, workdir)
     num_classes = len(train.class_names)
     results: dict[str, Any] = {
         "encoder": enc.name, "random_init": bool(cfg.random_init), "checkpoint": cfg.checkpoint,
