@@ -43,27 +43,99 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
     return k_noise, k_mask, k_drop
 
 
+def micro_batches(tree: Any, num: int) -> Any:
+    """`[B, ...]` leaves -> `[num, B / num, ...]`, micro-batch j holding rows j, j + num, j + 2 num, ...
+
+    Strided, not contiguous: with the batch split over devices along its first axis, every micro-batch
+    then keeps an equal share on every device (a contiguous slice would sit on a few devices only).
+    """
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def weighted_loss(aux: dict[str, jax.Array], mae_share: jax.Array, align_share: jax.Array, config) -> jax.Array:
+    """A micro-batch's part of the full-batch loss.
+
+    The MAE term is a mean over masked patches and the alignment term a mean over paired samples, so a
+    micro-batch's means count `mae_share` (its masked patches / the batch's) and `align_share` (its
+    paired samples / the batch's); the parts then sum to the full-batch loss, and so do their gradients.
+    With one micro-batch both shares are 1 (or the alignment term is 0) and this is `aux["loss"]`.
+    """
+    loss = config.loss.mae_weight * aux["loss_mae"] * mae_share
+    if "loss_align" in aux:
+        loss = loss + config.sarc.weight * aux["loss_align"] * align_share
+    return loss
+
+
 def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule):
     """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings.
 
     Activation sharding annotations in the model are resolved by `config.mesh.rules` at trace time.
+    With `train.grad_accum_steps = A > 1` the batch runs as A micro-batches in a `lax.scan`; speckle and
+    masks are drawn for the whole batch first and sliced, so the update equals the full-batch one up
+    to float rounding (drop-path, off for MAE pre-training, draws per micro-batch instead).
     """
     uses_drop_path = config.model.drop_path_rate > 0
     rules = sharding.rules_from_config(config.mesh.rules)
+    accum = config.train.grad_accum_steps
+    m = config.model
+    num_patches = (m.image_size // m.patch_size) ** 2
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         with nn.logical_axis_rules(rules):
             return _train_step(state, batch, teacher_params)
 
+    def micro_loss(params, teacher_params, micro, shares, drop_key):
+        inputs, masking, is_paired = micro
+        loss, aux = objective.forward(params, teacher_params, inputs, is_paired, None, modules, config,
+                                      drop_key=drop_key, masking=masking)
+        aux = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
+        return weighted_loss(aux, *shares, config), aux
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def loss_and_grads(params, teacher_params, inputs, masking, is_paired, k_drop):
+        drop = k_drop if uses_drop_path else None
+        total_masked = jnp.sum(masking.mask)
+        total_paired = jnp.sum(is_paired.astype(jnp.float32))
+        if accum == 1:
+            shares = (jnp.ones(()), jnp.ones(()))
+            (loss, aux), grads = grad_fn(params, teacher_params, (inputs, masking, is_paired), shares, drop)
+            return loss, aux, grads
+
+        def body(carry, xs):
+            grads_sum, loss_sum, terms_sum = carry
+            index, micro = xs
+            _, micro_masking, micro_paired = micro
+            shares = (jnp.sum(micro_masking.mask) / total_masked,
+                      jnp.sum(micro_paired.astype(jnp.float32)) / jnp.maximum(total_paired, 1.0))
+            drop_key = jax.random.fold_in(drop, index) if drop is not None else None
+            (loss, aux), grads = grad_fn(params, teacher_params, micro, shares, drop_key)
+            terms = {"loss_mae": aux["loss_mae"] * shares[0]}
+            if "loss_align" in aux:
+                terms["loss_align"] = aux["loss_align"] * shares[1]
+            return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
+                    jax.tree.map(jnp.add, terms_sum, terms)), aux
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        terms0 = {"loss_mae": jnp.zeros(())}
+        if modules.anchor_head is not None:
+            terms0["loss_align"] = jnp.zeros(())
+        xs = (jnp.arange(accum), micro_batches((inputs, masking, is_paired), accum))
+        (grads, loss, terms), per_micro = jax.lax.scan(body, (zeros, jnp.zeros(()), terms0), xs)
+        aux = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)  # other diagnostics: micro-batch means
+        aux.update(terms, loss=loss)
+        if "paired_fraction" in aux:
+            aux["paired_fraction"] = total_paired / is_paired.shape[0]
+        return loss, aux, grads
+
     def _train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         k_noise, k_mask, k_drop = step_keys(config.seed, state.step)
         inputs = objective.prepare_inputs(batch, k_noise, config)
-
-        def loss_fn(params):
-            return objective.forward(params, teacher_params, inputs, batch["is_paired"], k_mask, modules, config,
-                                     drop_key=k_drop if uses_drop_path else None)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        masking = mae.random_masking(k_mask, batch["sar"].shape[0], num_patches, m.mask_ratio)
+        loss, aux, grads = loss_and_grads(state.params, teacher_params, inputs, masking, batch["is_paired"], k_drop)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -77,7 +149,7 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
             skipped=state.skipped + (~finite).astype(jnp.int32),
             skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1),
         )
-        out = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
+        out = dict(aux)
         out.update(grad_norm=grad_norm, lr=schedule(state.step), step_finite=finite.astype(jnp.float32),
                    skipped_in_a_row=new_state.skipped_in_a_row,
                    speckled_fraction=jnp.mean(inputs["speckled"].astype(jnp.float32)))
