@@ -40,6 +40,7 @@ setup(
             "sarmae-train=sarmae_jax.main:run",
             "sarmae-import=sarmae_jax.convert.cli:import_main",
             "sarmae-export=sarmae_jax.convert.cli:export_main",
+            "sarmae-convert-sar1m=data_pipelines.sar1m:main",
         ],
     },
 )

@@ -23,6 +23,8 @@ CLI::
 
     python -m data_pipelines.synthetic --out /tmp/synthetic_sar --num_examples 4096 \
         --num_test_examples 1024 --image_size 64 --preview /tmp/synthetic_sar/preview.png
+    python -m data_pipelines.synthetic --image_folder /tmp/synthetic_folder --num_examples 500 \
+        --num_test_examples 100      # Train/<class>/*.png, Val/<class>/*.png
 """
 
 from __future__ import annotations
@@ -368,6 +370,37 @@ _DEFAULTS = dict(num_examples=2048, num_test_examples=512, image_size=64, paired
                  examples_per_shard=1024, sar_dtype="uint8")
 
 
+def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50, image_size: int = 64, seed: int = 0,
+                       bit_depth: int = 8) -> dict[str, int]:
+    """Writes the scenes as an ImageFolder classification tree -- ``Train/<class>/<id>.png`` and
+    ``Val/<class>/<id>.png``, grayscale PNG of `bit_depth` 8 or 16 -- the layout of MSTAR,
+    FUSAR-Ship and SAR-ACD (input of data_pipelines/tfds/image_folder.py). Replaces `out_dir`.
+
+    Labels cycle through the classes so every class folder is non-empty when a split has at
+    least 5 images. Returns {split folder: image count}.
+    """
+    from PIL import Image
+
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth={bit_depth}: expected 8 or 16")
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    counts = {}
+    for folder, n in (("Train", num_train), ("Val", num_val)):
+        labels = np.arange(n) % len(CLASS_NAMES)
+        for name in CLASS_NAMES:
+            os.makedirs(os.path.join(out_dir, folder, name))
+        for chunk, start in enumerate(range(0, n, _CHUNK)):
+            rng = np.random.default_rng([seed, _split_id(folder), chunk])
+            sar, _ = generate_scenes(rng, labels[start:start + _CHUNK], image_size)
+            pixels = quantise(sar, "uint8" if bit_depth == 8 else "uint16")
+            for i, image in enumerate(pixels):
+                label = labels[start + i]
+                Image.fromarray(image).save(os.path.join(out_dir, folder, CLASS_NAMES[label], f"{start + i:06d}.png"))
+        counts[folder] = n
+    return counts
+
+
 # ----------------------------------------------------------------------------- preview and CLI
 
 
@@ -391,12 +424,22 @@ def preview_grid(data_dir: str, path: str, *, split: str = "train", count: int =
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="dataset directory (replaced unless --reuse)")
+    parser.add_argument("--out", help="dataset directory (replaced unless --reuse)")
+    parser.add_argument("--image_folder", help="instead, write an ImageFolder classification tree (Train/, Val/) "
+                        "of num_examples / num_test_examples PNGs here")
+    parser.add_argument("--bit_depth", type=int, default=8, help="PNG bit depth of --image_folder (8 or 16)")
     for key, value in _DEFAULTS.items():
         parser.add_argument(f"--{key}", type=type(value), default=value)
     parser.add_argument("--reuse", action="store_true", help="keep an existing dataset with the same parameters")
     parser.add_argument("--preview", help="also write a PNG grid of SAR/optical pairs here")
     args = parser.parse_args(argv)
+    if (args.out is None) == (args.image_folder is None):
+        parser.error("give exactly one of --out (records) and --image_folder (PNG tree)")
+    if args.image_folder:
+        counts = write_image_folder(args.image_folder, num_train=args.num_examples, num_val=args.num_test_examples,
+                                    image_size=args.image_size, seed=args.seed, bit_depth=args.bit_depth)
+        print(f"{counts} images in {len(CLASS_NAMES)} classes -> {args.image_folder}")
+        return
     params = {k: getattr(args, k) for k in _DEFAULTS}
     manifest = (ensure_synthetic_dataset if args.reuse else write_synthetic_dataset)(args.out, **params)
     for split, entry in manifest["splits"].items():

@@ -2,24 +2,32 @@
 
 Pipeline (Grain dataset API)::
 
-    ShardedRecordSource (raw records of one split, paired first)
-      -> per pool (paired / unpaired, or one pool for the natural mix):
-           indices[process_index::process_count] -> shuffle(seed) -> repeat (reshuffled per epoch)
-      -> mix pools at `paired_share` (deterministic interleave, exact proportions)
-      -> decode -> batch(global_batch_size / process_count) -> iterator
+    batch position i (the iterator state)
+      -> batch_sampling.BatchSampler: the i-th batch's global record indices; per pool (paired /
+         unpaired, or one pool for the natural mix) indices[process_index::process_count],
+         permuted anew each epoch from (seed, pool, epoch), pools interleaved at exactly
+         `paired_share` -- vectorised, a pure function of i
+      -> per batch: read + decode all its records into preallocated arrays (zero-copy proto
+         parse, one np.frombuffer per image), skip budget for corrupt records, then resize or
+         random-resized-crop + flip on the host -> iterator
 
 Every step is an index transformation over a `MapDataset` until the final `to_iter_dataset`, so
 the iterator's state is a single position: `get_state()` / `set_state()` restore exactly the
-batches an uninterrupted run would yield, with or without worker processes.
+batches an uninterrupted run would yield, with or without worker processes. Decoding a whole
+batch in one call (instead of one Grain element per record, then stacking) is what makes the
+pipeline fast: Grain's per-element overhead and TFDS's per-record decoder cost more than reading
+the pixels (docs/data.md has the profile and the numbers).
 
 Batches follow the contract in docs/architecture.md:
   sar [b, H, W, 1] uint8|uint16, optical [b, H, W, 3] uint8 (zeros where unpaired),
-  is_paired [b] bool, label [b] int32 (-1 = no label).
+  is_paired [b] bool, label [b] int32 (-1 = no label); plus teacher_tokens [b, N, Dt] float16
+  when the dataset stores precomputed teacher features (zeros where unpaired).
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import os
 import time
 from typing import Any
 
@@ -29,8 +37,12 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import records
+from sarmae_jax import batch_sampling, host_transforms
 
 BATCH_KEYS = ("sar", "optical", "is_paired", "label")
+AUGMENTATIONS = ("none", "random_resized_crop")
+log = logging.getLogger(__name__)
+_ENDLESS = 2**62  # batches
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -44,11 +56,31 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.synthetic = ml_collections.ConfigDict(dict(
         num_examples=2048, num_test_examples=512, image_size=64, paired_fraction=0.75, seed=0,
         examples_per_shard=1024, sar_dtype="uint8"))
-    # Share of paired examples in every stretch of the stream. None: the dataset's natural mix
-    # (each example once per epoch). A number p: paired and unpaired pools are repeated
-    # separately and interleaved at exactly p (the released recipe uses 0.7; SAR-1M's natural
-    # share is ~0.75). Requires both pools to be non-empty unless p is 0 or 1.
-    cfg.paired_share = ml_collections.FieldReference(None, field_type=float)
+    # Share of paired examples in every stretch of the stream. A number p: paired and unpaired
+    # pools are repeated separately and interleaved at exactly p; an epoch is num_paired / p
+    # examples (the released recipe: 0.7, while SAR-1M's natural share is ~0.75). Requires both
+    # pools to be non-empty unless p is 0 or 1 (a plain SAR folder has no pairs: use 0 or None).
+    # None: the dataset's natural mix, each example once per epoch.
+    cfg.paired_share = ml_collections.FieldReference(0.7, field_type=float)
+    # Output image size (square, pixels). None: the stored size. Otherwise images are resized on
+    # the host (plain resize, aspect not kept: the released recipe) or cropped (augment below).
+    # prepare() sets it to the model's input size when None.
+    cfg.image_size = ml_collections.FieldReference(None, field_type=int)
+    # "none": plain resize to image_size (released recipe: no augmentation).
+    # "random_resized_crop": per example a box of crop_scale of the area and crop_ratio aspect,
+    # resized to image_size, the same box for SAR and optical (they are aligned; SARC compares
+    # them patch by patch). Store images larger than the model input (e.g. 256) for this.
+    cfg.augment = "none"
+    cfg.crop_scale = (0.2, 1.0)
+    cfg.crop_ratio = (3 / 4, 4 / 3)
+    # Horizontal flip with probability 0.5 (only with random_resized_crop; SAR geometry has a
+    # look direction, so flips are not obviously label-preserving -- off by default).
+    cfg.flip = False
+    # Corrupt records (unreadable or undecodable) each decoding process may skip with a logged,
+    # counted warning; the slot is filled with a copy of another example of the same batch so
+    # shapes stay static. 0: the first corrupt record raises CorruptRecordError naming the
+    # shard and record index (the default: a corrupt shard usually means a broken copy).
+    cfg.max_corrupt_records = 0
     # Grain worker processes for decoding; 0 decodes in the training process (enough for the
     # synthetic set: decoding is a memcpy per image).
     cfg.num_workers = 0
@@ -73,6 +105,20 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         fail("split", cfg.split, "a split name such as 'train' or 'test'")
     if cfg.paired_share is not None and not 0.0 <= cfg.paired_share <= 1.0:
         fail("paired_share", cfg.paired_share, "None (natural mix) or a number in [0, 1]")
+    if cfg.image_size is not None and (not isinstance(cfg.image_size, int) or cfg.image_size < 8):
+        fail("image_size", cfg.image_size, "None (stored size) or an int >= 8")
+    if cfg.augment not in AUGMENTATIONS:
+        fail("augment", cfg.augment, f"one of {AUGMENTATIONS}")
+    lo, hi = cfg.crop_scale
+    if not 0 < lo <= hi <= 1:
+        fail("crop_scale", cfg.crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
+    lo, hi = cfg.crop_ratio
+    if not 0 < lo <= hi:
+        fail("crop_ratio", cfg.crop_ratio, "(lo, hi) with 0 < lo <= hi")
+    if cfg.flip and cfg.augment == "none":
+        fail("flip", cfg.flip, "False unless augment='random_resized_crop'")
+    if not isinstance(cfg.max_corrupt_records, int) or cfg.max_corrupt_records < 0:
+        fail("max_corrupt_records", cfg.max_corrupt_records, "an int >= 0")
     if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
         fail("num_workers", cfg.num_workers, "an int >= 0 (0 = decode in-process)")
     if not isinstance(cfg.worker_buffer_size, int) or cfg.worker_buffer_size < 1:
@@ -110,10 +156,14 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return {
         "path": path,
         "split": cfg.split,
-        "image_size": spec.image_size,
+        "image_size": (cfg.image_size, cfg.image_size) if cfg.image_size else spec.image_size,
+        "stored_image_size": spec.image_size,
         "sar_dtype": spec.sar_dtype,
         "num_examples": entry["num_examples"],
         "num_paired": entry["num_paired"],
+        "epoch_size": epoch_size(entry["num_examples"], entry["num_paired"], cfg.paired_share),
+        "teacher": None if spec.teacher_tokens is None else {"name": spec.teacher_name,
+                                                             "tokens": spec.teacher_tokens},
         "class_names": list(manifest["class_names"]),
         "num_classes": len(manifest["class_names"]),
         "normalisation": manifest["normalisation"],
@@ -122,46 +172,78 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-def _process_pool(start: int, stop: int, *, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """Global indices [start, stop) owned by this process, shuffled, repeated forever with a new
-    permutation per epoch. Raises if this process gets none."""
-    pool = grain.MapDataset.range(start, stop)[process_index::process_count]
-    if len(pool) == 0:
-        raise ValueError(f"records [{start}, {stop}) split over {process_count} processes leave process "
-                         f"{process_index} with none; use fewer processes or more data")
-    return pool.shuffle(seed=seed).repeat()
-
-
-def _index_stream(num_records: int, num_paired: int, paired_share: float | None, *, seed: int,
-                  process_index: int, process_count: int) -> grain.MapDataset:
-    """Infinite stream of global record indices for this process."""
-    kw = dict(process_index=process_index, process_count=process_count)
+def epoch_size(num_examples: int, num_paired: int, paired_share: float | None) -> int:
+    """Examples per epoch: all of them for the natural mix; otherwise the epoch is defined by the
+    paired pool (released recipe: num_paired / 0.7, the unpaired pool cycling to fill the rest)."""
     if paired_share is None:
-        return _process_pool(0, num_records, seed=seed, **kw)
-    if paired_share > 0 and num_paired == 0:
-        raise ValueError(f"paired_share={paired_share} but the split has no paired examples")
-    if paired_share < 1 and num_paired == num_records:
-        raise ValueError(f"paired_share={paired_share} but the split has no unpaired examples")
-    if paired_share == 1:
-        return _process_pool(0, num_paired, seed=seed, **kw)
+        return num_examples
     if paired_share == 0:
-        return _process_pool(num_paired, num_records, seed=seed, **kw)
-    # Distinct seeds so the two pools are not permuted in lock step.
-    paired = _process_pool(0, num_paired, seed=seed, **kw)
-    unpaired = _process_pool(num_paired, num_records, seed=seed + 1, **kw)
-    return grain.MapDataset.mix([paired, unpaired], weights=[paired_share, 1.0 - paired_share])
+        return num_examples - num_paired
+    return max(1, round(num_paired / paired_share))
 
 
-class _Decode(grain.transforms.Map):
-    """Global index -> the batch-contract fields of that record (errors name shard and record)."""
+def prepare(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+            workdir: str) -> ml_collections.ConfigDict:
+    """The trainer's data config: a copy of `cfg` with `path` filled in (the synthetic set,
+    generated into <workdir>/data when path is None) and `image_size` set to the model's input
+    size when None (so a dataset stored at 256 is resized or cropped to 224 on the host)."""
+    from data_pipelines import synthetic  # the generator is only needed without a dataset
 
-    def __init__(self, source: records.ShardedRecordSource):
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    if cfg.path is None:
+        out = os.path.join(workdir, "data")
+        synthetic.ensure_synthetic_dataset(out, **cfg.synthetic.to_dict())
+        cfg.path = out
+    if cfg.image_size is None:
+        cfg.image_size = int(model_cfg.image_size)
+    validate_config(cfg)
+    return cfg
+
+
+class _DecodeBatch(grain.transforms.MapWithIndex):
+    """(batch position, global record indices [b]) -> a batch (dict of NumPy arrays).
+
+    Reads and decodes all records of the batch in one call, applies the skip budget for corrupt
+    records, then the host resize / crop. Augmentation randomness is seeded by (seed, batch
+    position), so resumed iterators and worker processes draw the same boxes.
+    """
+
+    def __init__(self, source: records.ShardedRecordSource, cfg: ml_collections.ConfigDict, seed: int):
         self._source = source
+        self._size = (cfg.image_size, cfg.image_size) if cfg.image_size else source.spec.image_size
+        self._augment = cfg.augment
+        self._crop_scale, self._crop_ratio, self._flip = tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip
+        self._max_corrupt = cfg.max_corrupt_records
+        self._seed = seed
+        self.num_corrupt = 0  # skipped so far by this process (not part of the iterator state)
 
-    def map(self, index: int) -> dict[str, np.ndarray]:
-        ex = self._source.decode(self._source[int(index)])
-        return {"sar": ex["sar"], "optical": ex["optical"], "is_paired": np.bool_(ex["is_paired"]),
-                "label": np.int32(ex["label"])}
+    def map_with_index(self, position: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+        batch, errors = self._source.read_batch(indices)
+        if errors:
+            self._skip(batch, errors)
+        if self._augment == "random_resized_crop":
+            rng = np.random.default_rng([self._seed, 0x5A5, position])
+            return host_transforms.crop_flip_batch(batch, self._size, rng, scale=self._crop_scale,
+                                                   ratio=self._crop_ratio, flip=self._flip)
+        return host_transforms.resize_batch(batch, self._size)
+
+    def _skip(self, batch: dict[str, np.ndarray], errors: list[tuple[int, records.CorruptRecordError]]) -> None:
+        self.num_corrupt += len(errors)
+        row, first = errors[0]
+        if self.num_corrupt > self._max_corrupt:
+            raise records.CorruptRecordError(
+                f"{first} [{self.num_corrupt} corrupt records in this process, config.data.max_corrupt_records="
+                f"{self._max_corrupt}]") from first
+        bad = {r for r, _ in errors}
+        good = [r for r in range(len(batch["is_paired"])) if r not in bad]
+        if not good:
+            raise records.CorruptRecordError(f"{first} [every record of the batch is corrupt]") from first
+        for k, (r, e) in enumerate(errors):
+            log.warning("skipping corrupt record (%d of at most %d): %s", self.num_corrupt - len(errors) + k + 1,
+                        self._max_corrupt, e)
+            donor = good[k % len(good)]
+            for key in batch:
+                batch[key][r] = batch[key][donor]
 
 
 def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, process_index: int = 0,
@@ -174,9 +256,17 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
         raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
                          f"process_count={process_count}")
     source = records.ShardedRecordSource(_require_path(cfg), cfg.split)
-    indices = _index_stream(len(source), source.num_paired, cfg.paired_share, seed=seed,
-                            process_index=process_index, process_count=process_count)
-    batches = indices.map(_Decode(source)).batch(global_batch_size // process_count, drop_remainder=True)
+    sampler = batch_sampling.BatchSampler(len(source), source.num_paired, cfg.paired_share,
+                                    batch_size=global_batch_size // process_count, seed=seed,
+                                    process_index=process_index, process_count=process_count)
+    if source.spec.teacher_tokens is not None and (cfg.augment != "none" or (
+            cfg.image_size and (cfg.image_size, cfg.image_size) != source.spec.image_size)):
+        raise ValueError(f"dataset {source.data_dir} stores teacher_tokens computed at {source.spec.image_size}: "
+                         f"config.data.image_size={cfg.image_size} / augment={cfg.augment!r} would change the "
+                         "geometry they describe; use the stored size and augment='none'")
+    # Element i of this (practically endless) MapDataset is batch i: its position is all the
+    # iterator state there is.
+    batches = grain.MapDataset.range(_ENDLESS).map(sampler).map_with_index(_DecodeBatch(source, cfg, seed))
     dataset = batches.to_iter_dataset(grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches if cfg.read_threads else 0))
     if cfg.num_workers > 0:

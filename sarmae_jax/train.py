@@ -239,29 +239,17 @@ def maybe_init_from(params: dict, path: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ data
 def prepare_data(config, workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """The data config with a dataset path, and the dataset's facts.
+    """The data config with a dataset path (`data.prepare`), and the dataset's facts.
 
-    With `data.path=None` the embedded synthetic SAR set is generated into `workdir/data` (or reused when
-    one with the same parameters is already there), rendered at the model's image size.
+    With `data.path=None` the embedded synthetic SAR set is generated into `workdir/data` by process 0
+    (or reused when one with the same parameters is there); the other processes wait, then read it.
     """
-    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-    if data_cfg.path is None:
-        from data_pipelines import synthetic
-
-        params = dict(config.data.synthetic.to_dict(), image_size=config.model.image_size)
-        out = os.path.join(workdir, "data")
-        if metrics.is_main_process():
-            synthetic.ensure_synthetic_dataset(out, **params)
-        _sync_processes("synthetic dataset")
-        data_cfg.path = out
-    info = data.dataset_info(data_cfg)
-    if tuple(info["image_size"])[:2] != (config.model.image_size,) * 2:
-        raise ValueError(f"{data_cfg.path}: images are {info['image_size']}px but config.model.image_size="
-                         f"{config.model.image_size}")
-    # Epoch length as released: with a paired share p, an epoch is (paired count / p) examples.
-    share = data_cfg.paired_share
-    info["epoch_size"] = int(info["num_paired"] / share) if share else info["num_examples"]
-    return data_cfg, info
+    if metrics.is_main_process():
+        data_cfg = data.prepare(config.data, config.model, workdir)
+    _sync_processes("synthetic dataset")
+    if not metrics.is_main_process():
+        data_cfg = data.prepare(config.data, config.model, workdir)
+    return data_cfg, data.dataset_info(data_cfg)
 
 
 def _sync_processes(name: str) -> None:

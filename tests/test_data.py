@@ -8,7 +8,7 @@ import pytest
 from array_record.python import array_record_module
 
 from data_pipelines import records, synthetic
-from sarmae_jax import data
+from sarmae_jax import batch_sampling, data
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,15 @@ def _cfg(path, **overrides):
 
 def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
+
+
+def _restored_after(cfg, consumed, *, global_batch_size, seed):
+    """A fresh iterator restored from the state of one that yielded `consumed` batches."""
+    interrupted = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    _take(interrupted, consumed)
+    resumed = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    resumed.set_state(interrupted.get_state())
+    return resumed
 
 
 def test_batch_contract(dataset_dir):
@@ -54,11 +63,7 @@ def test_dataset_info(dataset_dir):
 def test_resume_yields_exactly_the_uninterrupted_batches(dataset_dir, paired_share):
     cfg = _cfg(dataset_dir, paired_share=paired_share)
     reference = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=5), 14)  # crosses epochs
-    interrupted = data.make_train_iterator(cfg, global_batch_size=8, seed=5)
-    _take(interrupted, 6)
-    state = interrupted.get_state()
-    resumed = data.make_train_iterator(cfg, global_batch_size=8, seed=5)
-    resumed.set_state(state)
+    resumed = _restored_after(cfg, 6, global_batch_size=8, seed=5)
     for want, got in zip(reference[6:], _take(resumed, 8)):
         for key in data.BATCH_KEYS:
             np.testing.assert_array_equal(want[key], got[key])
@@ -71,7 +76,7 @@ def _fingerprints(batches):
 
 
 def test_process_shards_disjoint_and_covering(dataset_dir):
-    cfg = _cfg(dataset_dir)
+    cfg = _cfg(dataset_dir, paired_share=None)
     everything = {hashlib.sha1(ex["sar"].tobytes()).hexdigest()
                   for ex in records.ShardedRecordSource(dataset_dir, "train")}
     assert len(everything) == 64
@@ -140,3 +145,169 @@ def test_bad_arguments(dataset_dir):
                                           image_size=16, paired_fraction=1.0, seed=0, examples_per_shard=8)
         cfg.path = cfg.path + "_allpaired"
         data.make_train_iterator(cfg, global_batch_size=4, seed=0)
+
+
+# ----------------------------------------------------------------------------- issue 3 additions
+
+
+def test_default_paired_share_is_exact_per_batch(dataset_dir):
+    assert data.default_config().paired_share == 0.7
+    it = data.make_train_iterator(_cfg(dataset_dir), global_batch_size=10, seed=0)
+    assert [int(b["is_paired"].sum()) for b in _take(it, 6)] == [7] * 6  # 0.7 x 10, exactly, every batch
+
+
+def test_sampler_interleave_and_pools():
+    sampler = batch_sampling.BatchSampler(100, 30, 0.3, batch_size=7, seed=0, process_index=1, process_count=3)
+    stream = np.concatenate([sampler(i) for i in range(40)])
+    paired = stream < 30
+    prefix = np.cumsum(paired)
+    k = np.arange(1, len(stream) + 1)
+    assert (np.abs(prefix - 0.3 * k) <= 1).all()  # every prefix within one example of the share
+    assert set(stream[paired]) == set(range(1, 30, 3)) and set(stream[~paired]) == set(range(31, 100, 3))
+    # Each epoch of a pool is a permutation of its members; epochs differ.
+    first, second = stream[paired][:10], stream[paired][10:20]
+    assert sorted(first) == sorted(second) == list(range(1, 30, 3)) and not np.array_equal(first, second)
+    np.testing.assert_array_equal(sampler(17), batch_sampling.BatchSampler(
+        100, 30, 0.3, batch_size=7, seed=0, process_index=1, process_count=3)(17))  # pure in the position
+
+
+def test_process_shards_disjoint_and_covering_with_mixing(dataset_dir):
+    cfg = _cfg(dataset_dir, paired_share=0.7)
+    source = records.ShardedRecordSource(dataset_dir, "train")
+    fingerprint = lambda img: hashlib.sha1(img.tobytes()).hexdigest()  # noqa: E731
+    paired_all = {fingerprint(source.example(i)["sar"]) for i in range(source.num_paired)}
+    seen = []
+    for p in range(2):
+        batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 9)
+        seen.append({fingerprint(img) for b in batches for img, pr in zip(b["sar"], b["is_paired"]) if pr})
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == paired_all  # 24 paired per process: 9 x 4 x 0.7 > 24
+
+
+def _aligned_dataset(out, *, n=12, num_paired=8, size=16, teacher=None):
+    """Optical channel 0 == SAR for paired records, so geometric transforms can be checked."""
+    spec = records.RecordSpec((size, size), "uint8", teacher_tokens=teacher and (4, 6), teacher_name=teacher)
+    rng = np.random.default_rng(0)
+
+    def examples():
+        for i in range(n):
+            sar = rng.integers(0, 255, (size, size, 1), dtype=np.uint8)
+            optical = np.concatenate([sar, sar // 2, 255 - sar], -1) if i < num_paired else None
+            tokens = np.full((4, 6), i, np.float16) if teacher and i < num_paired else None
+            yield records.make_example(spec, sar=sar, optical=optical, label=i, source=f"x{i}", teacher_tokens=tokens)
+
+    entry = records.write_split(out, "train", examples(), spec=spec, num_examples=n, examples_per_shard=5,
+                                dataset_name="aligned")
+    records.write_dataset_metadata(out, dataset_name="aligned", spec=spec, splits={"train": entry}, class_names=[],
+                                   resize_rule="none")
+    return records.ShardedRecordSource(out, "train")
+
+
+def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
+    from PIL import Image
+
+    source = _aligned_dataset(str(tmp_path))
+    cfg = _cfg(str(tmp_path), image_size=8, paired_share=None)
+    for batch in _take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 3):
+        assert batch["sar"].shape == (4, 8, 8, 1) and batch["optical"].shape == (4, 8, 8, 3)
+        for img, label in zip(batch["sar"], batch["label"]):
+            want = np.asarray(Image.fromarray(source.example(int(label))["sar"][..., 0]).resize((8, 8), Image.BILINEAR))
+            np.testing.assert_array_equal(img[..., 0], want)
+    crop = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop", flip=True)
+    reference = _take(data.make_train_iterator(crop, global_batch_size=4, seed=1), 6)
+    flipped = 0
+    for batch in reference:
+        assert batch["sar"].shape == (4, 12, 12, 1)
+        paired = batch["is_paired"]
+        np.testing.assert_array_equal(batch["optical"][paired][..., 0], batch["sar"][paired][..., 0])  # same box
+        assert not batch["optical"][~paired].any()
+    # Boxes are drawn before flips, so without flips the same boxes give each image or its mirror.
+    no_flip = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop")
+    unflipped = _take(data.make_train_iterator(no_flip, global_batch_size=4, seed=1), 6)
+    for want, got in zip(reference, unflipped):
+        for a, b in zip(want["sar"], got["sar"]):
+            mirrored = np.array_equal(a, b[:, ::-1])
+            assert np.array_equal(a, b) or mirrored
+            flipped += mirrored and not np.array_equal(a, b)
+    assert 4 <= flipped <= 20  # of 24, p = 0.5
+    resumed = _restored_after(crop, 3, global_batch_size=4, seed=1)
+    for want, got in zip(reference[3:], _take(resumed, 3)):
+        np.testing.assert_array_equal(want["sar"], got["sar"])  # same boxes after a restore
+    plain = _take(data.make_train_iterator(_cfg(str(tmp_path), image_size=12, paired_share=0.5),
+                                           global_batch_size=4, seed=1), 1)[0]
+    np.testing.assert_array_equal(plain["label"], reference[0]["label"])  # same records, different geometry
+    assert not np.array_equal(plain["sar"], reference[0]["sar"])
+
+
+def test_teacher_tokens_travel_with_the_batch(tmp_path):
+    _aligned_dataset(str(tmp_path), teacher="dinov3_vitb16")
+    info = data.dataset_info(_cfg(str(tmp_path)))
+    assert info["teacher"] == {"name": "dinov3_vitb16", "tokens": (4, 6)}
+    batch = next(data.make_train_iterator(_cfg(str(tmp_path), paired_share=None), global_batch_size=12, seed=0))
+    assert batch["teacher_tokens"].shape == (12, 4, 6) and batch["teacher_tokens"].dtype == np.float16
+    for tokens, label, paired in zip(batch["teacher_tokens"], batch["label"], batch["is_paired"]):
+        assert (tokens == (label if paired else 0)).all()
+    with pytest.raises(ValueError, match="stores teacher_tokens computed at \\(16, 16\\)"):
+        data.make_train_iterator(_cfg(str(tmp_path), image_size=8), global_batch_size=4, seed=0)
+
+
+def _corrupt(dataset_dir, out, bad_locals, shard_index=2):
+    import shutil
+    shutil.copytree(dataset_dir, out)
+    source = records.ShardedRecordSource(out, "train")
+    shard = records.read_manifest(out)["splits"]["train"]["shards"][shard_index]
+    originals = [source[i].data for i in range(len(source)) if source.locate(i)[0] == shard_index]
+    writer = array_record_module.ArrayRecordWriter(os.path.join(out, shard["file"]), records.DEFAULT_WRITER_OPTIONS)
+    for local, payload in enumerate(originals):
+        writer.write(payload[: len(payload) // 3] if local in bad_locals else payload)
+    writer.close()
+    return shard["file"]
+
+
+def test_skip_budget_counts_and_then_fails(tmp_path, dataset_dir, caplog):
+    name = _corrupt(dataset_dir, str(tmp_path / "broken"), bad_locals={1, 7})
+    cfg = _cfg(str(tmp_path / "broken"), paired_share=None, max_corrupt_records=2)
+    batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)  # one epoch: both seen
+    assert all(b["sar"].shape == (8, 16, 16, 1) for b in batches)
+    warnings = [r.getMessage() for r in caplog.records if "skipping corrupt record" in r.getMessage()]
+    assert len(warnings) == 2 and {f"{name}, record 1: cannot decode" in w or f"{name}, record 7: cannot decode" in w
+                                   for w in warnings} == {True}
+    cfg.max_corrupt_records = 1
+    with pytest.raises(records.CorruptRecordError, match=rf"{name}, record [17]: cannot decode .*\[2 corrupt records in "
+                       r"this process, config.data.max_corrupt_records=1\]"):
+        _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)
+
+
+def test_example_proto_matches_the_tfds_decoder():
+    from data_pipelines import example_proto
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "pixels": tfds.features.Tensor(shape=(3, 2), dtype=np.uint16, encoding="bytes"),
+        "floats": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+        "ints": tfds.features.Tensor(shape=(3,), dtype=np.int64),
+        "text": tfds.features.Text(), "flag": tfds.features.Scalar(dtype=np.bool_)})
+    example = {"pixels": np.arange(6, dtype=np.uint16).reshape(3, 2) * 1000, "floats": np.array([0.5, -2, 3e9], np.float32),
+               "ints": np.array([-1, 2**40, 0]), "text": "ünïcode", "flag": True}
+    data_bytes = features.serialize_example(example)
+    parsed = example_proto.parse_example(data_bytes)
+    np.testing.assert_array_equal(np.frombuffer(parsed["pixels"][0], "<u2").reshape(3, 2), example["pixels"])
+    np.testing.assert_array_equal(parsed["floats"], example["floats"])
+    assert parsed["ints"] == [-1, 2**40, 0] and parsed["flag"] == [1]
+    assert bytes(parsed["text"][0]).decode() == "ünïcode"
+    assert set(example_proto.parse_example(data_bytes, frozenset({"flag"}))) == {"flag"}
+    with pytest.raises(example_proto.ProtoError):
+        example_proto.parse_example(data_bytes[:-5])
+
+
+def test_prepare_fills_path_and_model_size(tmp_path):
+    import ml_collections
+
+    cfg = data.default_config()
+    cfg.synthetic.update(num_examples=16, num_test_examples=0, image_size=16, examples_per_shard=16)
+    prepared = data.prepare(cfg, ml_collections.ConfigDict({"image_size": 8}), str(tmp_path))
+    assert prepared.path == str(tmp_path / "data") and prepared.image_size == 8 and cfg.path is None
+    info = data.dataset_info(prepared)
+    assert info["image_size"] == (8, 8) and info["stored_image_size"] == (16, 16)
+    assert info["epoch_size"] == round(12 / 0.7)  # num_paired / paired_share, as released
+    batch = next(data.make_train_iterator(prepared, global_batch_size=4, seed=0))
+    assert batch["sar"].shape == (4, 8, 8, 1)

@@ -1,0 +1,375 @@
+"""SAR-1M (or any folder of SAR images) -> a records.py dataset of balanced ArrayRecord shards.
+
+Inputs:
+
+* the SAR-1M layout: ``SAR/`` and ``OPT/`` folders, ``paired.json`` (a list of
+  ``{"sar": path, "optical": path}``) and/or ``unpaired.json`` (a list of paths or
+  ``{"sar": path}``). Paths are relative to the root, to ``SAR/`` or to ``OPT/``: a leading
+  ``SAR/`` or ``OPT/`` is optional;
+* a plain folder of SAR images (no pairing lists; every image file below it, unpaired).
+
+Every image is decoded, scaled to [0, 1] intensity, reduced to one channel (SAR) or RGB
+(optical) and resized by the rules in :mod:`data_pipelines.images`, all recorded in the
+manifest. Bad inputs (unreadable/truncated image, a file named in a list that is missing, a
+malformed list entry, an image smaller than one patch, NaN/Inf, a constant image) are left out
+and listed in ``errors.jsonl`` (file, reason); a run whose error share exceeds
+``--max_error_share`` fails before writing the manifest. A malformed JSON list fails at once.
+
+Shards are converted in parallel processes, one shard per task, each written to a temporary
+file and renamed when complete, next to a ``.done.json`` receipt; a rerun keeps every shard whose
+receipt matches its planned inputs and settings (resumable), and the manifest is written last.
+
+CLI (console script ``sarmae-convert-sar1m``)::
+
+    sarmae-convert-sar1m --input /data/SAR-1M --output /data/sar1m_224 --workers 16
+    sarmae-convert-sar1m --input /data/my_sar_tiles --output /data/my_sar --dry_run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from data_pipelines import images, records
+
+DATASET_NAME = "sar1m"
+CONVERTER_VERSION = 1
+ERROR_LOG = "errors.jsonl"
+# Uncompressed records: decompressing a 200 KB paired record costs ~3x reading it, and the input
+# pipeline's throughput is bound by that (docs/data.md); speckled SAR compresses poorly anyway.
+DEFAULT_WRITER_OPTIONS = "group_size:1,uncompressed"
+
+
+class ConversionError(RuntimeError):
+    """The run as a whole cannot proceed (malformed list, too many bad inputs)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What determines the output bytes (a shard's receipt must match them to be kept)."""
+
+    image_size: int = 224
+    sar_dtype: str = "uint8"
+    intensity_rule: str = "percentile"
+    min_size: int = 16  # one ViT patch
+    writer_options: str = DEFAULT_WRITER_OPTIONS
+
+    def validate(self) -> None:
+        if self.image_size < self.min_size:
+            raise ValueError(f"image_size={self.image_size}: expected >= min_size={self.min_size}")
+        if self.sar_dtype not in records.SAR_DTYPES:
+            raise ValueError(f"sar_dtype={self.sar_dtype!r}: expected one of {sorted(records.SAR_DTYPES)}")
+        if self.intensity_rule not in images.INTENSITY_RULES:
+            raise ValueError(f"intensity_rule={self.intensity_rule!r}: expected one of {sorted(images.INTENSITY_RULES)}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size={self.min_size}: expected >= 1")
+
+    @property
+    def spec(self) -> records.RecordSpec:
+        return records.RecordSpec((self.image_size, self.image_size), self.sar_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One planned example: absolute SAR path and optional optical path; `origin` names the
+    list entry it came from (for error messages)."""
+
+    sar: str
+    optical: str | None
+    origin: str
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _load_json_list(path: str) -> list:
+    with open(path) as f:
+        try:
+            value = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(value, list):
+        raise ConversionError(f"{path}: expected a JSON list, got {type(value).__name__}")
+    return value
+
+
+def _resolve(root: str, path: str, folder: str) -> str:
+    """A list path -> absolute path; a leading SAR/ or OPT/ is optional."""
+    if os.path.isabs(path):
+        return path
+    norm = path.replace("\\", "/")
+    while norm.startswith("./"):
+        norm = norm[2:]
+    if norm.split("/", 1)[0] in ("SAR", "OPT"):
+        return os.path.join(root, norm)
+    return os.path.join(root, folder, norm)
+
+
+def plan_samples(root: str) -> tuple[list[Sample], list[dict[str, str]], str]:
+    """Lists the samples of `root` (paired first, each group in list order).
+
+    Returns:
+      (samples, errors, layout): errors are {"file", "reason"} for list entries that are
+      malformed or name missing files; layout is "sar1m" or "folder".
+    Raises:
+      ConversionError: a malformed JSON list, or an OPT/ folder without pairing lists.
+    """
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise ConversionError(f"input {root}: not a directory")
+    paired_json, unpaired_json = os.path.join(root, "paired.json"), os.path.join(root, "unpaired.json")
+    errors: list[dict[str, str]] = []
+    if not (os.path.exists(paired_json) or os.path.exists(unpaired_json)):
+        if os.path.isdir(os.path.join(root, "OPT")):
+            raise ConversionError(f"input {root}: has OPT/ but no paired.json / unpaired.json; the pairs are unknown")
+        found = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                       if f.lower().endswith(images.IMAGE_EXTENSIONS))
+        if not found:
+            raise ConversionError(f"input {root}: no image files ({', '.join(images.IMAGE_EXTENSIONS)})")
+        return [Sample(p, None, os.path.relpath(p, root)) for p in found], errors, "folder"
+
+    samples: list[Sample] = []
+
+    def check(path, origin):
+        if not os.path.isfile(path):
+            errors.append({"file": path, "reason": f"missing file named in {origin}"})
+            return False
+        return True
+
+    if os.path.exists(paired_json):
+        for i, entry in enumerate(_load_json_list(paired_json)):
+            origin = f"paired.json[{i}]"
+            if not (isinstance(entry, dict) and isinstance(entry.get("sar"), str)
+                    and isinstance(entry.get("optical"), str)):
+                errors.append({"file": origin, "reason": f"malformed entry {entry!r}: expected "
+                               '{"sar": path, "optical": path}'})
+                continue
+            sar, opt = _resolve(root, entry["sar"], "SAR"), _resolve(root, entry["optical"], "OPT")
+            if check(sar, origin) & check(opt, origin):
+                samples.append(Sample(sar, opt, origin))
+    if os.path.exists(unpaired_json):
+        for i, entry in enumerate(_load_json_list(unpaired_json)):
+            origin = f"unpaired.json[{i}]"
+            path = entry.get("sar") if isinstance(entry, dict) else entry
+            if not isinstance(path, str):
+                errors.append({"file": origin, "reason": f"malformed entry {entry!r}: expected a path or "
+                               '{"sar": path}'})
+                continue
+            sar = _resolve(root, path, "SAR")
+            if check(sar, origin):
+                samples.append(Sample(sar, None, origin))
+    return samples, errors, "sar1m"
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+def convert_sample(sample: Sample, settings: Settings, root: str) -> tuple[dict[str, Any], bool]:
+    """One sample -> (record example, whether its colour SAR was averaged). Raises BadImage with
+    the file named in the message."""
+    size = (settings.image_size, settings.image_size)
+    dtype = records.SAR_DTYPES[settings.sar_dtype]
+    kw = dict(size=size, min_size=settings.min_size, rule=settings.intensity_rule)
+    try:
+        sar, info = images.load_sar(sample.sar, dtype=dtype, **kw)
+    except images.BadImage as e:
+        raise images.BadImage(f"{sample.sar}\t{e}") from None
+    optical = None
+    if sample.optical is not None:
+        try:
+            optical = images.load_optical(sample.optical, **kw)
+        except images.BadImage as e:
+            raise images.BadImage(f"{sample.optical}\t{e} (optical of {os.path.relpath(sample.sar, root)})") from None
+    example = records.make_example(settings.spec, sar=sar, optical=optical, source=os.path.relpath(sample.sar, root),
+                                   original_size=info["original_size"], bit_depth=info["bit_depth"])
+    return example, info["color_averaged"]
+
+
+def _fingerprint(samples: Sequence[Sample], settings: Settings) -> str:
+    digest = hashlib.sha256(json.dumps([CONVERTER_VERSION, dataclasses.asdict(settings)]).encode())
+    for s in samples:
+        digest.update(f"{s.sar}\0{s.optical}\n".encode())
+    return digest.hexdigest()
+
+
+def _convert_shard(task: tuple) -> dict[str, Any]:
+    """Converts (and unless dry, writes) one shard; returns its receipt."""
+    path, samples, settings, root, dry_run, after_unpaired = task
+    errors, averaged = [], 0
+
+    def examples():
+        nonlocal averaged
+        for sample in samples:
+            try:
+                example, was_averaged = convert_sample(sample, settings, root)
+            except images.BadImage as e:
+                file, reason = str(e).split("\t", 1)
+                errors.append({"file": file, "reason": reason})
+                continue
+            averaged += was_averaged
+            yield example
+
+    if dry_run:
+        kept = list(examples())
+        entry = {"file": os.path.basename(path), "num_examples": len(kept),
+                 "num_paired": sum(bool(e["is_paired"]) for e in kept)}
+    else:
+        tmp = path + ".tmp"
+        entry = records.write_shard(tmp, examples(), spec=settings.spec, writer_options=settings.writer_options,
+                                    after_unpaired=after_unpaired)
+        entry["file"] = os.path.basename(path)
+        os.replace(tmp, path)
+    receipt = {"shard": entry, "errors": errors, "color_averaged": averaged, "planned": len(samples),
+               "fingerprint": _fingerprint(samples, settings)}
+    if not dry_run:
+        with open(path + ".done.json", "w") as f:
+            json.dump(receipt, f)
+    return receipt
+
+
+def _finished_receipt(path: str, samples: Sequence[Sample], settings: Settings) -> dict[str, Any] | None:
+    """The receipt of a shard finished by an earlier run with the same inputs and settings, else None."""
+    try:
+        with open(path + ".done.json") as f:
+            receipt = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if receipt.get("fingerprint") != _fingerprint(samples, settings):
+        return None
+    if not os.path.isfile(path) or os.path.getsize(path) != receipt["shard"]["num_bytes"]:
+        return None
+    return receipt
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(), examples_per_shard: int = 1000,
+            workers: int = 1, max_error_share: float = 0.01, dry_run: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Converts `input_dir` into a dataset at `output_dir` (split "train"). Returns the manifest
+    (dry run: a summary with counts and errors, nothing written).
+
+    Raises:
+      ConversionError: malformed JSON list, no images, or error share > `max_error_share`
+        (then errors.jsonl is written and the manifest is not).
+    """
+    settings.validate()
+    if not 0 <= max_error_share <= 1:
+        raise ValueError(f"max_error_share={max_error_share}: expected in [0, 1]")
+    root = os.path.abspath(input_dir)
+    samples, errors, layout = plan_samples(root)
+    planned = len(samples) + len(errors)
+    if not samples:
+        raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]})")
+    sizes = records.balanced_shard_sizes(len(samples), examples_per_shard)
+    num_paired_planned = sum(s.optical is not None for s in samples)
+    if not dry_run:
+        os.makedirs(output_dir, exist_ok=True)
+    tasks, receipts, start = [], {}, 0
+    for index, size in enumerate(sizes):
+        path = os.path.join(output_dir, records.shard_filename(DATASET_NAME, "train", index, len(sizes)))
+        chunk = samples[start:start + size]
+        receipt = None if dry_run else _finished_receipt(path, chunk, settings)
+        if receipt is not None:
+            receipts[index] = receipt
+        else:
+            tasks.append((index, (path, chunk, settings, root, dry_run, start > num_paired_planned)))
+        start += size
+    _run_tasks(tasks, receipts, workers=workers, progress=progress,
+               total=len(samples), done=sum(r["planned"] for r in receipts.values()))
+
+    ordered = [receipts[i] for i in range(len(sizes))]
+    errors += [e for r in ordered for e in r["errors"]]
+    shards = [r["shard"] for r in ordered]
+    counts = {"planned": planned, "written": sum(s["num_examples"] for s in shards),
+              "paired": sum(s["num_paired"] for s in shards), "errors": len(errors),
+              "color_sar_averaged": sum(r["color_averaged"] for r in ordered), "kept_from_earlier_run": len(receipts)
+              - len(tasks)}
+    share = len(errors) / planned
+    if dry_run:
+        return {"dry_run": True, "layout": layout, "counts": counts, "errors": errors}
+    with open(os.path.join(output_dir, ERROR_LOG), "w") as f:
+        for e in errors:
+            f.write(json.dumps(e) + "\n")
+    if share > max_error_share:
+        raise ConversionError(f"{len(errors)} of {planned} inputs ({share:.2%}) are bad, above max_error_share="
+                              f"{max_error_share:.2%}; see {os.path.join(output_dir, ERROR_LOG)}")
+    # Paired-first holds across shards: samples are planned paired first and each shard keeps order.
+    split = {"num_examples": counts["written"], "num_paired": counts["paired"], "shards": shards}
+    h = w = settings.image_size
+    return records.write_dataset_metadata(
+        output_dir, dataset_name=DATASET_NAME, spec=settings.spec, splits={"train": split}, class_names=[],
+        resize_rule=images.RESIZE_RULE.format(h=h, w=w), writer_options=settings.writer_options,
+        description=f"SAR images converted from {root} ({layout} layout) by data_pipelines.sar1m.",
+        extra={"converter": {"version": CONVERTER_VERSION, "input": root, "layout": layout,
+                             "settings": dataclasses.asdict(settings),
+                             "intensity_rule": images.INTENSITY_RULES[settings.intensity_rule],
+                             "counts": counts, "error_log": ERROR_LOG}})
+
+
+def _run_tasks(tasks, receipts, *, workers, progress, total, done):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=done, unit="img", disable=not progress, desc="converting", file=sys.stderr)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for index, task in tasks:
+                receipts[index] = _convert_shard(task)
+                bar.update(receipts[index]["planned"])
+            return
+        # spawn: the parent may hold threads (JAX, Grain) that fork would copy in a broken state.
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+            indices = [index for index, _ in tasks]
+            for index, receipt in zip(indices, pool.imap(_convert_shard, [task for _, task in tasks])):
+                receipts[index] = receipt
+                bar.update(receipt["planned"])
+    finally:
+        bar.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="SAR-1M root (SAR/, OPT/, paired.json, unpaired.json) "
+                        "or a plain folder of SAR images")
+    parser.add_argument("--output", required=True, help="dataset directory (created; finished shards are kept)")
+    parser.add_argument("--image_size", type=int, default=224, help="stored square size (224: released recipe; "
+                        "256 leaves room for random-resized crops)")
+    parser.add_argument("--sar_dtype", choices=sorted(records.SAR_DTYPES), default="uint8")
+    parser.add_argument("--intensity_rule", choices=sorted(images.INTENSITY_RULES), default="percentile")
+    parser.add_argument("--min_size", type=int, default=16, help="smaller images are errors (one ViT patch)")
+    parser.add_argument("--writer_options", default=DEFAULT_WRITER_OPTIONS)
+    parser.add_argument("--examples_per_shard", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--max_error_share", type=float, default=0.01)
+    parser.add_argument("--dry_run", action="store_true", help="only list, decode and validate; write nothing")
+    args = parser.parse_args(argv)
+    settings = Settings(image_size=args.image_size, sar_dtype=args.sar_dtype, intensity_rule=args.intensity_rule,
+                        min_size=args.min_size, writer_options=args.writer_options)
+    try:
+        result = convert(args.input, args.output, settings=settings, examples_per_shard=args.examples_per_shard,
+                         workers=args.workers, max_error_share=args.max_error_share, dry_run=args.dry_run)
+    except ConversionError as e:
+        sys.exit(f"error: {e}")
+    counts = result["counts"] if args.dry_run else result["converter"]["counts"]
+    print(f"{counts['written']} examples ({counts['paired']} paired) of {counts['planned']} planned; "
+          f"{counts['errors']} errors; {counts['color_sar_averaged']} colour SAR images averaged to one channel")
+    if args.dry_run:
+        for e in result["errors"][:20]:
+            print(f"  {e['file']}: {e['reason']}")
+    else:
+        print(f"-> {args.output} (errors: {os.path.join(args.output, ERROR_LOG)})")
+
+
+if __name__ == "__main__":
+    main()
