@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sarmae_jax import checkpoint, config as config_lib, data, flops, metrics, objective, optim, preprocess, sharding
+from sarmae_jax import checkpoint, config as config_lib, data, distributed, flops, metrics, objective, optim, preprocess, sharding
 from sarmae_jax.models import mae, sarmae, teachers, vit
 
 log = logging.getLogger("sarmae_jax")
@@ -217,6 +217,52 @@ def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
     return abstract, shardings
 
 
+def jit_train_step(modules, tx, config, schedule, mesh, shardings: TrainState):
+    """The train step jitted for `mesh`: state donated, shardings explicit (state, batch over data x fsdp,
+    teacher replicated). Used by training and by the dry run, so both compile the same program."""
+    return jax.jit(
+        make_train_step(modules, tx, config, schedule),
+        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def abstract_batch(config, mesh, sar_dtype: str = "uint8") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes, dtypes and shardings of one global batch (the batch contract of docs/architecture.md)."""
+    b, s = config.train.batch_size, config.model.image_size
+    spec = sharding.batch_sharding(mesh)
+    return {
+        "sar": jax.ShapeDtypeStruct((b, s, s, 1), np.dtype(sar_dtype), sharding=spec),
+        "optical": jax.ShapeDtypeStruct((b, s, s, 3), np.uint8, sharding=spec),
+        "is_paired": jax.ShapeDtypeStruct((b,), np.bool_, sharding=spec),
+    }
+
+
+def abstract_teacher_params(modules, config, mesh):
+    """The frozen teacher's parameter shapes (replicated); None without SARC. No weights are read."""
+    if modules.teacher is None:
+        return None
+    s = config.model.image_size
+    shapes = jax.eval_shape(lambda: nn.unbox(modules.teacher.init(jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), shapes)
+
+
+def check_batch_split(config, mesh) -> None:
+    """The global batch, and each micro-batch, must split evenly over processes and data x fsdp devices."""
+    t = config.train
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = t.batch_size // t.grad_accum_steps
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={t.batch_size}: must be divisible by the "
+                         f"{jax.process_count()} processes")
+    if micro % shards:
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = {micro} "
+            f"examples per micro-batch: must be divisible by the data x fsdp = {shards} batch shards of mesh "
+            f"{dict(mesh.shape)}")
+
+
 def maybe_init_from(params: dict, path: str) -> dict:
     """Replace whole parts (`encoder`, `decoder`, `anchor_head`) by those of a params-only export.
 
@@ -273,6 +319,8 @@ class MetricWindow:
     """Step metrics stay on device until a log step (no host sync per step), then are averaged and written.
 
     Step time covers everything between log steps, data waiting included: it is what a user pays.
+    Throughput: images/s (global and per device), model TFLOP/s per device (analytic FLOPs, flops.py)
+    and MFU = that / the device's dense bf16 peak (`flops.PEAK_TFLOPS`, or train.peak_tflops_per_device).
     """
 
     def __init__(self, config, writer, progress, flops_per_step: float):
@@ -280,6 +328,12 @@ class MetricWindow:
         self.max_in_a_row = config.train.max_consecutive_skips
         self.images_per_step = config.train.batch_size
         self.flops_per_step = flops_per_step
+        self.num_devices = jax.device_count()
+        kind = jax.devices()[0].device_kind
+        self.peak_tflops = flops.peak_tflops_per_device(kind, config.train.peak_tflops_per_device)
+        if self.peak_tflops is None:
+            log.info("no peak TFLOP/s known for device kind %r: MFU is not logged (set "
+                     "config.train.peak_tflops_per_device to get it)", kind)
         self.writer, self.progress = writer, progress
         self.pending: list[dict[str, jax.Array]] = []
         self.last: dict[str, float] = {}
@@ -291,6 +345,18 @@ class MetricWindow:
 
     def add(self, step_metrics: dict[str, jax.Array]) -> None:
         self.pending.append(step_metrics)
+
+    def throughput(self, seconds_per_step: float) -> dict[str, float]:
+        tflops = self.flops_per_step / seconds_per_step / self.num_devices / 1e12
+        out = {
+            "step_time": seconds_per_step,
+            "images_per_sec": self.images_per_step / seconds_per_step,
+            "images_per_sec_per_device": self.images_per_step / seconds_per_step / self.num_devices,
+            "tflops_per_device": tflops,
+        }
+        if self.peak_tflops:
+            out["mfu"] = tflops / self.peak_tflops
+        return out
 
     def maybe_write(self, step: int, force: bool = False) -> None:
         if not self.pending or not (force or step % self.every == 0):
@@ -308,16 +374,13 @@ class MetricWindow:
                 f"{float(fetched[-1]['loss'])}); stopping (train.max_consecutive_skips={self.max_in_a_row}). "
                 "Lower optim.lr or check the data.")
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        means.update(
-            steps_skipped=float(skipped),
-            step_time=seconds_per_step,
-            images_per_sec=self.images_per_step / seconds_per_step,
-            images_per_sec_per_device=self.images_per_step / seconds_per_step / jax.device_count(),
-            tflops_per_device=self.flops_per_step / seconds_per_step / jax.device_count() / 1e12,
-        )
+        means["steps_skipped"] = float(skipped)
+        means.update(self.throughput(seconds_per_step))
         self.writer.write(step, means)
         shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
         shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+        if "mfu" in means:
+            shown["MFU"] = f"{means['mfu']:.1%}"
         self.progress.update(step, shown)
         self.last = means
         self.restart_timer()
@@ -336,14 +399,26 @@ def maybe_write_images(step, config, params, batch, visualize, writer, workdir, 
     log.info("wrote %s (columns: %s)", path, " | ".join(columns))
 
 
-def maybe_save(manager, step, state, data_iter, meta, total, config, force=False):
-    if force or step % config.train.checkpoint_every == 0 or step == total:
-        checkpoint.save(manager, step, state, data_iter, meta, force=True)
+def maybe_save(checkpoints: checkpoint.Checkpoints, step, state, data_iter, meta, config, force=False) -> None:
+    if force or step % config.train.checkpoint_every == 0:
+        checkpoints.save(step, state, data_iter, meta)
+
+
+def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per field, split over data x fsdp."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
+            for k in ("sar", "optical", "is_paired")}
 
 
 # ------------------------------------------------------------------------------------------ main
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
+
+    Stops early, after saving a checkpoint, on SIGTERM or a JAX preemption notice (the returned
+    metrics then hold `preempted_at_step`); a later call with the same workdir resumes exactly.
+    `on_step(step)` is called after each step is dispatched (profiling hooks, tests).
+    """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
@@ -352,13 +427,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # 2. Mesh.
     mesh = sharding.make_mesh(config.mesh)
+    check_batch_split(config, mesh)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 3. Data: each process reads its share; batches become global arrays split over data x fsdp.
     data_cfg, info = prepare_data(config, workdir)
-    if config.train.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size={config.train.batch_size}: must be divisible by the "
-                         f"{jax.process_count()} processes")
     data_iter = data.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -379,10 +452,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                       seed=config.seed + 1)
         teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
 
-    # 5. State: restore the latest checkpoint, else initialise (optionally from exported weights).
+    # 5. State: restore the latest checkpoint (onto this mesh, whatever mesh saved it), else initialise.
     abstract_state, shardings = state_shardings(modules, tx, config, mesh)
-    manager = checkpoint.make_manager(workdir, keep=config.train.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                                         keep_period=config.train.keep_period)
+    restored = checkpoints.restore_latest(abstract_state, data_iter)
     if restored is not None:
         start_step, state = restored
         log.info("resumed from step %d", start_step)
@@ -396,38 +470,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
 
     # 6. Compile the step: state donated, shardings explicit.
-    train_step = jax.jit(
-        make_train_step(modules, tx, config, schedule),
-        in_shardings=(shardings, batch_sharding, sharding.replicated(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(modules, tx, config, schedule, mesh, shardings)
     visualize = jax.jit(make_visualize(modules, config))
 
-    # 7. Loop.
+    # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
     window = MetricWindow(config, writer, progress, flops.train_step_flops_per_image(config) * config.train.batch_size)
-    for step in range(start_step + 1, total_steps + 1):
-        local = next(data_iter)
-        batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
-                 for k in ("sar", "optical", "is_paired")}
-        with jax.set_mesh(mesh):
-            state, step_metrics = train_step(state, batch, teacher_params)
-        window.add(step_metrics)
-        if step == start_step + 1:  # the first step compiled: time the others without it
-            jax.block_until_ready(step_metrics)
-            log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
-            window.restart_timer()
-        window.maybe_write(step, force=step == total_steps)
-        with jax.set_mesh(mesh):
-            maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=step == total_steps)
-        maybe_save(manager, step, state, data_iter, meta, total_steps, config)
+    preempted_at = None
+    with distributed.PreemptionWatch() as preemption:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = global_batch(next(data_iter), batch_sharding)
+            with jax.set_mesh(mesh):
+                state, step_metrics = train_step(state, batch, teacher_params)
+            window.add(step_metrics)
+            if on_step is not None:
+                on_step(step)
+            if step == start_step + 1:  # the first step compiled: time the others without it
+                jax.block_until_ready(step_metrics)
+                log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
+                window.restart_timer()
+            last = step == total_steps
+            if preemption.should_stop(step) and not last:
+                preempted_at = step
+            window.maybe_write(step, force=last or preempted_at is not None)
+            with jax.set_mesh(mesh):
+                maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=last)
+            maybe_save(checkpoints, step, state, data_iter, meta, config, force=last or preempted_at is not None)
+            if preempted_at is not None:
+                log.warning("preemption notice: saved step %d of %d and stopping; rerun the same command to "
+                            "resume", step, total_steps)
+                break
 
-    # 8. Finish: wait for the last checkpoint, export params for evaluation and conversion.
-    manager.wait_until_finished()
+    # 8. Finish: wait for the last checkpoint; a complete run exports params for evaluation and conversion.
+    checkpoints.close()
     progress.close()
-    export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+    if preempted_at is None:
+        export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+        log.info("done: %d steps; params exported to %s", total_steps, export_dir)
     writer.close()
-    log.info("done: %d steps; params exported to %s", total_steps, export_dir)
-    return window.last
+    return dict(window.last, **({"preempted_at_step": float(preempted_at)} if preempted_at is not None else {}))
