@@ -342,6 +342,12 @@ class MetricWindow:
     def restart_timer(self) -> None:
         self.pending.clear()
         self.t_start = time.perf_counter()
+        self.untimed = 0
+
+    def exclude_from_timing(self) -> None:
+        """The steps so far (the first one, which compiled) keep their metrics but not their time."""
+        self.t_start = time.perf_counter()
+        self.untimed = len(self.pending)
 
     def add(self, step_metrics: dict[str, jax.Array]) -> None:
         self.pending.append(step_metrics)
@@ -362,7 +368,7 @@ class MetricWindow:
         if not self.pending or not (force or step % self.every == 0):
             return
         fetched = jax.device_get(self.pending)
-        seconds_per_step = (time.perf_counter() - self.t_start) / len(fetched)
+        timed = len(fetched) - self.untimed
         skipped = sum(1 for m in fetched if not m["step_finite"])
         if skipped:
             log.warning("steps %d-%d: %d update(s) skipped for a non-finite loss or gradient",
@@ -375,10 +381,12 @@ class MetricWindow:
                 "Lower optim.lr or check the data.")
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         means["steps_skipped"] = float(skipped)
-        means.update(self.throughput(seconds_per_step))
+        if timed > 0:  # a window holding only the compiling step has no throughput to report
+            means.update(self.throughput((time.perf_counter() - self.t_start) / timed))
         self.writer.write(step, means)
         shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
-        shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+        if timed > 0:
+            shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
         if "mfu" in means:
             shown["MFU"] = f"{means['mfu']:.1%}"
         self.progress.update(step, shown)
@@ -489,7 +497,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step == start_step + 1:  # the first step compiled: time the others without it
                 jax.block_until_ready(step_metrics)
                 log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
-                window.restart_timer()
+                window.exclude_from_timing()
             last = step == total_steps
             if preemption.should_stop(step) and not last:
                 preempted_at = step
