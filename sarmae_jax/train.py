@@ -395,10 +395,13 @@ class MetricWindow:
 
 
 def maybe_write_images(step, config, params, batch, visualize, writer, workdir, force=False):
-    if not (force or step % config.train.image_every == 0) or not metrics.is_main_process():
+    """Every process computes the pictures (they span all devices), process 0 writes them."""
+    if not (force or step % config.train.image_every == 0):
         return
     n = min(8, batch["sar"].shape[0])
     pictures = jax.device_get(visualize(params, batch, jnp.asarray(step - 1, jnp.int32)))
+    if not metrics.is_main_process():
+        return
     columns = {name: np.asarray(v)[:n] for name, v in zip(PICTURE_COLUMNS, pictures)}
     grid = metrics.image_grid(columns)
     path = os.path.join(workdir, "images", f"step_{step:07d}.png")
@@ -479,7 +482,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # 6. Compile the step: state donated, shardings explicit.
     train_step = jit_train_step(modules, tx, config, schedule, mesh, shardings)
-    visualize = jax.jit(make_visualize(modules, config))
+    # Replicated output: every process can fetch the pictures of a batch spread over all hosts.
+    visualize = jax.jit(make_visualize(modules, config), out_shardings=sharding.replicated(mesh))
 
     # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main)
