@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     s.teacher.patch_size = 16  # must equal model.patch_size: teacher and student patches are the same pixels
     # Path to the teacher's weights, or "random-init" to ask explicitly for an untrained teacher
     # (tests, smoke runs). There is no silent fallback: None fails at start-up.
-    s.teacher.checkpoint = None
+    # A typed None, so that `--config.sarc.teacher.checkpoint=PATH` can set it from the command line.
+    s.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
 
     c.loss = ml_collections.ConfigDict(dict(mae_weight=1.0))
 
