@@ -8,12 +8,14 @@ Layout of a work directory:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from typing import Any
 
 import grain
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -36,39 +38,95 @@ def run_metadata(config: ml_collections.ConfigDict, **extra) -> dict[str, Any]:
     }
 
 
-def make_manager(workdir: str, *, keep: int, save_interval_steps: int = 1, keep_period: int | None = None,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_period, save_interval_steps=save_interval_steps,
-        enable_async_checkpointing=async_save, create=True,
-    )
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-        item_names=("state", "data_iter", "metadata"),
-    )
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the ones written before it are intact and restorable."""
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter, metadata: dict, *, force: bool = False) -> bool:
-    args = {"state": ocp.args.StandardSave(state), "metadata": ocp.args.JsonSave(metadata)}
-    if data_iter is not None:
-        args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    return manager.save(step, args=ocp.args.Composite(**args), force=force)
+class Checkpoints:
+    """The run's Orbax CheckpointManager: async saves of train state + iterator state + metadata.
 
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter) -> tuple[int, Any] | None:
-    """Restore the newest complete checkpoint onto the shardings in `abstract_state`.
-
-    `abstract_state`: a tree of `jax.ShapeDtypeStruct` with `.sharding` (the *current* mesh, which may
-    differ from the one that saved it). `data_iter` is restored in place. Returns `(step, state)` or None.
+    Keeps the last `keep` checkpoints plus every one whose step is a multiple of `keep_period`.
+    Saves are asynchronous: `save` returns once the arrays are copied off the devices, the files are
+    written in the background. A write that fails (disk full, directory not writable) surfaces at
+    the next `save` or at `wait` as a `CheckpointSaveError` naming the step; Orbax writes into a
+    temporary directory and renames it only when complete, so the failed step never appears and the
+    previous checkpoints stay restorable.
     """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = manager.restore(step, args=ocp.args.Composite(**args))
-    return step, restored["state"]
+
+    def __init__(self, workdir: str, *, keep: int, keep_period: int | None = None, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=async_save, create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data_iter", "metadata"))
+        self._pending: int | None = None  # step of the save still being written in the background
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iter, metadata: dict) -> None:
+        """Start writing checkpoint `step` (all processes call this; Orbax coordinates the writers)."""
+        self.wait()  # Orbax waits for the previous save anyway; waiting here names its step if it failed
+        args = {"state": ocp.args.StandardSave(state), "metadata": ocp.args.JsonSave(metadata)}
+        if data_iter is not None:
+            args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        with self._failure_names(step):
+            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        self._pending = step
+
+    def wait(self) -> None:
+        """Block until the background write is complete; raise `CheckpointSaveError` if it failed."""
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        with self._failure_names(step):
+            self.manager.wait_until_finished()
+            if step not in self.manager.all_steps():
+                raise RuntimeError("Orbax did not finalise it (see the log above for the cause)")
+
+    @contextlib.contextmanager
+    def _failure_names(self, step: int):
+        try:
+            yield
+        except Exception as e:  # any write error: the cause is chained, the message says what is safe
+            good = [s for s in self._complete_steps() if s != step]
+            previous = f"the previous checkpoint (step {max(good)}) is intact" if good else "no earlier checkpoint exists"
+            raise CheckpointSaveError(
+                f"saving checkpoint step {step} to {self.directory} failed: {type(e).__name__}: {e}. "
+                f"Nothing of step {step} was kept; {previous}. Check free space and write permission."
+            ) from e
+
+    def _complete_steps(self) -> list[int]:
+        # Read the directory again (local or gs://): a failed save may leave the manager's list stale.
+        # Orbax names a finished step by its number; unfinished ones carry a temporary suffix.
+        try:
+            return [int(p.name) for p in epath.Path(self.directory).iterdir() if p.name.isdigit()]
+        except OSError:
+            return []
+
+    def restore_latest(self, abstract_state: Any, data_iter) -> tuple[int, Any] | None:
+        """Restore the newest complete checkpoint onto the shardings in `abstract_state`.
+
+        `abstract_state`: a tree of `jax.ShapeDtypeStruct` with `.sharding` (the *current* mesh, which
+        may differ from the one that saved it: other device count, other axis sizes). `data_iter` is
+        restored in place. Returns `(step, state)`, or None when there is no checkpoint.
+        """
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        return step, restored["state"]
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
 
 
 def export_params(directory: str, params: Any, metadata: dict) -> str:

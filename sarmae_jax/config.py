@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     s.teacher.patch_size = 16  # must equal model.patch_size: teacher and student patches are the same pixels
     # Path to the teacher's weights, or "random-init" to ask explicitly for an untrained teacher
     # (tests, smoke runs). There is no silent fallback: None fails at start-up.
-    s.teacher.checkpoint = None
+    # A typed None, so that `--config.sarc.teacher.checkpoint=PATH` can set it from the command line.
+    s.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
 
     c.loss = ml_collections.ConfigDict(dict(mae_weight=1.0))
 
@@ -77,6 +78,17 @@ def default_config() -> ml_collections.ConfigDict:
     t.image_every = 1000  # steps between PNG grids of clean / speckled / masked / reconstructed
     t.checkpoint_every = 1000  # steps between checkpoints (and always at the end)
     t.keep_checkpoints = 3  # the last K are kept
+    # Also keep every checkpoint whose step is a multiple of this (0 = none): long-lived snapshots
+    # for later analysis, never deleted by the keep-last-K rule.
+    t.keep_period = 0
+    # Micro-batches per update: the global batch is split into this many slices that run one after
+    # another (lax.scan) and whose gradients are summed, weighted so that the update equals the
+    # full-batch one. Trades step time for activation memory; batch_size / grad_accum_steps must
+    # still split evenly over the data x fsdp devices.
+    t.grad_accum_steps = 1
+    # bf16 dense peak TFLOP/s of one device for MFU; None looks `device_kind` up in flops.PEAK_TFLOPS
+    # (no MFU is logged for an unknown device unless this is set).
+    t.peak_tflops_per_device = ml_collections.FieldReference(None, field_type=float)
     t.max_consecutive_skips = 10  # non-finite steps in a row before the run stops with an error
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
 
@@ -165,8 +177,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _check(t.num_steps > 0, "train.num_steps", t.num_steps, "a positive step count (or None to use num_epochs)")
     else:
         _check(t.num_epochs > 0, "train.num_epochs", t.num_epochs, "a positive number of epochs")
-    for key in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
+    for key in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips",
+                "grad_accum_steps"):
         _check(isinstance(t[key], int) and t[key] > 0, f"train.{key}", t[key], "a positive integer")
+    _check(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps", t.grad_accum_steps,
+           f"a divisor of train.batch_size={t.batch_size}")
+    _check(isinstance(t.keep_period, int) and t.keep_period >= 0, "train.keep_period", t.keep_period,
+           "a non-negative integer (0 keeps no extra checkpoints)")
+    if t.peak_tflops_per_device is not None:
+        _check(t.peak_tflops_per_device > 0, "train.peak_tflops_per_device", t.peak_tflops_per_device,
+               "a positive TFLOP/s figure (or None to look the device up)")
 
     for axis in ("data", "fsdp", "tensor"):
         v = c.mesh[axis]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 import jax
 
@@ -44,3 +46,44 @@ def maybe_initialize() -> None:
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+class PreemptionWatch:
+    """Tells the training loop to stop at the next step boundary on SIGTERM or a JAX preemption notice.
+
+    One process: a SIGTERM handler sets a flag; the step in flight finishes, the loop saves and returns.
+    Several processes: the processes must agree on the step at which all of them save, so the notice
+    goes through JAX's preemption service (started by `jax.distributed.initialize`, which listens for
+    SIGTERM on every host): `reached_preemption_sync_point(step)` turns True at the same step everywhere.
+    Use as a context manager; the previous SIGTERM handler is put back on exit.
+    """
+
+    def __init__(self):
+        self.signalled = False
+        self._previous = None
+
+    def __enter__(self) -> "PreemptionWatch":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.signalled = True  # nothing else here: a signal handler must not block or log
+
+    def should_stop(self, step: int) -> bool:
+        """Call after every step on every process (the multi-host protocol needs each step)."""
+        if self.signalled:
+            return True
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+                return False
+        return False

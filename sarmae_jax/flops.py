@@ -54,3 +54,35 @@ def train_step_flops_per_image(config) -> float:
             tokens = 1 + getattr(module, "num_registers", 0) + n
             teacher = vit_forward_flops(tokens, tw, vit.VIT_SIZES[t.size]["depth"], teacher_pixels, n)
     return 3 * trained + teacher
+
+
+# Dense bf16 peak TFLOP/s of one device (one chip for TPUs, one GPU), from the vendors' data sheets.
+# Matched against `jax.Device.device_kind` by substring, first match wins (so "H100 PCIe" before "H100").
+# MFU is reported against these whatever model.dtype is: it is the share of what the device could do.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("TPU v6 lite", 918.0),  # v6e (Trillium)
+    ("TPU v6e", 918.0),
+    ("TPU v5 lite", 197.0),  # v5e
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),  # v5p reports itself as "TPU v5"
+    ("TPU v4", 275.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("B200", 2250.0),
+    ("A100", 312.0),
+)
+
+
+def peak_tflops_per_device(device_kind: str, override: float | None = None) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s: `override` if given, else from `PEAK_TFLOPS`, else None."""
+    if override is not None:
+        return float(override)
+    kind = device_kind.lower()
+    for name, peak in PEAK_TFLOPS:
+        if name.lower() in kind:
+            return peak
+    return None

@@ -1,4 +1,8 @@
-"""`sarmae-train --config configs/smoke.py --workdir DIR [--config.key=value ...]`."""
+"""`sarmae-train --config configs/smoke.py --workdir DIR [--config.key=value ...] [--dry_run]`.
+
+`--dry_run` compiles the train step for the configured mesh and prints per-device memory and FLOPs,
+without training or reading data (no --workdir needed); see sarmae_jax/dry_run.py.
+"""
 from __future__ import annotations
 
 from absl import app, flags
@@ -6,7 +10,11 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and images.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh (ahead of time) "
+                             "and print per-device memory and FLOPs; no training, no data read.")
+flags.mark_flags_as_required(["config"])
+flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_run"].value,
+                         message="--workdir is required (except with --dry_run)")
 
 
 def main(argv):
@@ -15,6 +23,13 @@ def main(argv):
     from sarmae_jax import distributed, train
 
     distributed.maybe_initialize()
+    if _DRY_RUN.value:
+        from sarmae_jax import dry_run
+
+        report = dry_run.compile_train_step(_CONFIG.value)
+        if train.metrics.is_main_process():
+            print(dry_run.format_report(report), flush=True)
+        return
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

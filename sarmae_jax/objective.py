@@ -35,12 +35,18 @@ def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[
 
 
 def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.Array], is_paired: jax.Array,
-            mask_key: jax.Array, modules: Modules, config, drop_key: jax.Array | None = None):
-    """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction."""
+            mask_key: jax.Array | None, modules: Modules, config, drop_key: jax.Array | None = None,
+            masking: mae.Masking | None = None):
+    """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction.
+
+    The mask is drawn from `mask_key`, unless `masking` is given (gradient accumulation draws the
+    full batch's masks once and hands each micro-batch its slice).
+    """
     m = config.model
     b = inputs["noisy"].shape[0]
     n = (m.image_size // m.patch_size) ** 2
-    masking = mae.random_masking(mask_key, b, n, m.mask_ratio)
+    if masking is None:
+        masking = mae.random_masking(mask_key, b, n, m.mask_ratio)
     rngs = {"drop_path": drop_key} if drop_key is not None else {}
     latent = modules.encoder.apply({"params": params["encoder"]}, inputs["noisy"], masking.ids_keep, rngs=rngs)
     pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sarmae_jax import checkpoint, config as config_lib, data, flops, metrics, objective, optim, preprocess, sharding
+from sarmae_jax import checkpoint, config as config_lib, data, distributed, flops, metrics, objective, optim, preprocess, sharding
 from sarmae_jax.models import mae, sarmae, teachers, vit
 
 log = logging.getLogger("sarmae_jax")
@@ -43,27 +43,99 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
     return k_noise, k_mask, k_drop
 
 
+def micro_batches(tree: Any, num: int) -> Any:
+    """`[B, ...]` leaves -> `[num, B / num, ...]`, micro-batch j holding rows j, j + num, j + 2 num, ...
+
+    Strided, not contiguous: with the batch split over devices along its first axis, every micro-batch
+    then keeps an equal share on every device (a contiguous slice would sit on a few devices only).
+    """
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def weighted_loss(aux: dict[str, jax.Array], mae_share: jax.Array, align_share: jax.Array, config) -> jax.Array:
+    """A micro-batch's part of the full-batch loss.
+
+    The MAE term is a mean over masked patches and the alignment term a mean over paired samples, so a
+    micro-batch's means count `mae_share` (its masked patches / the batch's) and `align_share` (its
+    paired samples / the batch's); the parts then sum to the full-batch loss, and so do their gradients.
+    With one micro-batch both shares are 1 (or the alignment term is 0) and this is `aux["loss"]`.
+    """
+    loss = config.loss.mae_weight * aux["loss_mae"] * mae_share
+    if "loss_align" in aux:
+        loss = loss + config.sarc.weight * aux["loss_align"] * align_share
+    return loss
+
+
 def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule):
     """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings.
 
     Activation sharding annotations in the model are resolved by `config.mesh.rules` at trace time.
+    With `train.grad_accum_steps = A > 1` the batch runs as A micro-batches in a `lax.scan`; speckle and
+    masks are drawn for the whole batch first and sliced, so the update equals the full-batch one up
+    to float rounding (drop-path, off for MAE pre-training, draws per micro-batch instead).
     """
     uses_drop_path = config.model.drop_path_rate > 0
     rules = sharding.rules_from_config(config.mesh.rules)
+    accum = config.train.grad_accum_steps
+    m = config.model
+    num_patches = (m.image_size // m.patch_size) ** 2
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         with nn.logical_axis_rules(rules):
             return _train_step(state, batch, teacher_params)
 
+    def micro_loss(params, teacher_params, micro, shares, drop_key):
+        inputs, masking, is_paired = micro
+        loss, aux = objective.forward(params, teacher_params, inputs, is_paired, None, modules, config,
+                                      drop_key=drop_key, masking=masking)
+        aux = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
+        return weighted_loss(aux, *shares, config), aux
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def loss_and_grads(params, teacher_params, inputs, masking, is_paired, k_drop):
+        drop = k_drop if uses_drop_path else None
+        total_masked = jnp.sum(masking.mask)
+        total_paired = jnp.sum(is_paired.astype(jnp.float32))
+        if accum == 1:
+            shares = (jnp.ones(()), jnp.ones(()))
+            (loss, aux), grads = grad_fn(params, teacher_params, (inputs, masking, is_paired), shares, drop)
+            return loss, aux, grads
+
+        def body(carry, xs):
+            grads_sum, loss_sum, terms_sum = carry
+            index, micro = xs
+            _, micro_masking, micro_paired = micro
+            shares = (jnp.sum(micro_masking.mask) / total_masked,
+                      jnp.sum(micro_paired.astype(jnp.float32)) / jnp.maximum(total_paired, 1.0))
+            drop_key = jax.random.fold_in(drop, index) if drop is not None else None
+            (loss, aux), grads = grad_fn(params, teacher_params, micro, shares, drop_key)
+            terms = {"loss_mae": aux["loss_mae"] * shares[0]}
+            if "loss_align" in aux:
+                terms["loss_align"] = aux["loss_align"] * shares[1]
+            return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
+                    jax.tree.map(jnp.add, terms_sum, terms)), aux
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        terms0 = {"loss_mae": jnp.zeros(())}
+        if modules.anchor_head is not None:
+            terms0["loss_align"] = jnp.zeros(())
+        xs = (jnp.arange(accum), micro_batches((inputs, masking, is_paired), accum))
+        (grads, loss, terms), per_micro = jax.lax.scan(body, (zeros, jnp.zeros(()), terms0), xs)
+        aux = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)  # other diagnostics: micro-batch means
+        aux.update(terms, loss=loss)
+        if "paired_fraction" in aux:
+            aux["paired_fraction"] = total_paired / is_paired.shape[0]
+        return loss, aux, grads
+
     def _train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         k_noise, k_mask, k_drop = step_keys(config.seed, state.step)
         inputs = objective.prepare_inputs(batch, k_noise, config)
-
-        def loss_fn(params):
-            return objective.forward(params, teacher_params, inputs, batch["is_paired"], k_mask, modules, config,
-                                     drop_key=k_drop if uses_drop_path else None)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        masking = mae.random_masking(k_mask, batch["sar"].shape[0], num_patches, m.mask_ratio)
+        loss, aux, grads = loss_and_grads(state.params, teacher_params, inputs, masking, batch["is_paired"], k_drop)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -77,7 +149,7 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
             skipped=state.skipped + (~finite).astype(jnp.int32),
             skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1),
         )
-        out = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
+        out = dict(aux)
         out.update(grad_norm=grad_norm, lr=schedule(state.step), step_finite=finite.astype(jnp.float32),
                    skipped_in_a_row=new_state.skipped_in_a_row,
                    speckled_fraction=jnp.mean(inputs["speckled"].astype(jnp.float32)))
@@ -145,6 +217,52 @@ def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
     return abstract, shardings
 
 
+def jit_train_step(modules, tx, config, schedule, mesh, shardings: TrainState):
+    """The train step jitted for `mesh`: state donated, shardings explicit (state, batch over data x fsdp,
+    teacher replicated). Used by training and by the dry run, so both compile the same program."""
+    return jax.jit(
+        make_train_step(modules, tx, config, schedule),
+        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def abstract_batch(config, mesh, sar_dtype: str = "uint8") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes, dtypes and shardings of one global batch (the batch contract of docs/architecture.md)."""
+    b, s = config.train.batch_size, config.model.image_size
+    spec = sharding.batch_sharding(mesh)
+    return {
+        "sar": jax.ShapeDtypeStruct((b, s, s, 1), np.dtype(sar_dtype), sharding=spec),
+        "optical": jax.ShapeDtypeStruct((b, s, s, 3), np.uint8, sharding=spec),
+        "is_paired": jax.ShapeDtypeStruct((b,), np.bool_, sharding=spec),
+    }
+
+
+def abstract_teacher_params(modules, config, mesh):
+    """The frozen teacher's parameter shapes (replicated); None without SARC. No weights are read."""
+    if modules.teacher is None:
+        return None
+    s = config.model.image_size
+    shapes = jax.eval_shape(lambda: nn.unbox(modules.teacher.init(jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), shapes)
+
+
+def check_batch_split(config, mesh) -> None:
+    """The global batch, and each micro-batch, must split evenly over processes and data x fsdp devices."""
+    t = config.train
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = t.batch_size // t.grad_accum_steps
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={t.batch_size}: must be divisible by the "
+                         f"{jax.process_count()} processes")
+    if micro % shards:
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = {micro} "
+            f"examples per micro-batch: must be divisible by the data x fsdp = {shards} batch shards of mesh "
+            f"{dict(mesh.shape)}")
+
+
 def maybe_init_from(params: dict, path: str) -> dict:
     """Replace whole parts (`encoder`, `decoder`, `anchor_head`) by those of a params-only export.
 
@@ -201,6 +319,8 @@ class MetricWindow:
     """Step metrics stay on device until a log step (no host sync per step), then are averaged and written.
 
     Step time covers everything between log steps, data waiting included: it is what a user pays.
+    Throughput: images/s (global and per device), model TFLOP/s per device (analytic FLOPs, flops.py)
+    and MFU = that / the device's dense bf16 peak (`flops.PEAK_TFLOPS`, or train.peak_tflops_per_device).
     """
 
     def __init__(self, config, writer, progress, flops_per_step: float):
@@ -208,6 +328,12 @@ class MetricWindow:
         self.max_in_a_row = config.train.max_consecutive_skips
         self.images_per_step = config.train.batch_size
         self.flops_per_step = flops_per_step
+        self.num_devices = jax.device_count()
+        kind = jax.devices()[0].device_kind
+        self.peak_tflops = flops.peak_tflops_per_device(kind, config.train.peak_tflops_per_device)
+        if self.peak_tflops is None:
+            log.info("no peak TFLOP/s known for device kind %r: MFU is not logged (set "
+                     "config.train.peak_tflops_per_device to get it)", kind)
         self.writer, self.progress = writer, progress
         self.pending: list[dict[str, jax.Array]] = []
         self.last: dict[str, float] = {}
@@ -216,15 +342,33 @@ class MetricWindow:
     def restart_timer(self) -> None:
         self.pending.clear()
         self.t_start = time.perf_counter()
+        self.untimed = 0
+
+    def exclude_from_timing(self) -> None:
+        """The steps so far (the first one, which compiled) keep their metrics but not their time."""
+        self.t_start = time.perf_counter()
+        self.untimed = len(self.pending)
 
     def add(self, step_metrics: dict[str, jax.Array]) -> None:
         self.pending.append(step_metrics)
+
+    def throughput(self, seconds_per_step: float) -> dict[str, float]:
+        tflops = self.flops_per_step / seconds_per_step / self.num_devices / 1e12
+        out = {
+            "step_time": seconds_per_step,
+            "images_per_sec": self.images_per_step / seconds_per_step,
+            "images_per_sec_per_device": self.images_per_step / seconds_per_step / self.num_devices,
+            "tflops_per_device": tflops,
+        }
+        if self.peak_tflops:
+            out["mfu"] = tflops / self.peak_tflops
+        return out
 
     def maybe_write(self, step: int, force: bool = False) -> None:
         if not self.pending or not (force or step % self.every == 0):
             return
         fetched = jax.device_get(self.pending)
-        seconds_per_step = (time.perf_counter() - self.t_start) / len(fetched)
+        timed = len(fetched) - self.untimed
         skipped = sum(1 for m in fetched if not m["step_finite"])
         if skipped:
             log.warning("steps %d-%d: %d update(s) skipped for a non-finite loss or gradient",
@@ -236,26 +380,28 @@ class MetricWindow:
                 f"{float(fetched[-1]['loss'])}); stopping (train.max_consecutive_skips={self.max_in_a_row}). "
                 "Lower optim.lr or check the data.")
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        means.update(
-            steps_skipped=float(skipped),
-            step_time=seconds_per_step,
-            images_per_sec=self.images_per_step / seconds_per_step,
-            images_per_sec_per_device=self.images_per_step / seconds_per_step / jax.device_count(),
-            tflops_per_device=self.flops_per_step / seconds_per_step / jax.device_count() / 1e12,
-        )
+        means["steps_skipped"] = float(skipped)
+        if timed > 0:  # a window holding only the compiling step has no throughput to report
+            means.update(self.throughput((time.perf_counter() - self.t_start) / timed))
         self.writer.write(step, means)
         shown = {k: means[k] for k in ("loss", "loss_mae", "loss_align") if k in means}
-        shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+        if timed > 0:
+            shown.update({"s/step": means["step_time"], "img/s": means["images_per_sec"]})
+        if "mfu" in means:
+            shown["MFU"] = f"{means['mfu']:.1%}"
         self.progress.update(step, shown)
         self.last = means
         self.restart_timer()
 
 
 def maybe_write_images(step, config, params, batch, visualize, writer, workdir, force=False):
-    if not (force or step % config.train.image_every == 0) or not metrics.is_main_process():
+    """Every process computes the pictures (they span all devices), process 0 writes them."""
+    if not (force or step % config.train.image_every == 0):
         return
     n = min(8, batch["sar"].shape[0])
     pictures = jax.device_get(visualize(params, batch, jnp.asarray(step - 1, jnp.int32)))
+    if not metrics.is_main_process():
+        return
     columns = {name: np.asarray(v)[:n] for name, v in zip(PICTURE_COLUMNS, pictures)}
     grid = metrics.image_grid(columns)
     path = os.path.join(workdir, "images", f"step_{step:07d}.png")
@@ -264,14 +410,26 @@ def maybe_write_images(step, config, params, batch, visualize, writer, workdir, 
     log.info("wrote %s (columns: %s)", path, " | ".join(columns))
 
 
-def maybe_save(manager, step, state, data_iter, meta, total, config, force=False):
-    if force or step % config.train.checkpoint_every == 0 or step == total:
-        checkpoint.save(manager, step, state, data_iter, meta, force=True)
+def maybe_save(checkpoints: checkpoint.Checkpoints, step, state, data_iter, meta, config, force=False) -> None:
+    if force or step % config.train.checkpoint_every == 0:
+        checkpoints.save(step, state, data_iter, meta)
+
+
+def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per field, split over data x fsdp."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
+            for k in ("sar", "optical", "is_paired")}
 
 
 # ------------------------------------------------------------------------------------------ main
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
+
+    Stops early, after saving a checkpoint, on SIGTERM or a JAX preemption notice (the returned
+    metrics then hold `preempted_at_step`); a later call with the same workdir resumes exactly.
+    `on_step(step)` is called after each step is dispatched (profiling hooks, tests).
+    """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
@@ -280,13 +438,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # 2. Mesh.
     mesh = sharding.make_mesh(config.mesh)
+    check_batch_split(config, mesh)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 3. Data: each process reads its share; batches become global arrays split over data x fsdp.
     data_cfg, info = prepare_data(config, workdir)
-    if config.train.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size={config.train.batch_size}: must be divisible by the "
-                         f"{jax.process_count()} processes")
     data_iter = data.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -307,10 +463,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                       seed=config.seed + 1)
         teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
 
-    # 5. State: restore the latest checkpoint, else initialise (optionally from exported weights).
+    # 5. State: restore the latest checkpoint (onto this mesh, whatever mesh saved it), else initialise.
     abstract_state, shardings = state_shardings(modules, tx, config, mesh)
-    manager = checkpoint.make_manager(workdir, keep=config.train.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                                         keep_period=config.train.keep_period)
+    restored = checkpoints.restore_latest(abstract_state, data_iter)
     if restored is not None:
         start_step, state = restored
         log.info("resumed from step %d", start_step)
@@ -324,38 +481,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
 
     # 6. Compile the step: state donated, shardings explicit.
-    train_step = jax.jit(
-        make_train_step(modules, tx, config, schedule),
-        in_shardings=(shardings, batch_sharding, sharding.replicated(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    visualize = jax.jit(make_visualize(modules, config))
+    train_step = jit_train_step(modules, tx, config, schedule, mesh, shardings)
+    # Replicated output: every process can fetch the pictures of a batch spread over all hosts.
+    visualize = jax.jit(make_visualize(modules, config), out_shardings=sharding.replicated(mesh))
 
-    # 7. Loop.
+    # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
     window = MetricWindow(config, writer, progress, flops.train_step_flops_per_image(config) * config.train.batch_size)
-    for step in range(start_step + 1, total_steps + 1):
-        local = next(data_iter)
-        batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
-                 for k in ("sar", "optical", "is_paired")}
-        with jax.set_mesh(mesh):
-            state, step_metrics = train_step(state, batch, teacher_params)
-        window.add(step_metrics)
-        if step == start_step + 1:  # the first step compiled: time the others without it
-            jax.block_until_ready(step_metrics)
-            log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
-            window.restart_timer()
-        window.maybe_write(step, force=step == total_steps)
-        with jax.set_mesh(mesh):
-            maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=step == total_steps)
-        maybe_save(manager, step, state, data_iter, meta, total_steps, config)
+    preempted_at = None
+    with distributed.PreemptionWatch() as preemption:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = global_batch(next(data_iter), batch_sharding)
+            with jax.set_mesh(mesh):
+                state, step_metrics = train_step(state, batch, teacher_params)
+            window.add(step_metrics)
+            if on_step is not None:
+                on_step(step)
+            if step == start_step + 1:  # the first step compiled: time the others without it
+                jax.block_until_ready(step_metrics)
+                log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
+                window.exclude_from_timing()
+            last = step == total_steps
+            if preemption.should_stop(step) and not last:
+                preempted_at = step
+            window.maybe_write(step, force=last or preempted_at is not None)
+            with jax.set_mesh(mesh):
+                maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=last)
+            maybe_save(checkpoints, step, state, data_iter, meta, config, force=last or preempted_at is not None)
+            if preempted_at is not None:
+                log.warning("preemption notice: saved step %d of %d and stopping; rerun the same command to "
+                            "resume", step, total_steps)
+                break
 
-    # 8. Finish: wait for the last checkpoint, export params for evaluation and conversion.
-    manager.wait_until_finished()
+    # 8. Finish: wait for the last checkpoint; a complete run exports params for evaluation and conversion.
+    checkpoints.close()
     progress.close()
-    export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+    if preempted_at is None:
+        export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+        log.info("done: %d steps; params exported to %s", total_steps, export_dir)
     writer.close()
-    log.info("done: %d steps; params exported to %s", total_steps, export_dir)
-    return window.last
+    return dict(window.last, **({"preempted_at_step": float(preempted_at)} if preempted_at is not None else {}))

@@ -1,0 +1,139 @@
+"""ViT-B/16 MAE + SARC train step in bf16 on the accelerators of this machine: images/s, TFLOP/s and MFU
+at two per-device batch sizes. Prints a Markdown table.
+
+    python benchmarks/gpu_train_step.py                       # H100 / H200: about 3-5 minutes
+    python benchmarks/gpu_train_step.py --attention cudnn --batches 128,256 --steps 20
+    python benchmarks/gpu_train_step.py --smoke               # tiny model on CPU: checks the script
+
+The step is the trainer's own (`train.jit_train_step`, data-parallel mesh over all local devices,
+donated state): ViT-B/16 encoder on the 49 visible patches, 512x8 decoder on 196, SARC head against
+the frozen teacher (`--teacher released`: patch embedding + LN as in the public code, or `dinov3`:
+the full ViT-B, both random-init; weights do not change the speed). Speckle (Gamma, on device) and
+masking are inside the step, as in training; the batch is random uint8 pixels already on the device.
+Model FLOPs are analytic (sarmae_jax/flops.py); MFU is against the dense bf16 peak of the device
+(flops.PEAK_TFLOPS, or --peak_tflops). When a batch does not fit with `--remat none`, it is retried
+with `dots` (recompute everything but the matmuls).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+
+def bench_config(args, per_device_batch: int, remat: str):
+    from sarmae_jax import config as config_lib
+
+    c = config_lib.default_config()
+    c.model.dtype = "bfloat16"
+    c.model.remat = remat
+    c.model.attention_impl = args.attention
+    c.sarc.teacher.kind = args.teacher
+    c.sarc.teacher.checkpoint = "random-init"
+    c.train.batch_size = per_device_batch * jax.device_count()
+    c.train.peak_tflops_per_device = args.peak_tflops
+    c.optim.warmup_steps = 10
+    if args.smoke:  # a tiny model that compiles and steps in seconds on a CPU
+        c.model.size, c.model.image_size, c.model.patch_size = "mini", 32, 8
+        c.model.decoder.width, c.model.decoder.depth, c.model.decoder.num_heads = 32, 1, 2
+        c.sarc.teacher.size, c.sarc.teacher.patch_size = "mini", 8
+    return c
+
+
+def measure(c, steps: int) -> dict:
+    """Seconds per step (median after 2 warm-up steps), compile seconds and peak device memory."""
+    from sarmae_jax import optim, sharding, train
+    from sarmae_jax.models import sarmae, teachers
+
+    mesh = sharding.make_mesh(c.mesh)
+    modules = sarmae.build(c)
+    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=1000, steps_per_epoch=100)
+    tx = optim.make_optimizer(c.optim, schedule)
+    _, shardings = train.state_shardings(modules, tx, c, mesh)
+    step = train.jit_train_step(modules, tx, c, schedule, mesh, shardings)
+    teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
+                             sharding.replicated(mesh))
+    b, s = c.train.batch_size, c.model.image_size
+    rng = np.random.default_rng(0)
+    batch = train.global_batch({
+        "sar": rng.integers(0, 256, (b, s, s, 1), dtype=np.uint8),
+        "optical": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+        "is_paired": np.arange(b) % 4 != 3,  # 75% paired, as SAR-1M
+    }, sharding.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k), out_shardings=shardings)(jax.random.key(0))
+        start = time.perf_counter()
+        compiled = step.lower(state, batch, teacher).compile()
+        compile_s = time.perf_counter() - start
+        for _ in range(2):
+            state, m = compiled(state, batch, teacher)
+        jax.block_until_ready(m)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, m = compiled(state, batch, teacher)
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - start)
+    if not np.isfinite(float(m["loss"])):
+        raise FloatingPointError(f"non-finite loss {float(m['loss'])}")
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return {"seconds": statistics.median(times), "compile_seconds": compile_s,
+            "peak_gib": stats.get("peak_bytes_in_use", 0) / 1024**3 or None}
+
+
+def _out_of_memory(e: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="128,256", help="per-device batch sizes, comma-separated")
+    parser.add_argument("--remat", default="none", help="first remat policy to try (dots on out-of-memory)")
+    parser.add_argument("--attention", default="", choices=("", "cudnn", "xla"), help="model.attention_impl")
+    parser.add_argument("--teacher", default="released", choices=("released", "dinov3", "vit"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak_tflops", type=float, default=None, help="override the device's bf16 peak")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, tiny batches (CPU check of the script)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.batches, args.steps = "2,4", 2
+
+    from sarmae_jax import flops
+
+    device = jax.devices()[0]
+    peak = flops.peak_tflops_per_device(device.device_kind, args.peak_tflops)
+    print(f"{jax.device_count()} x {device.device_kind}, jax {jax.__version__}; teacher {args.teacher}, "
+          f"attention {args.attention or 'default'}, bf16 peak {peak or 'unknown'} TFLOP/s per device")
+    rows = []
+    for per_device in (int(x) for x in args.batches.split(",")):
+        for remat in dict.fromkeys((args.remat, "dots")):
+            c = bench_config(args, per_device, remat)
+            try:
+                r = measure(c, args.steps)
+            except Exception as e:  # noqa: BLE001 - an out-of-memory batch is a result, retried with remat
+                if not _out_of_memory(e):
+                    raise
+                rows.append((per_device, remat, None, None))
+                continue
+            flop = flops.train_step_flops_per_image(c) * c.train.batch_size
+            tflops = flop / r["seconds"] / jax.device_count() / 1e12
+            rows.append((per_device, remat, r, tflops))
+            break
+    print("\n| per-device batch | remat | s/step | images/s | images/s/device | TFLOP/s/device | MFU | peak memory | compile |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for per_device, remat, r, tflops in rows:
+        if r is None:
+            print(f"| {per_device} | {remat} | out of memory | | | | | | |")
+            continue
+        images = per_device * jax.device_count() / r["seconds"]
+        mfu = f"{tflops / peak:.1%}" if peak else "n/a"
+        mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] else "n/a"
+        print(f"| {per_device} | {remat} | {r['seconds'] * 1e3:.1f} ms | {images:.0f} | {images / jax.device_count():.0f} "
+              f"| {tflops:.1f} | {mfu} | {mem} | {r['compile_seconds']:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()

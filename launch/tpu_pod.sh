@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run sarmae-train on every worker of a TPU VM pod slice (one process per host; JAX finds the pod itself).
+#
+#   launch/tpu_pod.sh [--dry_run] TPU_NAME ZONE [PROJECT] -- [sarmae-train arguments ...]
+#
+# Example (v5p-64, 8 hosts):
+#   launch/tpu_pod.sh sarmae-v5p-64 us-east5-a my-project -- --config configs/sarmae_vit_b16.py \
+#       --workdir gs://my-bucket/sarmae_b16 --config.data.path=/mnt/sar1m \
+#       --config.sarc.teacher.checkpoint=/mnt/weights/dinov3_vitb16.pth
+# --dry_run prints the gcloud command instead of running it. The repository must already be at
+# $SARMAE_DIR (default ~/sarmae-jax) on every worker (e.g. `... ssh --worker=all --command="git clone ..."`);
+# the workdir should be a bucket every host can write (Orbax writes one shard per host).
+# On each host, jax.distributed.initialize() detects the TPU pod (TPU_WORKER_HOSTNAMES), so no
+# coordinator address is needed. SIGTERM from a maintenance event makes every host save and exit 0.
+set -euo pipefail
+dry_run=0
+if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
+if [[ $# -lt 2 ]]; then sed -n '2,14p' "$0"; exit 2; fi
+tpu=$1 zone=$2; shift 2
+project_flag=()
+if [[ $# -gt 0 && "$1" != "--" ]]; then project_flag=(--project="$1"); shift; fi
+if [[ "${1:-}" == "--" ]]; then shift; fi
+remote="cd ${SARMAE_DIR:-~/sarmae-jax} && python -m sarmae_jax.main $(printf '%q ' "$@")"
+cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" "${project_flag[@]}" --worker=all --command="$remote")
+if ((dry_run)); then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+exec "${cmd[@]}"

@@ -1,0 +1,148 @@
+"""`sarmae-train --dry_run`: compile the train step for the configured mesh, ahead of time, and report
+per-device memory and FLOPs, without initialising parameters, loading weights or reading data.
+
+Everything is abstract: the state, the batch and the frozen teacher are `jax.ShapeDtypeStruct`s with
+their shardings, so `jax.jit(step).lower(...).compile()` produces the very program a run would execute
+(same mesh, rules, dtype, remat, micro-batching) and XLA's own memory and cost analyses of it. A config
+that would not fit, or not shard, fails here on a laptop with fake devices instead of on a booked pod:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 sarmae-train --config configs/sarmae_vit_b16.py \
+        --config.sarc.teacher.checkpoint=random-init --config.train.batch_size=64 --dry_run
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from sarmae_jax import config as config_lib, data, flops, optim, sharding, train
+from sarmae_jax.models import sarmae
+
+GiB = 1024**3
+
+
+def data_spec(config) -> tuple[str, int]:
+    """(SAR pixel dtype, examples per epoch) from the dataset's manifest only, or the synthetic set's config."""
+    if config.data.path is None:
+        synthetic = config.data.synthetic
+        return "uint8", data.epoch_size(synthetic.num_examples, int(synthetic.num_examples * synthetic.paired_fraction),
+                                        config.data.paired_share)
+    info = data.dataset_info(config.data)
+    return info["sar_dtype"], info["epoch_size"]
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[str, Any]:
+    """Lower and compile the train step for `config.mesh` over `devices` (default: all). Returns a report:
+    mesh, batch split, compile seconds, XLA memory analysis (bytes per device) and FLOPs (analytic and XLA's)."""
+    config_lib.validate(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    train.check_batch_split(config, mesh)
+    sar_dtype, epoch_size = data_spec(config)
+    total_steps, steps_per_epoch = train.run_length(config, epoch_size)
+
+    modules = sarmae.build(config)
+    schedule = optim.make_schedule(config.optim, global_batch=config.train.batch_size, total_steps=total_steps,
+                                   steps_per_epoch=steps_per_epoch)
+    tx = optim.make_optimizer(config.optim, schedule)
+    abstract_state, shardings = train.state_shardings(modules, tx, config, mesh)
+    step = train.jit_train_step(modules, tx, config, schedule, mesh, shardings)
+    args = (abstract_state, train.abstract_batch(config, mesh, sar_dtype), train.abstract_teacher_params(modules, config, mesh))
+
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = step.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+
+    num_devices = mesh.devices.size
+    device = mesh.devices.flat[0]
+    analytic = flops.train_step_flops_per_image(config) * config.train.batch_size
+    report: dict[str, Any] = {
+        "mesh": dict(mesh.shape),
+        "device_kind": device.device_kind,
+        "num_devices": num_devices,
+        "global_batch": config.train.batch_size,
+        "grad_accum_steps": config.train.grad_accum_steps,
+        "examples_per_device_per_micro_batch": config.train.batch_size // config.train.grad_accum_steps
+        // (mesh.shape["data"] * mesh.shape["fsdp"]),
+        "dtype": config.model.dtype,
+        "remat": config.model.remat,
+        "parameters": sarmae.count_params(abstract_state.params),
+        "compile_seconds": compile_s,
+        "analytic_flops_per_step": analytic,
+        "analytic_flops_per_device": analytic / num_devices,
+        "xla_flops_per_device": _xla_flops(compiled),
+        "memory": _memory(compiled),
+        "device_memory_bytes": _device_memory(device),
+    }
+    peak = flops.peak_tflops_per_device(device.device_kind, config.train.peak_tflops_per_device)
+    if peak:
+        # The fastest this step could run: all of the device's peak on the analytic FLOPs.
+        report["min_step_seconds_at_peak"] = analytic / num_devices / (peak * 1e12)
+    return report
+
+
+def _xla_flops(compiled) -> float | None:
+    costs = compiled.cost_analysis()
+    if isinstance(costs, (list, tuple)):  # older JAX: one dict per computation
+        costs = costs[0] if costs else None
+    value = (costs or {}).get("flops")
+    return float(value) if value is not None and value >= 0 else None
+
+
+def _memory(compiled) -> dict[str, int] | None:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    out = {f.replace("_size_in_bytes", ""): int(getattr(analysis, f)) for f in fields}
+    # Donated state aliases its output: count it once. Live at the peak: inputs, new outputs, temporaries.
+    out["peak_estimate"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
+
+
+def _device_memory(device) -> int | None:
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - CPU and some plugins have no memory stats
+        return None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """Human-readable lines for the console."""
+    gib = lambda b: f"{b / GiB:.2f} GiB"
+    lines = [
+        f"dry run: mesh {r['mesh']} over {r['num_devices']} x {r['device_kind']}; global batch {r['global_batch']} "
+        f"in {r['grad_accum_steps']} micro-batch(es), {r['examples_per_device_per_micro_batch']} examples per device "
+        f"per micro-batch; compute {r['dtype']}, remat {r['remat']}; {r['parameters']:,} trainable parameters",
+        f"compiled in {r['compile_seconds']:.1f} s",
+    ]
+    mem = r["memory"]
+    if mem is None:
+        lines.append("memory: this backend gives no memory analysis")
+    else:
+        lines.append(
+            f"memory per device (XLA): arguments {gib(mem['argument'])} (donated {gib(mem['alias'])}), "
+            f"outputs {gib(mem['output'])}, temporaries {gib(mem['temp'])}, code {gib(mem['generated_code'])}; "
+            f"peak about {gib(mem['peak_estimate'])}")
+        if r["device_memory_bytes"]:
+            fits = mem["peak_estimate"] <= r["device_memory_bytes"]
+            lines.append(f"device memory {gib(r['device_memory_bytes'])}: "
+                         + ("fits" if fits else "DOES NOT FIT - lower the batch, add remat, fsdp or micro-batches"))
+    xla = r["xla_flops_per_device"]
+    lines.append(
+        f"FLOPs per step: analytic {_si(r['analytic_flops_per_step'])} ({_si(r['analytic_flops_per_device'])} per "
+        "device); XLA cost analysis " + (f"{_si(xla)} per device" if xla is not None else "not available"))
+    if "min_step_seconds_at_peak" in r:
+        lines.append(f"at the device's peak this step would take at least {r['min_step_seconds_at_peak'] * 1e3:.1f} ms")
+    return "\n".join(lines)
+
+
+def _si(flop: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flop >= scale:
+            return f"{flop / scale:.2f} {unit}"
+    return f"{flop / 1e6:.2f} MFLOP"
