@@ -36,6 +36,13 @@ def bench_config(args, per_device_batch: int, remat: str):
     c.train.batch_size = per_device_batch * jax.device_count()
     c.train.peak_tflops_per_device = args.peak_tflops
     c.optim.warmup_steps = 10
+    if args.sare == "off":
+        c.sare.enabled = False
+    elif args.sare:
+        c.sare.model = args.sare
+    c.sarc.enabled = not args.no_sarc
+    c.model.scan_layers = not args.no_scan
+    c.model.scan_unroll = args.scan_unroll
     if args.smoke:  # a tiny model that compiles and steps in seconds on a CPU
         c.model.size, c.model.image_size, c.model.patch_size = "mini", 32, 8
         c.model.decoder.width, c.model.decoder.depth, c.model.decoder.num_heads = 32, 1, 2
@@ -54,8 +61,10 @@ def measure(c, steps: int) -> dict:
     tx = optim.make_optimizer(c.optim, schedule)
     _, shardings = train.state_shardings(modules, tx, c, mesh)
     step = train.jit_train_step(modules, tx, c, schedule, mesh, shardings)
-    teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
-                             sharding.replicated(mesh))
+    teacher = None
+    if modules.teacher is not None:
+        teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
+                                 sharding.replicated(mesh))
     b, s = c.train.batch_size, c.model.image_size
     rng = np.random.default_rng(0)
     batch = train.global_batch({
@@ -97,6 +106,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak_tflops", type=float, default=None, help="override the device's bf16 peak")
     parser.add_argument("--smoke", action="store_true", help="tiny model, tiny batches (CPU check of the script)")
+    parser.add_argument("--sare", default="", help="speckle model to use, or 'off' (default: the config's)")
+    parser.add_argument("--no_sarc", action="store_true", help="no SARC head, no teacher")
+    parser.add_argument("--no_scan", action="store_true", help="unrolled blocks instead of nn.scan")
+    parser.add_argument("--scan_unroll", type=int, default=1, help="model.scan_unroll (1 = rolled loop)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="at the first batch size, time the step with parts switched off, one at a time")
     args = parser.parse_args()
     if args.smoke:
         args.batches, args.steps = "2,4", 2
@@ -107,6 +122,8 @@ def main():
     peak = flops.peak_tflops_per_device(device.device_kind, args.peak_tflops)
     print(f"{jax.device_count()} x {device.device_kind}, jax {jax.__version__}; teacher {args.teacher}, "
           f"attention {args.attention or 'default'}, bf16 peak {peak or 'unknown'} TFLOP/s per device")
+    if args.ablate:
+        return ablate(args, int(args.batches.split(",")[0]))
     rows = []
     for per_device in (int(x) for x in args.batches.split(",")):
         for remat in dict.fromkeys((args.remat, "dots")):
@@ -133,6 +150,32 @@ def main():
         mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] else "n/a"
         print(f"| {per_device} | {remat} | {r['seconds'] * 1e3:.1f} ms | {images:.0f} | {images / jax.device_count():.0f} "
               f"| {tflops:.1f} | {mfu} | {mem} | {r['compile_seconds']:.0f} s |")
+
+
+def ablate(args, per_device: int) -> None:
+    """Where the step's time goes, by difference: each row switches parts off (same batch, same remat)."""
+    import copy
+
+    from sarmae_jax import flops
+
+    variants = {
+        "full step (config defaults)": {},
+        "speckle off": {"sare": "off"},
+        "SARC off (no head, no teacher)": {"no_sarc": True},
+        "unrolled blocks (no nn.scan)": {"no_scan": True},
+        "nn.scan, fully unrolled (scan_unroll=24)": {"scan_unroll": 24},
+        "plain MAE: speckle, SARC and scan off": {"sare": "off", "no_sarc": True, "no_scan": True},
+    }
+    print(f"\n| variant (per-device batch {per_device}, remat {args.remat}) | s/step | images/s/device | model TFLOP/s/device |")
+    print("|---|---|---|---|")
+    for name, change in variants.items():
+        v = copy.copy(args)
+        for k, val in change.items():
+            setattr(v, k, val)
+        c = bench_config(v, per_device, args.remat)
+        r = measure(c, args.steps)
+        tflops = flops.train_step_flops_per_image(c) * c.train.batch_size / r["seconds"] / jax.device_count() / 1e12
+        print(f"| {name} | {r['seconds'] * 1e3:.1f} ms | {per_device / r['seconds']:.0f} | {tflops:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,11 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay in param_dtype)
     m.param_dtype = "float32"  # bf16 parameters lose AdamW updates below their precision: keep f32
     m.scan_layers = True  # one compiled block scanned over depth: fast compiles, stacked [depth, ...] params
+    # Scan iterations unrolled per loop trip (1 = rolled; a large value unrolls fully, keeping stacked params).
+    m.scan_unroll = 1
     m.remat = "none"  # none | full | dots | dots_no_batch: activation recomputation per block
     m.attention_impl = ""  # "" lets JAX choose (cuDNN flash attention on GPU when it can); "xla" | "cudnn"
+    # (cuDNN's flash attention refused the decoder's 197-token sequences on an H200 with jax 0.11.)
 
     # ----------------------------------------------------------------------- SARE: speckle injection
     from sarmae_jax import speckle
@@ -130,6 +133,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", m.drop_path_rate, "a value in [0, 1)")
     for key in ("dtype", "param_dtype"):
         _check(m[key] in sarmae.DTYPES, f"model.{key}", m[key], f"one of {list(sarmae.DTYPES)}")
+    _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, "model.scan_unroll", m.scan_unroll,
+           "a positive integer (iterations per loop trip; >= depth unrolls fully)")
     _check(m.remat in vit.REMAT_POLICIES, "model.remat", m.remat, f"one of {list(vit.REMAT_POLICIES)}")
     _check(m.attention_impl in ("", "xla", "cudnn"), "model.attention_impl", m.attention_impl, "'', 'xla' or 'cudnn'")
     width, heads = vit.VIT_SIZES[m.size]["width"], vit.VIT_SIZES[m.size]["num_heads"]

@@ -25,7 +25,8 @@ class Modules(NamedTuple):
 
 
 def stack_options(model_cfg) -> vit.StackOptions:
-    return vit.StackOptions(scan=bool(model_cfg.scan_layers), remat=model_cfg.remat)
+    return vit.StackOptions(scan=bool(model_cfg.scan_layers), remat=model_cfg.remat,
+                            scan_unroll=int(model_cfg.scan_unroll))
 
 
 def build_encoder(model_cfg, *, deterministic: bool = True, drop_path_rate: float | None = None) -> vit.ViTEncoder:

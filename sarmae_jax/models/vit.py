@@ -359,10 +359,16 @@ REMAT_POLICIES: dict[str, Any] = {
 
 @dataclasses.dataclass(frozen=True)
 class StackOptions:
-    """How a stack of blocks is compiled: scanned (one block compiled once) and rematerialised."""
+    """How a stack of blocks is compiled: scanned (one block compiled once) and rematerialised.
+
+    `scan_unroll`: scan iterations unrolled per loop trip (`depth` unrolls fully while keeping the
+    stacked `[depth, ...]` parameter layout). On GPU a rolled loop keeps XLA from fusing and
+    overlapping across blocks: see the README's GPU table.
+    """
 
     scan: bool = True
     remat: str = "none"
+    scan_unroll: int = 1
 
 
 class BlockStack(nn.Module):
@@ -400,6 +406,7 @@ class BlockStack(nn.Module):
                 split_rngs={"params": True, "drop_path": True},
                 in_axes=0,
                 length=self.depth,
+                unroll=min(max(self.options.scan_unroll, 1), self.depth),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = scanned(**kwargs, name="blocks")(x, indices)
