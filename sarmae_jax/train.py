@@ -415,10 +415,28 @@ def maybe_save(checkpoints: checkpoint.Checkpoints, step, state, data_iter, meta
         checkpoints.save(step, state, data_iter, meta)
 
 
+STEP_FIELDS = ("sar", "optical", "is_paired", "teacher_tokens")  # what the step reads of a batch
+
+
 def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-    """This process's rows -> one global array per field, split over data x fsdp."""
+    """This process's rows -> one global array per field, split over data x fsdp.
+
+    `teacher_tokens` travel only when the dataset stores precomputed teacher features.
+    """
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
-            for k in ("sar", "optical", "is_paired")}
+            for k in STEP_FIELDS if k in local}
+
+
+def stored_teacher_tokens(info: dict, config) -> bool:
+    """Whether the dataset's precomputed teacher tokens replace the live teacher; they must be that teacher's."""
+    stored = info.get("teacher")
+    if stored is None or not config.sarc.enabled:
+        return False
+    wanted = teachers.teacher_identity(config.sarc.teacher)
+    if stored["name"] != wanted:
+        raise ValueError(f"dataset {info['path']} stores teacher tokens of {stored['name']!r}, but config.sarc.teacher "
+                         f"describes {wanted!r}: precompute them for this teacher, or point data.path at the images")
+    return True
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -458,7 +476,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optim, schedule)
     teacher_params = None
-    if modules.teacher is not None:
+    use_stored_tokens = stored_teacher_tokens(info, config)
+    if use_stored_tokens:
+        log.info("SARC teacher tokens come from the dataset (%s): the teacher is not run", info["teacher"]["name"])
+    elif modules.teacher is not None:
         teacher_params = teachers.load_teacher_params(config.sarc.teacher, modules.teacher, config.model.image_size,
                                                       seed=config.seed + 1)
         teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
@@ -492,7 +513,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preempted_at = None
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
-            batch = global_batch(next(data_iter), batch_sharding)
+            local = next(data_iter)
+            if not use_stored_tokens:
+                local.pop("teacher_tokens", None)
+            batch = global_batch(local, batch_sharding)
             with jax.set_mesh(mesh):
                 state, step_metrics = train_step(state, batch, teacher_params)
             window.add(step_metrics)

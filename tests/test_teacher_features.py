@@ -44,3 +44,23 @@ def test_precomputed_tokens_match_the_live_teacher(tmp_path, tiny_dataset):
     align_live = forward(params, teacher_params, without, device_batch["is_paired"])
     assert float(align_stored) > 0
     np.testing.assert_allclose(float(align_stored), float(align_live), rtol=2e-3)
+
+
+def test_training_reads_stored_tokens_and_refuses_another_teachers(tmp_path, tiny_dataset):
+    import pytest
+
+    from sarmae_jax import train
+
+    c = tiny_config()
+    data_dir = str(tmp_path / "with_tokens")
+    teacher_features.precompute(tiny_dataset, data_dir, c.sarc.teacher, batch_size=32)
+    c.data.path = data_dir
+    c.train.num_steps = 2
+    final = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert final["loss_align"] > 0 and np.isfinite(final["loss"])
+
+    other = tiny_config()
+    other.data.path = data_dir
+    other.sarc.teacher.kind = "vit"
+    with pytest.raises(ValueError, match="stores teacher tokens of 'released/mini/p8:random-init'"):
+        train.train_and_evaluate(other, str(tmp_path / "run_other"))
