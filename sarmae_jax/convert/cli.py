@@ -39,10 +39,13 @@ def import_config(size: str, image_size: int, patch_size: int, decoder: dict, sc
     Written into the export's metadata; compute settings are the neutral ones (float32, no remat or drop-path):
     a run that `init_from`s the export sets its own.
     """
-    model = dict(size=size, patch_size=patch_size, image_size=image_size, in_channels=3, mask_ratio=0.75,
-                 norm_pix_loss=False, drop_path_rate=0.0, decoder=dict(decoder), dtype="float32",
-                 param_dtype="float32", scan_layers=scan, remat="none", attention_impl="")
-    return ml_collections.ConfigDict({"model": model, "sarc": {"enabled": teacher_width is not None,
+    from sarmae_jax import config as config_lib
+
+    model = config_lib.default_config().model  # the one schema: every key a run config has
+    model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=3, drop_path_rate=0.0,
+                 dtype="float32", param_dtype="float32", scan_layers=scan, remat="none")
+    model.decoder.update(dict(decoder))
+    return ml_collections.ConfigDict({"model": model.to_dict(), "sarc": {"enabled": teacher_width is not None,
                                                                "teacher_width": teacher_width}})
 
 

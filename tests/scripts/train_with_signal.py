@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 
-from sarmae_jax import main as sarmae_main, train
+from sarmae_jax import metrics, train
 from tests.tiny_train_config import get_config
 
 if __name__ == "__main__":
-    sarmae_main.setup_logging()
+    metrics.setup_logging()
     workdir, data_path = sys.argv[1:3]
     on_step = None
     if len(sys.argv) > 3:
