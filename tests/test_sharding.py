@@ -24,7 +24,7 @@ def _run(*mesh_specs: str) -> dict:
 
 def test_losses_match_across_meshes():
     # Tolerance: different meshes reduce in different orders; f32 rounding differs, maths does not.
-    runs = _run("1,1,1", "8,1,1", "1,8,1", "2,2,2")
+    runs = _run("1,1,1", "8,1,1", "1,8,1", "4,1,2", "2,2,2")
     reference = runs["1,1,1"]["losses"]
     for spec, r in runs.items():
         np.testing.assert_allclose(r["losses"], reference, rtol=2e-4, err_msg=spec)
@@ -33,6 +33,7 @@ def test_losses_match_across_meshes():
     # on heads by tensor.
     assert runs["1,8,1"]["qkv_shards"] == 8 and "fsdp" in runs["1,8,1"]["qkv_sharding"]
     assert runs["2,2,2"]["qkv_shards"] == 4 and "tensor" in runs["2,2,2"]["qkv_sharding"]
+    assert runs["4,1,2"]["qkv_shards"] == 2 and "tensor" in runs["4,1,2"]["qkv_sharding"]  # data x tensor
     assert runs["8,1,1"]["qkv_shards"] == 1  # pure data parallelism replicates parameters
 
 
