@@ -12,8 +12,8 @@ wd 0.05, absolute lr 1e-4 with 1 warm-up epoch and a half-cycle cosine, gradient
 compute. The released run used 8 GPUs (512 per GPU, fp16 autocast).
 
 Released behaviour vs this project's default: the recipe's hyper-parameters are the release's; the
-speckle model and the teacher follow the paper's intent (physical Gamma speckle, the frozen teacher
-of `sarc.teacher.kind`). For the exact released behaviour add
+speckle model and the teacher follow the paper's intent (physical Gamma speckle on intensity, the full
+frozen DINOv3 ViT-B/16 teacher). For the exact released behaviour add
     --config.sare.model=released --config.sarc.teacher.kind=released
 """
 from sarmae_jax import config as config_lib
@@ -33,6 +33,7 @@ def get_config():
 
     c.sarc.enabled = True
     c.sarc.weight = 0.8
+    c.sarc.teacher.kind = "dinov3"
     c.sarc.teacher.size = "base"  # DINOv3 ViT-B/16 (LVD-1689M) in the release
 
     c.data.paired_share = 0.7
