@@ -29,7 +29,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from data_pipelines import records, sar1m, synthetic
+from data_pipelines import records, synthetic
 from sarmae_jax import data
 
 SIZE = 224

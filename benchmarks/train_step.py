@@ -155,8 +155,8 @@ def main():
         torch.set_num_threads(os.cpu_count())
         rows.append((f"PyTorch {torch.__version__} (transformers ViTMAE)", torch_step_seconds(args.batch, args.steps)))
     print(f"JAX compile: {compile_s:.1f} s")
-    print(f"| implementation | s/step | images/s | GFLOP/s | share of matmul peak |")
-    print(f"|---|---|---|---|---|")
+    print("| implementation | s/step | images/s | GFLOP/s | share of matmul peak |")
+    print("|---|---|---|---|---|")
     for name, s in rows:
         print(f"| {name} | {s:.3f} | {args.batch / s:.2f} | {step_flops / s / 1e9:.1f} | {step_flops / s / 1e9 / peak:.0%} |")
     if len(rows) == 2:

@@ -37,8 +37,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from data_pipelines import images, records
 
 DATASET_NAME = "sar1m"

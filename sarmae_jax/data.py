@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 import grain
@@ -288,14 +287,3 @@ def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: in
     """
     return iter(make_dataset(cfg, global_batch_size=global_batch_size, seed=seed,
                              process_index=process_index, process_count=process_count))
-
-
-def measure_throughput(cfg: ml_collections.ConfigDict, *, batch_size: int = 64, num_batches: int = 50,
-                       seed: int = 0) -> float:
-    """Samples/s of the pipeline in this process (after one warm-up batch)."""
-    iterator = make_train_iterator(cfg, global_batch_size=batch_size, seed=seed)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(num_batches):
-        next(iterator)
-    return batch_size * num_batches / (time.perf_counter() - start)

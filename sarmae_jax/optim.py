@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import optax
 from flax import traverse_util
 

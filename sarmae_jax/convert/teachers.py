@@ -1,6 +1,6 @@
 """Frozen-teacher weights from PyTorch checkpoints: `load_teacher_checkpoint(cfg, path, image_size) -> params` (NumPy tree).
 
-Called by `sarmae_jax.models.teachers.load_teacher_params` for every non-`.npz` path; the result is then
+Called by `sarmae_jax.models.teachers.load_teacher_params` for every teacher checkpoint path; the result is then
 checked name-by-name and shape-by-shape against the teacher module.
 
 | kind       | accepted checkpoints                                                                  |

@@ -225,10 +225,6 @@ def stack_blocks(blocks: list[Tree], scan: bool) -> Tree:
     return {f"blocks_{i}": b for i, b in enumerate(blocks)}
 
 
-def is_scanned(stack: Tree) -> bool:
-    return "blocks" in stack
-
-
 def _tree_map(fn, *trees):
     if isinstance(trees[0], dict):
         return {k: _tree_map(fn, *(t[k] for t in trees)) for k in trees[0]}

@@ -139,8 +139,7 @@ def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) 
 
     `cfg.checkpoint`:
       - `"random-init"`: initialise from `seed` and say so loudly (for tests and the synthetic smoke run);
-      - a `.npz` of flattened parameter paths (`a/b/kernel`), as written by `save_params_npz`;
-      - other formats (official DINOv3 / transformers / timm) via `sarmae_jax.convert` loaders.
+      - a path: official DINOv3 / DINOv2 `.pth`, transformers or timm files (`sarmae_jax.convert.teachers`).
     A missing checkpoint is an error, never a silent random teacher.
     """
     ckpt = cfg.checkpoint
@@ -154,28 +153,11 @@ def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) 
     if ckpt == RANDOM_INIT:
         log.warning("SARC teacher %r is RANDOMLY INITIALISED (checkpoint=%r), as the config asks.", cfg.kind, ckpt)
         return jax.jit(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))()
-    if str(ckpt).endswith(".npz"):
-        params = load_params_npz(ckpt)
-    else:
-        from sarmae_jax.convert import teachers as convert_teachers  # PyTorch formats: optional extra
+    from sarmae_jax.convert import teachers as convert_teachers  # PyTorch formats: optional extra
 
-        params = convert_teachers.load_teacher_checkpoint(cfg, ckpt, image_size)
+    params = convert_teachers.load_teacher_checkpoint(cfg, ckpt, image_size)
     check_tree_matches(params, shapes, what=f"teacher checkpoint {ckpt}")
     return jax.tree.map(jnp.asarray, params)
-
-
-def save_params_npz(path: str, params: Any) -> None:
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
-
-
-def load_params_npz(path: str) -> Any:
-    try:
-        with np.load(path) as f:
-            flat = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npz parameter file ({e})") from e
-    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def check_tree_matches(params: Any, expected: Any, what: str) -> None:

@@ -11,7 +11,6 @@ Layout conventions (chosen so that PyTorch conversion is a transpose, never a re
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn

@@ -25,7 +25,7 @@ def dry_run_check() -> dict:
     c = tiny_config()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     c.train.batch_size, c.train.grad_accum_steps = 16, 2
-    c.sarc.teacher.checkpoint = "/nonexistent/teacher_weights.npz"
+    c.sarc.teacher.checkpoint = "/nonexistent/teacher_weights.pth"
     report = dry_run.compile_train_step(c)
     return {"report": report, "text": dry_run.format_report(report)}
 
