@@ -101,7 +101,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="128,256", help="per-device batch sizes, comma-separated")
     parser.add_argument("--remat", default="none", help="first remat policy to try (dots on out-of-memory)")
-    parser.add_argument("--attention", default="", choices=("", "cudnn", "xla"), help="model.attention_impl")
+    parser.add_argument("--attention", default="", choices=("", "explicit", "cudnn", "xla"), help="model.attention_impl")
     parser.add_argument("--teacher", default="released", choices=("released", "dinov3", "vit"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak_tflops", type=float, default=None, help="override the device's bf16 peak")

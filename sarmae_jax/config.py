@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sarmae_jax.models import vit
+from sarmae_jax.models import attention, vit
 
 
 
@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Scan iterations unrolled per loop trip (1 = rolled; a large value unrolls fully, keeping stacked params).
     m.scan_unroll = 1
     m.remat = "none"  # none | full | dots | dots_no_batch: activation recomputation per block
-    m.attention_impl = ""  # "" lets JAX choose (cuDNN flash attention on GPU when it can); "xla" | "cudnn"
+    m.attention_impl = ""  # "": "explicit" on CPU, JAX's choice elsewhere (cuDNN when it can) | "explicit" | "xla" | "cudnn"
     # (cuDNN's flash attention refused the decoder's 197-token sequences on an H200 with jax 0.11.)
 
     # ----------------------------------------------------------------------- SARE: speckle injection
@@ -138,7 +138,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, "model.scan_unroll", m.scan_unroll,
            "a positive integer (iterations per loop trip; >= depth unrolls fully)")
     _check(m.remat in vit.REMAT_POLICIES, "model.remat", m.remat, f"one of {list(vit.REMAT_POLICIES)}")
-    _check(m.attention_impl in ("", "xla", "cudnn"), "model.attention_impl", m.attention_impl, "'', 'xla' or 'cudnn'")
+    _check(m.attention_impl in attention.IMPLEMENTATIONS, "model.attention_impl", m.attention_impl,
+           f"one of {list(attention.IMPLEMENTATIONS)}")
     width, heads = vit.VIT_SIZES[m.size]["width"], vit.VIT_SIZES[m.size]["num_heads"]
     _check(width % heads == 0, "model.size", m.size, "a width divisible by its head count")
     d = m.decoder

@@ -96,6 +96,19 @@ def test_scan_and_unrolled_blocks_compute_the_same():
     np.testing.assert_allclose(unrolled.apply({"params": p_unrolled}, x), scanned.apply({"params": p}, x), atol=1e-5)
 
 
+def test_flattened_and_multi_axis_projections_compute_the_same(monkeypatch):
+    # One device takes the flattened 2-D matmul; a tensor-parallel mesh contracts the [embed, 3, heads, kv]
+    # kernel as it is. Same outputs and gradients either way.
+    attn = vit.Attention(num_heads=4)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 32))
+    p = attn.init(jax.random.key(1), x)
+    loss = lambda p, x: jnp.sum(jnp.sin(attn.apply(p, x)))
+    flat = jax.value_and_grad(loss, argnums=(0, 1))(p, x)
+    monkeypatch.setattr(vit, "_split_across_devices", lambda axes: True)
+    multi_axis = jax.value_and_grad(loss, argnums=(0, 1))(p, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), flat, multi_axis)
+
+
 def test_decoder_output_shape_and_mask_token_use():
     dec = mae.MAEDecoder(patch_size=4, width=32, depth=1, num_heads=4)
     m = mae.random_masking(jax.random.key(1), 2, 16, 0.75)
@@ -159,3 +172,24 @@ def test_alignment_teacher_gets_no_gradient():
     t = jax.random.normal(jax.random.key(1), (2, 4, 8))
     g = jax.grad(lambda tt: anchor.alignment_loss(s, tt, jnp.array([True, True]))[0])(t)
     np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_explicit_attention_matches_jax_attention_and_its_gradients(dtype, tol):
+    from sarmae_jax.models import attention
+
+    q, k, v, w = (jax.random.normal(key, (2, 13, 3, 8)) for key in jax.random.split(jax.random.key(0), 4))
+    q = 3 * q  # peaked softmax rows, so the backward's row term matters
+
+    def loss(impl, q, k, v):
+        out = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), impl)
+        return jnp.sum(out.astype(jnp.float32) * w)
+
+    explicit = jax.value_and_grad(lambda *a: loss("explicit", *a), argnums=(0, 1, 2))(q, k, v)
+    reference = jax.value_and_grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(q, k, v)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                                         rtol=tol, atol=tol), explicit, reference)
+    low = q.astype(dtype)
+    assert jax.grad(lambda q: jnp.sum(attention.explicit_attention(q, low, low)))(low).dtype == dtype
+    # The default on this (CPU) backend is the explicit path.
+    np.testing.assert_array_equal(attention.dot_product_attention(q, k, v), attention.explicit_attention(q, k, v))

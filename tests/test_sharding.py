@@ -44,3 +44,18 @@ def test_mesh_shape_resolution_and_errors():
         sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=3, tensor=1)), 8)
     with pytest.raises(ValueError, match="multiply to 4 but there are 8 devices"):
         sharding.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=1)), 8)
+
+
+@pytest.mark.parametrize("sizes, split", [((8, 1, 1), False), ((1, 8, 1), False), ((4, 1, 2), True)])
+def test_attention_projections_flatten_unless_heads_are_split(sizes, split):
+    # The qkv kernel [embed, 3, heads, kv] is contracted as one flattened 2-D matmul (fast on CPU) unless
+    # its heads axis is split across devices, which the flattened view could not express.
+    import flax.linen as nn
+    import jax
+    from sarmae_jax.models import vit
+
+    mesh = jax.sharding.AbstractMesh(sizes, sharding.MESH_AXES)
+    with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        assert vit._split_across_devices((None, "heads")) is split
+        assert vit._split_across_devices(("kv",)) is False
+    assert vit._split_across_devices((None, "heads")) is False  # no mesh: one device

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sarmae_jax.models import attention
+
 Dtype = Any
 
 # Standard sizes. Decoder sizes are separate (see mae.py); these are encoder / teacher sizes.
@@ -213,7 +215,7 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention_impl: str | None = None  # None: let JAX pick (cuDNN flash attention on GPU when possible)
+    attention_impl: str | None = None  # see attention.dot_product_attention; None: the backend's best
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -227,15 +229,36 @@ class Attention(nn.Module):
         )(x)
         qkv = nn.with_logical_constraint(qkv, ("activation_batch", "activation_length", None, "activation_heads", "activation_kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = attention.dot_product_attention(q, k, v, self.attention_impl)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
         return _Projection((d,), 2, ("heads", "kv", "embed"), ("embed",), self.dtype, self.param_dtype, name="proj")(out)
+
+
+def _split_across_devices(logical_axes: tuple[str | None, ...]) -> bool:
+    """Whether any of these logical axes is sharded over more than one device under the current
+    logical-axis rules and mesh (`jax.set_mesh`); False outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    for entry in nn.logical_to_mesh_axes(logical_axes):
+        for axis in (entry if isinstance(entry, tuple) else (entry,)):
+            if axis is not None and mesh.shape[axis] > 1:
+                return True
+    return False
 
 
 class _Projection(nn.Module):
     """`y = x . kernel + bias`, contracting the last `in_axes` axes of x, with an *unflattened* kernel
     `[*in, *features]` (flax's DenseGeneral initialises a flattened 2-D kernel, which logical axis
-    names of the full shape cannot describe)."""
+    names of the full shape cannot describe).
+
+    The product is one 2-D matmul over the kernel viewed as `[prod(in), prod(features)]` (a free
+    reshape). Contracting the multi-axis kernel directly makes XLA:CPU materialise a transposed copy
+    of it in every backward pass: 3-13% of a ViT-B block's forward and backward on a 2-core CPU.
+    The exception is a kernel with a split axis that is not the leading axis of its flattened group
+    (tensor parallelism on `heads` in qkv's `[embed, 3, heads, kv]`): the flattened view cannot carry
+    that sharding, so such a kernel is contracted as it is.
+    """
 
     features: tuple[int, ...]
     in_axes: int
@@ -250,8 +273,13 @@ class _Projection(nn.Module):
         kernel = self.param("kernel", _p(_fused_dense_init, self.kernel_axes), in_shape + self.features, self.param_dtype)
         bias = self.param("bias", _p(nn.initializers.zeros, self.bias_axes), self.features, self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
-        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+        inner_axes = self.kernel_axes[1:self.in_axes] + self.kernel_axes[self.in_axes + 1:]
+        if _split_across_devices(inner_axes):
+            contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
+            return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+        fan_in, fan_out = int(np.prod(in_shape)), int(np.prod(self.features))
+        y = x.reshape(x.shape[:x.ndim - self.in_axes] + (fan_in,)) @ kernel.reshape(fan_in, fan_out)
+        return y.reshape(y.shape[:-1] + self.features) + bias
 
 
 def _fused_dense_init(key, shape, dtype=jnp.float32):

@@ -1,0 +1,68 @@
+"""Multi-head softmax attention with an explicit, hand-written backward pass.
+
+`dot_product_attention(q, k, v, implementation)` is what the ViT blocks call. It dispatches to
+`jax.nn.dot_product_attention` (cuDNN flash attention or XLA) or to `explicit_attention` here, which
+XLA:CPU runs faster than autodiff of the XLA path: in the backward pass the softmax gradient uses
+FlashAttention's row term `sum(dO * O)` (a reduction over the head width, Dh = 32-64) instead of
+`sum(P * dP)` (a reduction over the key length, 197 tokens in the MAE decoder), and the saved
+probabilities are read once. On a 2-core CPU that made the decoder's attention about 15% faster and
+the whole ViT-B MAE+SARC train step about 9% faster (benchmarks/train_step.py, README).
+
+Numerics: logits, softmax and its gradient are computed in float32 whatever the input dtype (as
+`jax.nn.dot_product_attention` does), products with V and the outputs are in the input dtype.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("", "xla", "cudnn", "explicit")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None) -> jax.Array:
+    """Scaled dot-product attention, no mask. `q, k, v: [B, T, H, Dh]` -> `[B, T, H, Dh]`.
+
+    `implementation`: "explicit" (this module), "xla" or "cudnn" (`jax.nn.dot_product_attention`), or
+    None / "": "explicit" on CPU, and on other backends whatever JAX picks (cuDNN when it can).
+    """
+    if not implementation:
+        implementation = "explicit" if jax.default_backend() == "cpu" else None
+    if implementation == "explicit":
+        return explicit_attention(q, k, v)
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """`softmax(q k^T / sqrt(Dh)) v` per head; `[B, T, H, Dh]` in and out."""
+    b, t, h, dh = q.shape
+    heads_first = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], dh)  # [B*H, T, Dh]
+    out = _attention(heads_first(q * jnp.asarray(dh ** -0.5, q.dtype)), heads_first(k), heads_first(v))
+    return out.reshape(b, h, t, dh).transpose(0, 2, 1, 3)
+
+
+@jax.custom_vjp
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """`q [N, T, Dh]` (already scaled), `k, v [N, S, Dh]` -> `[N, T, Dh]`."""
+    return _attention_fwd(q, k, v)[0]
+
+
+def _attention_fwd(q, k, v):
+    logits = jnp.einsum("ntd,nsd->nts", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("nts,nsd->ntd", probs.astype(v.dtype), v)
+    return out, (q, k, v, probs, out)
+
+
+def _attention_bwd(residuals, d_out):
+    q, k, v, probs, out = residuals
+    d_v = jnp.einsum("nts,ntd->nsd", probs.astype(d_out.dtype), d_out)
+    d_probs = jnp.einsum("ntd,nsd->nts", d_out, v, preferred_element_type=jnp.float32)
+    # Softmax backward: dS = P * (dP - sum_s P dP), and sum_s P dP = sum_d dO * O (O = P V).
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_logits = (probs * (d_probs - row)).astype(q.dtype)
+    d_q = jnp.einsum("nts,nsd->ntd", d_logits, k)
+    d_k = jnp.einsum("nts,ntd->nsd", d_logits, q)
+    return d_q, d_k, d_v
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
