@@ -1,6 +1,10 @@
 """ViT-B/16 MAE + SARC train step on this machine: JAX vs the same step in PyTorch, side by side.
 
-    python benchmarks/train_step.py [--batch 8] [--steps 5] [--skip_torch]
+    python benchmarks/train_step.py [--batch 8] [--steps 6] [--per_block_params] [--skip_torch]
+                                    [--attention xla] [--scan_unroll 1]
+
+The JAX step is the ViT-B/16 recipe (configs/sarmae_vit_b16.py: blocks scanned with the loop unrolled)
+in float32; `--attention` and `--scan_unroll` override the recipe for ablations.
 
 Both sides: ViT-B/16 encoder on 25% visible patches, 512x8 decoder, SARC head (768 -> 768 -> 768 + LN)
 against the released simplified teacher (patch-embedding conv + LN, frozen), AdamW, float32.
@@ -15,6 +19,7 @@ and are compared with the machine's measured float32 matmul peak (a large jnp.do
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import time
@@ -36,23 +41,33 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def bench_config(batch: int):
-    from sarmae_jax import config as config_lib
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sarmae_vit_b16.py")
 
-    c = config_lib.default_config()
+
+def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None):
+    """The ViT-B/16 recipe (configs/sarmae_vit_b16.py) in float32 with the released teacher, at `batch`."""
+    spec = importlib.util.spec_from_file_location("sarmae_vit_b16", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    c = recipe.get_config()
+    c.model.dtype = "float32"
     c.sarc.teacher.kind = "released"
     c.sarc.teacher.checkpoint = "random-init"
     c.train.batch_size = batch
     c.sare.enabled = True
+    if attention is not None:
+        c.model.attention_impl = attention
+    if scan_unroll is not None:
+        c.model.scan_unroll = scan_unroll
     return c
 
 
-def jax_step_seconds(batch: int, steps: int) -> tuple[float, float]:
-    """(median seconds per step, compile seconds)."""
+def jax_step(c):
+    """A closure running one jitted train step (state donated and carried), after compiling and a first step."""
     from sarmae_jax import optim, train
     from sarmae_jax.models import sarmae, teachers
 
-    c = bench_config(batch)
+    batch = c.train.batch_size
     modules = sarmae.build(c)
     schedule = optim.make_schedule(c.optim, global_batch=batch, total_steps=1000, steps_per_epoch=100)
     tx = optim.make_optimizer(c.optim, schedule)
@@ -64,22 +79,22 @@ def jax_step_seconds(batch: int, steps: int) -> tuple[float, float]:
         "optical": rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8),
         "is_paired": np.arange(batch) % 4 != 3,
     }
-    step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,))
+    train_step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,))
+    box = {"state": state}
+
+    def step():
+        box["state"], metrics = train_step(box["state"], batch_np, teacher_params)
+        if not np.isfinite(float(metrics["loss"])):  # float() also waits for the step
+            raise FloatingPointError("the JAX step produced a non-finite loss")
+
     t = time.perf_counter()
-    state, m = step(state, batch_np, teacher_params)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, m = step(state, batch_np, teacher_params)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    assert np.isfinite(float(m["loss"]))
-    return statistics.median(times), compile_s
+    step()
+    print(f"JAX compile + first step: {time.perf_counter() - t:.1f} s", flush=True)
+    return step
 
 
-def torch_step_seconds(batch: int, steps: int) -> float:
+def torch_step(batch: int):
+    """A closure running one PyTorch train step, after a first step."""
     import torch
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
@@ -123,45 +138,57 @@ def torch_step_seconds(batch: int, steps: int) -> float:
         opt.step()
 
     step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return step
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=6, help="timed rounds")
     parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--per_block_params", action="store_true",
+                        help="also time the step with unstacked per-block parameters (model.scan_layers=False)")
+    parser.add_argument("--attention", default=None, help="model.attention_impl (default: the recipe's)")
+    parser.add_argument("--scan_unroll", type=int, default=None, help="model.scan_unroll (default: the recipe's)")
     args = parser.parse_args()
 
     from sarmae_jax import flops
 
-    c = bench_config(args.batch)
+    c = bench_config(args.batch, args.attention, args.scan_unroll)
     step_flops = flops.train_step_flops_per_image(c) * args.batch
     peak = matmul_peak_gflops()
     print(f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}")
     print(f"f32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
     print(f"model FLOPs per step (batch {args.batch}): {step_flops / 1e9:.1f} GFLOP")
-    rows = []
-    jax_s, compile_s = jax_step_seconds(args.batch, args.steps)
-    rows.append(("JAX (sarmae_jax)", jax_s))
+    steps = {"JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled)": jax_step(c)}
+    if args.per_block_params:
+        c_blocks = bench_config(args.batch, args.attention, args.scan_unroll)
+        c_blocks.model.scan_layers = False
+        steps["JAX (sarmae_jax, per-block parameters: model.scan_layers=False)"] = jax_step(c_blocks)
     if not args.skip_torch:
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        rows.append((f"PyTorch {torch.__version__} (transformers ViTMAE)", torch_step_seconds(args.batch, args.steps)))
-    print(f"JAX compile: {compile_s:.1f} s")
+        steps[f"PyTorch {torch.__version__} (transformers ViTMAE)"] = torch_step(args.batch)
+    # Round robin, so that every implementation sees the same machine (shared CPUs drift by 20%+).
+    times = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    print(f"{args.steps} rounds, implementations interleaved; median (and fastest) step")
     print("| implementation | s/step | images/s | GFLOP/s | share of matmul peak |")
     print("|---|---|---|---|---|")
-    for name, s in rows:
-        print(f"| {name} | {s:.3f} | {args.batch / s:.2f} | {step_flops / s / 1e9:.1f} | {step_flops / s / 1e9 / peak:.0%} |")
-    if len(rows) == 2:
-        print(f"JAX / PyTorch speed: {rows[1][1] / rows[0][1]:.2f}x")
-
+    medians = {}
+    for name, ts in times.items():
+        s = medians[name] = statistics.median(ts)
+        print(f"| {name} | {s:.3f} ({min(ts):.3f}) | {args.batch / s:.2f} | {step_flops / s / 1e9:.1f} | "
+              f"{step_flops / s / 1e9 / peak:.0%} |")
+    if not args.skip_torch:
+        torch_s = medians[list(steps)[-1]]
+        for name in list(steps)[:-1]:
+            print(f"{name.split(',')[1].strip(' )')} / PyTorch speed: {torch_s / medians[name]:.2f}x")
 
 if __name__ == "__main__":
     main()
