@@ -215,7 +215,7 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention_impl: str | None = None  # see attention.dot_product_attention; None: the backend's best
+    attention_impl: str | None = None  # see attention.dot_product_attention; None: explicit
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
