@@ -153,7 +153,7 @@ def main() -> None:
     if args.with_train_step:
         import train_step  # benchmarks/train_step.py, beside this file
 
-        step_seconds, _ = train_step.jax_step_seconds(8, 3)
+        step_seconds = train_step.jax_step_seconds(train_step.bench_config(8), 3)
     if step_seconds:
         small = images[:8]
         print(f"share of the ViT-B/16 train step at batch 8 ({step_seconds:.2f} s/step), target < 2%:")

@@ -93,6 +93,17 @@ def jax_step(c):
     return step
 
 
+def jax_step_seconds(c, steps: int) -> float:
+    """Median seconds of `steps` JAX train steps for config `c` (after compiling); for benchmarks/speckle.py."""
+    step = jax_step(c)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def torch_step(batch: int):
     """A closure running one PyTorch train step, after a first step."""
     import torch
