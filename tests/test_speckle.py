@@ -208,3 +208,64 @@ def test_validate_config_rejects_missing_and_unknown_keys_and_apply_checks_argum
         speckle.apply_sare(jax.random.key(0), images, model="speckle", prob=0.5, strength_range=(1, 2))
     with pytest.raises(ValueError, match="expected lo > 0"):
         speckle.apply_sare(jax.random.key(0), images, model="amplitude", prob=0.5, strength_range=(0, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Inverse-CDF tables (sarmae_jax.quantiles): the fast path of the Gamma-based models.
+
+
+def _knot_probabilities():
+    from sarmae_jax import quantiles
+
+    tails = quantiles.knot_tails()
+    return np.concatenate([tails, 1.0 - tails[::-1][1:]]), np.concatenate([tails, tails[::-1][1:]])
+
+
+def test_quantile_knots_cover_both_tails_on_the_float32_bit_grid():
+    from sarmae_jax import quantiles
+
+    tails = quantiles.knot_tails()
+    assert tails.size == quantiles.HALF + 1 and quantiles.NUM_KNOTS == 2 * quantiles.HALF + 1 == 2945
+    assert tails[0] == 2.0**-24 and tails[-1] == 0.5 and np.all(np.diff(tails) > 0)
+    # Each knot is the float32 whose top 6 mantissa bits start a cell: exactly representable.
+    assert np.array_equal(tails.astype(np.float32).astype(np.float64), tails)
+    u, _ = _knot_probabilities()
+    np.testing.assert_allclose(quantiles.normal_quantiles(), scipy.stats.norm.ppf(u), atol=1e-9)
+
+
+def test_table_lookup_decodes_every_uniform_exactly():
+    # With the identity quantile table (row = the knots' u), the lookup must return each pixel's own
+    # uniform: this checks the folding, the bit-pattern cell index and the in-cell position.
+    from sarmae_jax import quantiles
+
+    u, _ = _knot_probabilities()
+    rows = jnp.asarray(np.stack([u, u]), jnp.float32)
+    key = jax.random.key(5)
+    looked_up = quantiles.sample_rows(key, rows, 50_000)
+    bits, _ = sampling.hash_word_pairs(key, 2 * 50_000)
+    np.testing.assert_allclose(looked_up, sampling.open_unit_interval(bits).reshape(2, 50_000), rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("looks", [0.5, 0.77, 1.0, 1.03, 2.9, 15.9, 300.0, 17_000.0])
+def test_gamma_quantile_rows_match_scipy(looks):
+    # At every knot the row's value, mapped through the true CDF, is within 5e-5 of the knot's
+    # probability (1e-5 typical; a Kolmogorov-Smirnov test on 1e6 pixels resolves ~1e-3). Rows of
+    # looks between the table's rows are interpolated; above 2^14 looks they are Wilson-Hilferty.
+    from sarmae_jax import quantiles
+
+    row = np.asarray(quantiles.gamma_rows(jnp.asarray([looks])), np.float64)[0]
+    law = scipy.stats.gamma(a=looks, scale=1.0 / looks)
+    _, tail_probability = _knot_probabilities()
+    lower = np.arange(row.size) <= quantiles.HALF
+    mapped = np.where(lower, law.cdf(row), law.sf(row))
+    assert np.max(np.abs(mapped - tail_probability)) < 5e-5
+    assert np.all(np.diff(row) >= 0)
+
+
+def test_gamma_field_below_half_a_look_uses_the_exact_sampler():
+    shape = (4, 128, 128, 1)
+    field = np.asarray(speckle.gamma_field(jax.random.key(3), shape, 0.3), np.float64).ravel()
+    assert scipy.stats.kstest(field, scipy.stats.gamma(a=0.3, scale=1 / 0.3).cdf).pvalue > KS_MIN_PVALUE
+    # The exact path is Marsaglia-Tsang: the same key gives its samples, not the table's.
+    exact = sampling.standard_gamma_rows(jax.random.key(3), jnp.full((4,), 0.3), 128 * 128) / 0.3
+    np.testing.assert_array_equal(field, np.asarray(exact, np.float64).ravel())
