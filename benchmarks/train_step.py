@@ -44,6 +44,20 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sarmae_vit_b16.py")
 
 
+def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The same 2048^3 float32 matmul in PyTorch (MKL on CPU): how far apart the two GEMM libraries are."""
+    import torch
+
+    a = torch.ones(n, n)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
 def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None):
     """The ViT-B/16 recipe (configs/sarmae_vit_b16.py) in float32 with the released teacher, at `batch`."""
     spec = importlib.util.spec_from_file_location("sarmae_vit_b16", RECIPE)
@@ -180,6 +194,8 @@ def main():
         import torch
 
         torch.set_num_threads(os.cpu_count())
+        print(f"f32 matmul peak of PyTorch's GEMM (2048^3, same threads): {torch_matmul_peak_gflops():.1f} GFLOP/s "
+              "(shares below are of the jnp.dot peak)")
         steps[f"PyTorch {torch.__version__} (transformers ViTMAE)"] = torch_step(args.batch)
     # Round robin, so that every implementation sees the same machine (shared CPUs drift by 20%+).
     times = {name: [] for name in steps}
