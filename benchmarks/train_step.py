@@ -186,10 +186,12 @@ def main():
     print(f"f32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
     print(f"model FLOPs per step (batch {args.batch}): {step_flops / 1e9:.1f} GFLOP")
     steps = {"JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled)": jax_step(c)}
+    short = {name: "the recipe" for name in steps}
     if args.per_block_params:
         c_blocks = bench_config(args.batch, args.attention, args.scan_unroll)
         c_blocks.model.scan_layers = False
-        steps["JAX (sarmae_jax, per-block parameters: model.scan_layers=False)"] = jax_step(c_blocks)
+        name = "JAX (sarmae_jax, per-block parameters: model.scan_layers=False)"
+        steps[name], short[name] = jax_step(c_blocks), "per-block parameters"
     if not args.skip_torch:
         import torch
 
@@ -214,8 +216,8 @@ def main():
               f"{step_flops / s / 1e9 / peak:.0%} |")
     if not args.skip_torch:
         torch_s = medians[list(steps)[-1]]
-        for name in list(steps)[:-1]:
-            print(f"{name.split(',')[1].strip(' )')} / PyTorch speed: {torch_s / medians[name]:.2f}x")
+        for name, label in short.items():
+            print(f"JAX, {label} / PyTorch speed: {torch_s / medians[name]:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -90,16 +90,16 @@ def _gamma_log_quantiles(looks: float) -> np.ndarray:
     lower-tail knots that fall left of the grid.
     """
     const = looks * math.log(looks) - math.lgamma(looks)
-    log_left_mass = lambda s: looks * s + looks * math.log(looks) - math.lgamma(looks + 1.0)
+    left_const = looks * math.log(looks) - math.lgamma(looks + 1.0)  # log CDF(s) -> L s + left_const
     # Grid: left edge where the left mass is 1e-14 (or 12 sd of a normal approximation, if wider),
     # right edge where the density has fallen by e^-60.
-    s_lo = min((math.log(1e-14) - looks * math.log(looks) + math.lgamma(looks + 1.0)) / looks, -12.0 / math.sqrt(looks))
+    s_lo = min((math.log(1e-14) - left_const) / looks, -12.0 / math.sqrt(looks))
     s_hi = max(math.log1p(70.0 / looks), 12.0 / math.sqrt(looks))
     s = np.linspace(s_lo, s_hi, 100_001)
     log_g = looks * (s - np.exp(s)) + const
     g = np.exp(log_g - log_g.max())
     segments = 0.5 * (g[1:] + g[:-1]) * np.diff(s)
-    left_mass = math.exp(log_left_mass(s_lo) - log_g.max())
+    left_mass = math.exp(looks * s_lo + left_const - log_g.max())
     total = left_mass + segments.sum()
     cdf = (left_mass + np.concatenate([[0.0], np.cumsum(segments)])) / total
     survival = np.concatenate([np.cumsum(segments[::-1])[::-1], [0.0]]) / total
@@ -108,7 +108,7 @@ def _gamma_log_quantiles(looks: float) -> np.ndarray:
     log_cdf = np.log(cdf)
     in_grid = lower_log_t >= log_cdf[0]
     lower = np.where(in_grid, np.interp(lower_log_t, log_cdf, s),
-                     (lower_log_t + math.log(total) + log_g.max() - (looks * math.log(looks) - math.lgamma(looks + 1.0))) / looks)
+                     (lower_log_t + math.log(total) + log_g.max() - left_const) / looks)
     positive = survival > 0
     upper = np.interp(upper_log_t, np.log(survival[positive])[::-1], s[positive][::-1])
     return np.concatenate([lower, upper])
@@ -132,8 +132,9 @@ def gamma_rows(looks: jax.Array) -> jax.Array:
     sampler).
     """
     looks = jnp.asarray(looks, jnp.float32)
+    log2_looks = jnp.log2(looks)
     table = jnp.asarray(gamma_table())
-    position = (jnp.clip(jnp.log2(looks), TABLE_MIN_LOG2_LOOKS, TABLE_MAX_LOG2_LOOKS) - TABLE_MIN_LOG2_LOOKS) * TABLE_ROWS_PER_OCTAVE
+    position = (jnp.clip(log2_looks, TABLE_MIN_LOG2_LOOKS, TABLE_MAX_LOG2_LOOKS) - TABLE_MIN_LOG2_LOOKS) * TABLE_ROWS_PER_OCTAVE
     row = jnp.minimum(jnp.floor(position).astype(jnp.int32), table.shape[0] - 2)
     weight = (position - row)[:, None]
     v = (1.0 - weight) * table[row] + weight * table[row + 1]
@@ -142,7 +143,7 @@ def gamma_rows(looks: jax.Array) -> jax.Array:
     # Wilson-Hilferty above the table: X / L = (1 - 1/(9L) + z / (3 sqrt(L)))^3.
     z = jnp.asarray(normal_quantiles(), jnp.float32)
     wilson_hilferty = jnp.maximum(1.0 - 1.0 / (9.0 * root**2) + z / (3.0 * root), 0.0) ** 3
-    return jnp.where((jnp.log2(looks) > TABLE_MAX_LOG2_LOOKS)[:, None], wilson_hilferty, tabulated)
+    return jnp.where((log2_looks > TABLE_MAX_LOG2_LOOKS)[:, None], wilson_hilferty, tabulated)
 
 
 def lognormal_rows(sigma: jax.Array) -> jax.Array:
@@ -163,10 +164,10 @@ def sample_rows(key: jax.Array, rows: jax.Array, row_length: int) -> jax.Array:
     """
     num_rows = rows.shape[0]
     bits, _ = sampling.hash_word_pairs(key, num_rows * row_length)
-    k = (bits.reshape(num_rows, row_length) >> (32 - sampling._MANTISSA_BITS)).astype(jnp.int32)
-    upper = k >= (1 << (sampling._MANTISSA_BITS - 1))  # u > 1/2
-    folded = jnp.where(upper, (1 << sampling._MANTISSA_BITS) - 1 - k, k)  # t = (folded + 1/2) / 2^23, exact
-    t = (folded.astype(jnp.float32) + 0.5) * sampling._BIN_WIDTH
+    bits = bits.reshape(num_rows, row_length)
+    upper = bits >= jnp.uint32(1 << 31)  # u > 1/2
+    # Inverting the bits maps the uniform's bin k to 2^23 - 1 - k, i.e. u to 1 - u exactly.
+    t = sampling.open_unit_interval(jnp.where(upper, ~bits, bits))
     t_bits = jax.lax.bitcast_convert_type(t, jnp.int32)
     within_bits = 23 - CELL_BITS
     knot = (t_bits >> within_bits) - ((127 + MIN_EXPONENT) << CELL_BITS)
