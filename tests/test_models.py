@@ -109,6 +109,16 @@ def test_flattened_and_multi_axis_projections_compute_the_same(monkeypatch):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), flat, multi_axis)
 
 
+def test_gelu_is_the_exact_gelu_with_its_gradient():
+    """vit.gelu (erf form) against jax.nn.gelu(approximate=False) (erfc form), tails included."""
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+    np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
+    grad = jax.vmap(jax.grad(vit.gelu))(x)
+    np.testing.assert_allclose(grad, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=1e-6)
+    assert float(vit.gelu(jnp.float32(1.0))) == pytest.approx(0.8413447, abs=1e-6)  # Phi(1)
+    assert vit.gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_decoder_output_shape_and_mask_token_use():
     dec = mae.MAEDecoder(patch_size=4, width=32, depth=1, num_heads=4)
     m = mae.random_masking(jax.random.key(1), 2, 16, 0.75)

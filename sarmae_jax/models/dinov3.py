@@ -96,7 +96,7 @@ class DINOv3Block(nn.Module):
         x = x + vit.LayerScale(name="ls1")(h)
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm2")(x)
         h = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, name="fc1")(h)
-        h = nn.Dense(d, dtype=self.dtype, name="fc2")(nn.gelu(h, approximate=False))
+        h = nn.Dense(d, dtype=self.dtype, name="fc2")(vit.gelu(h))
         x = x + vit.LayerScale(name="ls2")(h)
         return x, None
 

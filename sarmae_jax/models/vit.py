@@ -295,6 +295,16 @@ def _fused_dense_init(key, shape, dtype=jnp.float32):
     return w.reshape(shape)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, `x * Phi(x)`, written as PyTorch's kernel writes it: `x/2 * (1 + erf(x / sqrt(2)))`.
+
+    The same function as `jax.nn.gelu(x, approximate=False)` (within 5e-7 in float32), which goes
+    through `erfc`; XLA:CPU expands that into exp, selects and three loops over the activations.
+    On the 2-core benchmark CPU, [8, 197, 2048] float32: 1.0 vs 2.6 ms forward, 2.1 vs 3.8 ms backward.
+    """
+    return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
+
+
 class Mlp(nn.Module):
     hidden: int
     dtype: Dtype = jnp.float32
@@ -310,7 +320,7 @@ class Mlp(nn.Module):
         )(x)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_mlp"))
         # Exact (erf) GELU, as PyTorch's nn.GELU default: the tanh approximation would break parity.
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         return nn.Dense(
             d, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=_p(_dense_init, ("mlp", "embed")), bias_init=_p(nn.initializers.zeros, ("embed",)),
