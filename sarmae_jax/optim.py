@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -42,10 +44,31 @@ def make_schedule(optim_cfg, *, global_batch: int, total_steps: int, steps_per_e
     return Schedule(float(peak), min(warmup, total_steps), int(total_steps), float(optim_cfg.min_lr))
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """`optax.clip_by_global_norm`: `g * min(1, max_norm / ||g||)`, one multiply by a scalar per element.
+
+    optax writes it as `select(||g|| < max_norm, g, g / ||g|| * max_norm)`; XLA:CPU materialises that
+    divide as its own pass over every gradient instead of fusing it into the two Adam moment loops.
+    ViT-B/16 AdamW update on the 2-core CPU: 213 -> 169 ms (median, interleaved). A zero gradient has
+    norm 0, scale min(1, inf) = 1, and stays zero.
+
+    `update(..., global_norm=n)` uses a norm the caller has already computed (the train step does, for
+    its metrics and its finiteness check) instead of reading every gradient once more.
+    """
+
+    def update_fn(updates, state, params=None, *, global_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if global_norm is None else global_norm
+        scale = jnp.minimum(1.0, max_norm / norm)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(optim_cfg, schedule: Schedule) -> optax.GradientTransformation:
     parts = []
     if optim_cfg.clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
+        parts.append(clip_by_global_norm(optim_cfg.clip_norm))
     parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8,
                              weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask))
     return optax.chain(*parts)

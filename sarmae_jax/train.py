@@ -143,12 +143,13 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply_update(operands):
-            params, opt_state, grads = operands
-            updates, opt_state = tx.update(grads, opt_state, params)
+            params, opt_state, grads, grad_norm = operands
+            # The clip (optim.clip_by_global_norm) reuses this norm rather than reading the gradients again.
+            updates, opt_state = tx.update(grads, opt_state, params, global_norm=grad_norm)
             return optax.apply_updates(params, updates), opt_state
 
         new_params, new_opt_state = jax.lax.cond(
-            finite, apply_update, lambda operands: operands[:2], (state.params, state.opt_state, grads))
+            finite, apply_update, lambda operands: operands[:2], (state.params, state.opt_state, grads, grad_norm))
         new_state = TrainState(
             step=state.step + 1,
             params=new_params,

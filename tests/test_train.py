@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
@@ -67,6 +68,22 @@ def test_lr_scaled_by_batch_when_not_absolute():
     c = tiny_config().optim
     c.lr, c.base_lr, c.warmup_steps = None, 1e-3, 0
     assert optim.make_schedule(c, global_batch=512, total_steps=10, steps_per_epoch=1).peak_lr == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("norm", [0.0, 0.3, 1.0, 7.5])
+def test_clip_by_global_norm_matches_optax(norm):
+    """Same result as optax.clip_by_global_norm below, at and above the threshold, and for zero gradients."""
+    rng = np.random.default_rng(0)
+    g = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": {"c": rng.standard_normal(5).astype(np.float32)}}
+    total = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(g)))
+    g = jax.tree.map(lambda x: jnp.asarray(x * norm / total), g)
+    ours, _ = optim.clip_by_global_norm(1.0).update(g, ())
+    ref, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=0), ours, ref)
+    assert float(optax.tree.norm(ours)) == pytest.approx(min(norm, 1.0), rel=1e-5, abs=0)
+    # The train step hands in the norm it has already computed; same result.
+    given, _ = optim.clip_by_global_norm(1.0).update(g, (), global_norm=optax.tree.norm(g))
+    jax.tree.map(np.testing.assert_array_equal, given, ours)
 
 
 def test_train_step_overfits_a_fixed_batch():
