@@ -177,10 +177,7 @@ def main():
     parser.add_argument("--scan_unroll", type=int, default=None, help="model.scan_unroll (default: the recipe's)")
     args = parser.parse_args()
 
-    from sarmae_jax import flops, host_memory
-
-    # As sarmae-train does: XLA:CPU's per-step scratch buffer keeps its pages (sarmae_jax/host_memory.py).
-    print(f"glibc malloc tuned for XLA:CPU: {host_memory.tune_for_xla_cpu()}")
+    from sarmae_jax import flops
 
     c = bench_config(args.batch, args.attention, args.scan_unroll)
     step_flops = flops.train_step_flops_per_image(c) * args.batch

@@ -34,9 +34,8 @@ def main(argv):
 
 
 def run():
-    from sarmae_jax import host_memory, metrics
+    from sarmae_jax import metrics
 
-    host_memory.tune_for_xla_cpu()  # before JAX starts its threads
     app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 
