@@ -139,9 +139,8 @@ def _log_acceptance(t: jax.Array, d: jax.Array) -> jax.Array:
 
 
 def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c: jax.Array):
-    """One vectorised Marsaglia-Tsang round from hash words. Returns (v, z): v = (1 + c z)^3 > 0
-    where the candidate is accepted and -1 where it is rejected (Gamma(d + 1/3) sample = d * v);
-    z the normal.
+    """One vectorised Marsaglia-Tsang round from hash words. Returns v = (1 + c z)^3 > 0 where the
+    candidate is accepted and -1 where it is rejected (Gamma(d + 1/3) sample = d * v).
 
     Rejection is encoded in the value (accepted v > 0) so that ONE array leaves the fusion that
     computes the round: XLA's CPU fusion duplicates or splits a producer with several outputs
@@ -151,7 +150,7 @@ def _marsaglia_tsang_round(first: jax.Array, second: jax.Array, d: jax.Array, c:
     u = open_unit_interval(second)
     t = c * z
     accepted = (t > -1.0) & (jnp.log(u) < _log_acceptance(t, d))
-    return jnp.where(accepted, (1.0 + t) ** 3, -1.0), z
+    return jnp.where(accepted, (1.0 + t) ** 3, -1.0)
 
 
 def _pool_size(row_length: int) -> int:
@@ -188,21 +187,17 @@ def _rejection_ranks(words: jax.Array, row_length: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("row_length", "pool_size"))
 def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
-                        lognormal_sigma: jax.Array | None = None,
                         pool_size: int | None = None) -> jax.Array:
-    """Gamma(alpha_r, 1) samples, one shape per row; optionally log-normal rows instead.
+    """Gamma(alpha_r, 1) samples, one shape per row.
 
     Args:
       key: PRNG key.
       alpha: `[R]` float32 shapes, > 0 (traced values are fine; no recompilation per value).
       row_length: m, samples per row (static).
-      lognormal_sigma: optional `[R]` float32; rows where it is > 0 hold exp(sigma_r z) with z the
-        iid N(0, 1) normals of the Marsaglia-Tsang round instead of Gamma samples (the released
-        speckle mode picks one law per image; one pass serves both).
       pool_size: replacement candidates per row (static); default `_pool_size(row_length)`.
         Only tests set it (small, to exercise the exact fallback).
     Returns:
-      `[R, m]` float32; row r iid Gamma(alpha[r], 1) (or log-normal, see above).
+      `[R, m]` float32; row r iid Gamma(alpha[r], 1).
 
     Algorithm (exact in distribution, see the module docstring): one Marsaglia-Tsang round over
     every pixel; the k-th rejected pixel of a row takes the k-th accepted candidate of the row's
@@ -216,15 +211,10 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
     alpha = jnp.asarray(alpha, jnp.float32)
     rows = alpha.shape[0]
     key_main, key_pool, key_boost, key_fallback = jax.random.split(key, 4)
-    lognormal_rows = (jnp.zeros((rows,), bool) if lognormal_sigma is None
-                      else jnp.asarray(lognormal_sigma, jnp.float32) > 0.0)
-    sigma = (jnp.zeros((rows,), jnp.float32) if lognormal_sigma is None
-             else jnp.asarray(lognormal_sigma, jnp.float32))[:, None]
 
     # Shapes below 1 are sampled at alpha + 1 and boosted: Gamma(a) = Gamma(a + 1) * U^(1/a).
-    boosted = (alpha < 1.0) & ~lognormal_rows
+    boosted = alpha < 1.0
     shape = jnp.where(boosted, alpha + 1.0, alpha)
-    shape = jnp.where(lognormal_rows, 1.0, shape)  # unused there; keeps d > 0 (no NaN lanes)
     d = (shape - 1.0 / 3.0)[:, None]
     c = jax.lax.rsqrt(9.0 * d)
 
@@ -232,12 +222,10 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
         first, second = hash_word_pairs(round_key, rows * length)
         return _marsaglia_tsang_round(first.reshape(rows, length), second.reshape(rows, length), d, c)
 
-    v, z = round_values(key_main, row_length)
-    # Log-normal rows never count as rejected: exp(sigma z) >= 0 (even where it underflows).
-    v = jnp.where(lognormal_rows[:, None], jnp.exp(sigma * z), v)
+    v = round_values(key_main, row_length)
 
     pool_size = pool_size or _pool_size(row_length)
-    pool_v, _ = round_values(key_pool, pool_size)
+    pool_v = round_values(key_pool, pool_size)
     pool_accepted = pool_v > 0.0
     pool_rank = jnp.cumsum(pool_accepted, axis=1, dtype=jnp.int32) - 1  # [R, P]: small
     available = pool_rank[:, -1] + 1
@@ -248,8 +236,8 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
     rejected_count = jnp.sum(jax.lax.population_count(words), axis=1, dtype=jnp.int32)
     pool_ran_out = rejected_count > available
 
-    def finish(v):  # accepted round values -> samples (log-normal rows pass through)
-        return jnp.where(lognormal_rows[:, None], v, d * v)
+    def finish(v):  # accepted round values -> samples
+        return d * v
 
     def filled(v, words, compact_pool):
         rank = jnp.minimum(_rejection_ranks(words, row_length), pool_size - 1)
@@ -268,7 +256,7 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
 
     def fallback_round(state):
         round_index, v, unresolved = state
-        round_v, _ = round_values(jax.random.fold_in(key_fallback, round_index), row_length)
+        round_v = round_values(jax.random.fold_in(key_fallback, round_index), row_length)
         take = unresolved & (round_v > 0.0)
         return round_index + 1, jnp.where(take, round_v, v), unresolved & ~take
 

@@ -79,15 +79,13 @@ def test_gamma_sampler_is_exact_when_the_pool_runs_out_and_accurate_for_huge_sha
     alpha < 1 boost after it); the law must stay exactly Gamma.
 
     Shapes 1e4 and 1e8 (the released mode reaches 1e8 looks) check the acceptance test, whose
-    textbook form cancels catastrophically in float32. The last row is a log-normal row.
+    textbook form cancels catastrophically in float32.
     """
-    shapes = jnp.array([1.0, 1.0, 0.5, 1e4, 1e8, 2.0])
-    sigma = jnp.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
-    gamma = sampling.standard_gamma_rows(jax.random.key(3), shapes, 20_000, lognormal_sigma=sigma, pool_size=1)
+    shapes = jnp.array([1.0, 1.0, 0.5, 1e4, 1e8])
+    gamma = sampling.standard_gamma_rows(jax.random.key(3), shapes, 20_000, pool_size=1)
     gamma = np.asarray(gamma, np.float64)
     assert scipy.stats.kstest(gamma[:2].ravel(), scipy.stats.gamma(a=1.0).cdf).pvalue > KS_MIN_PVALUE
     assert scipy.stats.kstest(gamma[2], scipy.stats.gamma(a=0.5).cdf).pvalue > KS_MIN_PVALUE
-    assert scipy.stats.kstest(gamma[5], scipy.stats.lognorm(s=0.5).cdf).pvalue > KS_MIN_PVALUE
     for row, shape in ((3, 1e4), (4, 1e8)):
         standardised = (gamma[row] - shape) / np.sqrt(shape)
         if shape < 1e6:  # at 1e8 float32 resolution of the sample (~8) is comparable to its sd
