@@ -77,6 +77,9 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
     masks are drawn for the whole batch first and sliced, so the update equals the full-batch one up
     to float rounding (drop-path, off for MAE pre-training, draws per micro-batch instead).
     """
+    # The update hands the clip its gradient norm (`global_norm=`); a transformation that takes no
+    # extra arguments is wrapped to ignore it.
+    tx = optax.with_extra_args_support(tx)
     uses_drop_path = config.model.drop_path_rate > 0
     rules = sharding.rules_from_config(config.mesh.rules)
     accum = config.train.grad_accum_steps

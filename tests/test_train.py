@@ -86,6 +86,21 @@ def test_clip_by_global_norm_matches_optax(norm):
     jax.tree.map(np.testing.assert_array_equal, given, ours)
 
 
+def test_train_step_takes_an_optimizer_without_extra_arguments():
+    """The step hands the clip its gradient norm; a plain optax transformation must still work."""
+    c = tiny_config()
+    modules = sarmae.build(c)
+    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=10, steps_per_epoch=5)
+    tx = optax.scale(-1e-3)  # a plain GradientTransformation: its update takes no keyword arguments
+    assert not isinstance(tx, optax.GradientTransformationExtraArgs)
+    state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k))(jax.random.key(0))
+    teacher = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size)
+    new_state, metrics = jax.jit(train.make_train_step(modules, tx, c, schedule))(state, _batch(c), teacher)
+    assert float(metrics["step_finite"]) == 1.0
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.params, state.params)
+    assert all(jax.tree.leaves(moved))
+
+
 def test_train_step_overfits_a_fixed_batch():
     c = tiny_config()
     c.sare.enabled = False  # a fixed input, so only the mask changes between steps
