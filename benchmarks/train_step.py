@@ -1,10 +1,12 @@
 """ViT-B/16 MAE + SARC train step on this machine: JAX vs the same step in PyTorch, side by side.
 
     python benchmarks/train_step.py [--batch 8] [--steps 6] [--per_block_params] [--skip_torch]
-                                    [--attention xla] [--scan_unroll 1]
+                                    [--cpu_gemm xla,onednn] [--attention xla] [--scan_unroll 1]
 
 The JAX step is the ViT-B/16 recipe (configs/sarmae_vit_b16.py: blocks scanned with the loop unrolled)
-in float32; `--attention` and `--scan_unroll` override the recipe for ablations.
+in float32; `--attention` and `--scan_unroll` override the recipe for ablations. `--cpu_gemm` lists the
+matmul libraries to time (config.train.cpu_gemm: xla = XLA:CPU's YNNPACK/Eigen, the default; onednn;
+see sarmae_jax/compiler_options.py), each as its own program in the same round robin.
 
 Both sides: ViT-B/16 encoder on 25% visible patches, 512x8 decoder, SARC head (768 -> 768 -> 768 + LN)
 against the released simplified teacher (patch-embedding conv + LN, frozen), AdamW, float32.
@@ -29,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, cpu_gemm: str = "xla") -> float:
+    from sarmae_jax import compiler_options
+
     a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
+    f = jax.jit(lambda x, y: x @ y, compiler_options=compiler_options.for_devices(jax.devices(), cpu_gemm))
     f(a, a).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -58,7 +62,7 @@ def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None):
+def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None, cpu_gemm: str = "xla"):
     """The ViT-B/16 recipe (configs/sarmae_vit_b16.py) in float32 with the released teacher, at `batch`."""
     spec = importlib.util.spec_from_file_location("sarmae_vit_b16", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
@@ -69,6 +73,7 @@ def bench_config(batch: int, attention: str | None = None, scan_unroll: int | No
     c.sarc.teacher.checkpoint = "random-init"
     c.train.batch_size = batch
     c.sare.enabled = True
+    c.train.cpu_gemm = cpu_gemm
     if attention is not None:
         c.model.attention_impl = attention
     if scan_unroll is not None:
@@ -78,7 +83,7 @@ def bench_config(batch: int, attention: str | None = None, scan_unroll: int | No
 
 def jax_step(c):
     """A closure running one jitted train step (state donated and carried), after compiling and a first step."""
-    from sarmae_jax import optim, train
+    from sarmae_jax import compiler_options, optim, train
     from sarmae_jax.models import sarmae, teachers
 
     batch = c.train.batch_size
@@ -93,7 +98,8 @@ def jax_step(c):
         "optical": rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8),
         "is_paired": np.arange(batch) % 4 != 3,
     }
-    train_step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,))
+    train_step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,),
+                         compiler_options=compiler_options.for_devices(jax.devices(), c.train.cpu_gemm))
     box = {"state": state}
 
     def step():
@@ -173,31 +179,39 @@ def main():
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--per_block_params", action="store_true",
                         help="also time the step with unstacked per-block parameters (model.scan_layers=False)")
+    parser.add_argument("--cpu_gemm", default="xla",
+                        help="comma-separated config.train.cpu_gemm values to time side by side, e.g. xla,onednn")
     parser.add_argument("--attention", default=None, help="model.attention_impl (default: the recipe's)")
     parser.add_argument("--scan_unroll", type=int, default=None, help="model.scan_unroll (default: the recipe's)")
     args = parser.parse_args()
 
     from sarmae_jax import flops
 
+    gemms = args.cpu_gemm.split(",")
     c = bench_config(args.batch, args.attention, args.scan_unroll)
     step_flops = flops.train_step_flops_per_image(c) * args.batch
-    peak = matmul_peak_gflops()
+    peaks = {gemm: matmul_peak_gflops(cpu_gemm=gemm) for gemm in gemms}
+    peak = max(peaks.values())
     print(f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}")
-    print(f"f32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
+    for gemm, p in peaks.items():
+        print(f"f32 matmul peak (2048^3 jnp.dot, cpu_gemm={gemm}): {p:.1f} GFLOP/s")
     print(f"model FLOPs per step (batch {args.batch}): {step_flops / 1e9:.1f} GFLOP")
-    steps = {"JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled)": jax_step(c)}
-    short = {name: "the recipe" for name in steps}
-    if args.per_block_params:
-        c_blocks = bench_config(args.batch, args.attention, args.scan_unroll)
-        c_blocks.model.scan_layers = False
-        name = "JAX (sarmae_jax, per-block parameters: model.scan_layers=False)"
-        steps[name], short[name] = jax_step(c_blocks), "per-block parameters"
+    steps, short = {}, {}
+    for gemm in gemms:
+        name = f"JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled; cpu_gemm={gemm})"
+        steps[name] = jax_step(bench_config(args.batch, args.attention, args.scan_unroll, gemm))
+        short[name] = f"the recipe, cpu_gemm={gemm}"
+        if args.per_block_params:
+            c_blocks = bench_config(args.batch, args.attention, args.scan_unroll, gemm)
+            c_blocks.model.scan_layers = False
+            name = f"JAX (sarmae_jax, per-block parameters: model.scan_layers=False; cpu_gemm={gemm})"
+            steps[name], short[name] = jax_step(c_blocks), f"per-block parameters, cpu_gemm={gemm}"
     if not args.skip_torch:
         import torch
 
         torch.set_num_threads(os.cpu_count())
         print(f"f32 matmul peak of PyTorch's GEMM (2048^3, same threads): {torch_matmul_peak_gflops():.1f} GFLOP/s "
-              "(shares below are of the jnp.dot peak)")
+              "(shares below are of the best jnp.dot peak above)")
         steps[f"PyTorch {torch.__version__} (transformers ViTMAE)"] = torch_step(args.batch)
     # Round robin, so that every implementation sees the same machine (shared CPUs drift by 20%+).
     times = {name: [] for name in steps}

@@ -96,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     t.peak_tflops_per_device = ml_collections.FieldReference(None, field_type=float)
     t.max_consecutive_skips = 10  # non-finite steps in a row before the run stops with an error
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
+    # Library for the matmuls when the devices are CPUs (ignored on GPU/TPU): xla (XLA:CPU's YNNPACK/Eigen)
+    # | onednn (opt-in: faster ViT blocks, whole step within noise here; see compiler_options.py).
+    t.cpu_gemm = "xla"
 
     # ----------------------------------------------------------------------------------------- mesh
     # Mesh axis sizes; -1 takes all remaining devices. The global batch is split over data x fsdp.
@@ -119,7 +122,7 @@ def _check(cond: bool, key: str, value, expected: str):
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the key, its value and what is allowed. Runs before any compilation."""
-    from sarmae_jax import data, speckle
+    from sarmae_jax import compiler_options, data, speckle
     from sarmae_jax.models import sarmae, teachers
 
     m = c.model
@@ -192,6 +195,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"a divisor of train.batch_size={t.batch_size}")
     _check(isinstance(t.keep_period, int) and t.keep_period >= 0, "train.keep_period", t.keep_period,
            "a non-negative integer (0 keeps no extra checkpoints)")
+    _check(t.cpu_gemm in compiler_options.CPU_GEMMS, "train.cpu_gemm", t.cpu_gemm,
+           f"one of {list(compiler_options.CPU_GEMMS)}")
     if t.peak_tflops_per_device is not None:
         _check(t.peak_tflops_per_device > 0, "train.peak_tflops_per_device", t.peak_tflops_per_device,
                "a positive TFLOP/s figure (or None to look the device up)")

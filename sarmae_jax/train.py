@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from sarmae_jax import checkpoint, config as config_lib, data, distributed, flops, metrics, objective, optim, preprocess, sharding
+from sarmae_jax import (checkpoint, compiler_options, config as config_lib, data, distributed, flops, metrics, objective,
+                        optim, preprocess, sharding)
 from sarmae_jax.models import mae, sarmae, teachers, vit
 
 log = logging.getLogger("sarmae_jax")
@@ -230,12 +231,14 @@ def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
 
 def jit_train_step(modules, tx, config, schedule, mesh, shardings: TrainState):
     """The train step jitted for `mesh`: state donated, shardings explicit (state, batch over data x fsdp,
-    teacher replicated). Used by training and by the dry run, so both compile the same program."""
+    teacher replicated); on CPUs the matmul library of `config.train.cpu_gemm` (compiler_options.py). Used by
+    training and by the dry run, so both compile the same program."""
     return jax.jit(
         make_train_step(modules, tx, config, schedule),
         in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=compiler_options.for_devices(mesh.devices.flat, config.train.cpu_gemm),
     )
 
 
@@ -515,7 +518,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 6. Compile the step: state donated, shardings explicit.
     train_step = jit_train_step(modules, tx, config, schedule, mesh, shardings)
     # Replicated output: every process can fetch the pictures of a batch spread over all hosts.
-    visualize = jax.jit(make_visualize(modules, config), out_shardings=sharding.replicated(mesh))
+    visualize = jax.jit(make_visualize(modules, config), out_shardings=sharding.replicated(mesh),
+                        compiler_options=compiler_options.for_devices(mesh.devices.flat, config.train.cpu_gemm))
 
     # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main)

@@ -173,6 +173,7 @@ def test_all_unpaired_batch_has_zero_alignment_loss():
     ("train.batch_size", 0, "train.batch_size=0"),
     ("mesh.data", 0, "mesh.data=0"),
     ("model.remat", "some", "model.remat='some'"),
+    ("train.cpu_gemm", "mkl", "train.cpu_gemm='mkl'"),
 ])
 def test_invalid_config_fails_naming_key_and_value(key, value, fragment):
     c = tiny_config()
