@@ -56,16 +56,16 @@ def onednn_dots_available() -> bool:
     return _ONEDNN_MARK in text
 
 
-def for_devices(devices: Iterable[jax.Device], cpu_gemm: str = "xla", key: str = "train.cpu_gemm") -> dict:
-    """The `compiler_options` for a program that runs on `devices`: {} unless they are all CPUs and
-    `cpu_gemm` is "onednn". `key` names the config entry that set `cpu_gemm`, for the error messages."""
+def for_devices(devices: Iterable[jax.Device], cpu_gemm: str = "xla") -> dict:
+    """The `compiler_options` for a program that runs on `devices`, given `config.train.cpu_gemm`:
+    {} unless the devices are all CPUs and `cpu_gemm` is "onednn"."""
     if cpu_gemm not in CPU_GEMMS:
-        raise ValueError(f"config.{key}={cpu_gemm!r}: expected one of {list(CPU_GEMMS)}")
+        raise ValueError(f"config.train.cpu_gemm={cpu_gemm!r}: expected one of {list(CPU_GEMMS)}")
     devices = list(devices)
     if cpu_gemm == "xla" or not devices or any(d.platform != "cpu" for d in devices):
         return {}
     if not onednn_dots_available():
         raise ValueError(
-            f"config.{key}='onednn': this jaxlib (jax {jax.__version__}) does not hand dots to oneDNN (the "
+            f"config.train.cpu_gemm='onednn': this jaxlib (jax {jax.__version__}) does not hand dots to oneDNN (the "
             "options are unknown to it, or it was built without oneDNN); use 'xla'")
     return dict(ONEDNN_DOTS)
