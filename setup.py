@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description="SARMAE pre-training of SAR foundation models in JAX/Flax: MAE + speckle (SARE) + optical anchors (SARC).",
     python_requires=">=3.10",
-    packages=find_packages(include=["sarmae_jax", "sarmae_jax.*", "data_pipelines", "data_pipelines.*"]),
+    packages=find_packages(include=["sarmae_jax", "sarmae_jax.*", "data_pipelines", "data_pipelines.*", "configs", "configs.*"]),
     install_requires=RUNTIME,
     extras_require={"test": TEST, "torch": TORCH},
     entry_points={
@@ -41,7 +41,7 @@ setup(
             "sarmae-import=sarmae_jax.convert.cli:import_main",
             "sarmae-export=sarmae_jax.convert.cli:export_main",
             "sarmae-convert-sar1m=data_pipelines.sar1m:main",
-            "sarmae-precompute-teacher=data_pipelines.teacher_features:main",
+            "sarmae-precompute-teacher=sarmae_jax.training.teacher_tokens:main",
             "sarmae-eval=sarmae_jax.evaluate.cli:run",
         ],
     },

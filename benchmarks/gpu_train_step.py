@@ -5,12 +5,12 @@ at two per-device batch sizes. Prints a Markdown table.
     python benchmarks/gpu_train_step.py --attention cudnn --batches 128,256 --steps 20
     python benchmarks/gpu_train_step.py --smoke               # tiny model on CPU: checks the script
 
-The step is the trainer's own (`train.jit_train_step`, data-parallel mesh over all local devices,
+The step is the trainer's own (`training.state.build(...).jit_step()`, data-parallel mesh over all local devices,
 donated state): ViT-B/16 encoder on the 49 visible patches, 512x8 decoder on 196, SARC head against
 the frozen teacher (`--teacher released`: patch embedding + LN as in the public code, or `dinov3`:
 the full ViT-B, both random-init; weights do not change the speed). Speckle (Gamma, on device) and
 masking are inside the step, as in training; the batch is random uint8 pixels already on the device.
-Model FLOPs are analytic (sarmae_jax/flops.py); MFU is against the dense bf16 peak of the device
+Model FLOPs are analytic (sarmae_jax/training/flops.py); MFU is against the dense bf16 peak of the device
 (flops.PEAK_TFLOPS, or --peak_tflops). When a batch does not fit with `--remat none`, it is retried
 with `dots` (recompute everything but the matmuls).
 """
@@ -23,10 +23,14 @@ import time
 import jax
 import numpy as np
 
+from sarmae_jax import config as config_lib
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.runtime import sharding
+from sarmae_jax.training import flops, loop
+from sarmae_jax.training import state as state_lib
+
 
 def bench_config(args, per_device_batch: int, remat: str):
-    from sarmae_jax import config as config_lib
-
     c = config_lib.default_config()
     c.model.dtype = "bfloat16"
     c.model.remat = remat
@@ -36,6 +40,7 @@ def bench_config(args, per_device_batch: int, remat: str):
     c.train.batch_size = per_device_batch * jax.device_count()
     c.train.peak_tflops_per_device = args.peak_tflops
     c.optim.warmup_steps = 10
+    c.train.num_steps = 1000
     if args.sare == "off":
         c.sare.enabled = False
     elif args.sare:
@@ -52,28 +57,22 @@ def bench_config(args, per_device_batch: int, remat: str):
 
 def measure(c, steps: int) -> dict:
     """Seconds per step (median after 2 warm-up steps), compile seconds and peak device memory."""
-    from sarmae_jax import optim, sharding, train
-    from sarmae_jax.models import sarmae, teachers
-
     mesh = sharding.make_mesh(c.mesh)
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=1000, steps_per_epoch=100)
-    tx = optim.make_optimizer(c.optim, schedule)
-    _, shardings = train.state_shardings(modules, tx, c, mesh)
-    step = train.jit_train_step(modules, tx, c, schedule, mesh, shardings)
+    parts = state_lib.build(c, mesh, epoch_size=100 * c.train.batch_size)
+    step = parts.jit_step()
     teacher = None
-    if modules.teacher is not None:
-        teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
-                                 sharding.replicated(mesh))
+    if parts.modules.teacher is not None:
+        teacher = jax.device_put(teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher,
+                                                                     c.model.image_size), sharding.replicated(mesh))
     b, s = c.train.batch_size, c.model.image_size
     rng = np.random.default_rng(0)
-    batch = train.global_batch({
+    batch = loop.global_batch({
         "sar": rng.integers(0, 256, (b, s, s, 1), dtype=np.uint8),
         "optical": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
         "is_paired": np.arange(b) % 4 != 3,  # 75% paired, as SAR-1M
     }, sharding.batch_sharding(mesh))
+    state = parts.init_state(jax.random.key(0))
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k), out_shardings=shardings)(jax.random.key(0))
         start = time.perf_counter()
         compiled = step.lower(state, batch, teacher).compile()
         compile_s = time.perf_counter() - start
@@ -116,8 +115,6 @@ def main():
     if args.smoke:
         args.batches, args.steps = "2,4", 2
 
-    from sarmae_jax import flops
-
     device = jax.devices()[0]
     peak = flops.peak_tflops_per_device(device.device_kind, args.peak_tflops)
     print(f"{jax.device_count()} x {device.device_kind}, jax {jax.__version__}; teacher {args.teacher}, "
@@ -155,8 +152,6 @@ def main():
 def ablate(args, per_device: int) -> None:
     """Where the step's time goes, by difference: each row switches parts off (same batch, same remat)."""
     import copy
-
-    from sarmae_jax import flops
 
     variants = {
         "full step (config defaults)": {},

@@ -1,6 +1,6 @@
 """Input pipeline throughput, side by side in one run:
 
-1. the training pipeline (sarmae_jax.data): paired 224x224 SAR + optical from ArrayRecord
+1. the training pipeline (sarmae_jax.data.pipeline): paired 224x224 SAR + optical from ArrayRecord
    through read, decode and batching, with 0 worker processes (decoding in the training
    process; with and without the background read thread) and with N Grain worker processes;
    for both record compressions (uncompressed: the converter's default; zstd:1);
@@ -29,8 +29,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from data_pipelines import records, synthetic
-from sarmae_jax import data
+from data_pipelines import images, records, shard_io, synthetic, synthetic_scenes
+from sarmae_jax.data import pipeline
 
 SIZE = 224
 
@@ -41,9 +41,9 @@ def _scenes(n: int, seed: int = 0):
     sars, opts = [], []
     for start in range(0, n, 128):
         labels = rng.integers(0, len(synthetic.CLASS_NAMES), min(128, n - start))
-        clean, optical = synthetic.generate_scenes(rng, labels, SIZE)
+        clean, optical = synthetic_scenes.generate_scenes(rng, labels, SIZE)
         speckled = clean * rng.gamma(4.0, 1 / 4.0, clean.shape).astype(np.float32)
-        sars.append(synthetic.quantise(np.clip(speckled, 0, 1), "uint8"))
+        sars.append(images.quantise(speckled, np.uint8))
         opts.append(optical)
     return np.concatenate(sars), np.concatenate(opts)
 
@@ -52,7 +52,7 @@ def write_records(out: str, sar: np.ndarray, optical: np.ndarray, num_paired: in
     spec = records.RecordSpec((SIZE, SIZE), "uint8")
     examples = (records.make_example(spec, sar=sar[i], optical=optical[i] if i < num_paired else None,
                                      source=f"bench/{i}") for i in range(len(sar)))
-    entry = records.write_split(out, "train", examples, spec=spec, num_examples=len(sar), examples_per_shard=256,
+    entry = shard_io.write_split(out, "train", examples, spec=spec, num_examples=len(sar), examples_per_shard=256,
                                 dataset_name="bench", writer_options=writer_options)
     records.write_dataset_metadata(out, dataset_name="bench", spec=spec, splits={"train": entry}, class_names=[],
                                    resize_rule="none", writer_options=writer_options)
@@ -81,12 +81,12 @@ def pipeline_rate(path: str, *, workers: int, read_threads: int, batch_size: int
     CPU seconds are the honest per-core number on a shared machine: other jobs stretch the wall
     clock, not the CPU time a sample costs. Worker processes' CPU time is read with psutil
     (None without it)."""
-    cfg = data.default_config()
+    cfg = pipeline.default_config()
     cfg.path = path
     cfg.num_workers = workers
     cfg.read_threads = read_threads
     cfg.paired_share = 0.7
-    iterator = data.make_train_iterator(cfg, global_batch_size=batch_size, seed=0)
+    iterator = pipeline.make_train_iterator(cfg, global_batch_size=batch_size, seed=0)
     next(iterator)  # warm-up: worker start, first reads
     wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(num_batches):

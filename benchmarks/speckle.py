@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/speckle.py [--batch 256] [--size 224] [--repeats 7]
         [--with_train_step | --train_step_seconds S]
 
-Rows: each model of `sarmae_jax.speckle` through `apply_sare` (prob=1, so every image is noised;
+Rows: each model of `sarmae_jax.sare.speckle` through `apply_sare` (prob=1, so every image is noised;
 the cost does not depend on prob because fields are drawn for the whole batch), next to
   (i)   one normal per pixel with `jax.random.normal` (the floor for any per-pixel random field),
   (ii)  a per-image NumPy loop in the released code's style (what SARMAE does on the host),
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sarmae_jax import sampling, speckle
+from sarmae_jax.sare import sampling, speckle
 
 DEFAULT_RANGES = {"gamma_intensity": (1.0, 16.0), "amplitude": (1.0, 16.0),
                   "lognormal": (0.0, 0.7), "released": (0.0, 0.7)}

@@ -1,17 +1,16 @@
 """ViT-B/16 MAE + SARC train step on this machine: JAX vs the same step in PyTorch, side by side.
 
-    python benchmarks/train_step.py [--batch 8] [--steps 6] [--per_block_params] [--skip_torch]
-                                    [--cpu_gemm xla,onednn] [--attention xla] [--scan_unroll 1]
+    PYTHONPATH=. python benchmarks/train_step.py [--batch 8] [--steps 6] [--per_block_params] [--skip_torch]
+                                                 [--attention xla] [--scan_unroll 1]
 
 The JAX step is the ViT-B/16 recipe (configs/sarmae_vit_b16.py: blocks scanned with the loop unrolled)
-in float32; `--attention` and `--scan_unroll` override the recipe for ablations. `--cpu_gemm` lists the
-matmul libraries to time (config.train.cpu_gemm: xla = XLA:CPU's YNNPACK/Eigen, the default; onednn;
-see sarmae_jax/compiler_options.py), each as its own program in the same round robin.
+in float32, built and jitted by the trainer's own builder (`sarmae_jax.training.state.build`);
+`--attention` and `--scan_unroll` override the recipe for ablations.
 
 Both sides: ViT-B/16 encoder on 25% visible patches, 512x8 decoder, SARC head (768 -> 768 -> 768 + LN)
 against the released simplified teacher (patch-embedding conv + LN, frozen), AdamW, float32.
 PyTorch side: transformers' `ViTMAEForPreTraining` (the public SARMAE code's model family) plus the
-same head and teacher. Model FLOPs are analytic (sarmae_jax/flops.py):
+same head and teacher. Model FLOPs are analytic (sarmae_jax/training/flops.py):
 
     per block over T tokens, width D:  2*T*D*3D + 4*T^2*D + 2*T*D^2 + 4*T*D*4D
     step = 3 x (encoder on 50 tokens + decoder on 197 tokens + head) + teacher forward
@@ -21,7 +20,6 @@ and are compared with the machine's measured float32 matmul peak (a large jnp.do
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import time
@@ -30,12 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import sarmae_vit_b16
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.runtime import sharding
+from sarmae_jax.training import flops
+from sarmae_jax.training import state as state_lib
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, cpu_gemm: str = "xla") -> float:
-    from sarmae_jax import compiler_options
 
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y, compiler_options=compiler_options.for_devices(jax.devices(), cpu_gemm))
+    f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -43,9 +45,6 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, cpu_gemm: str = "xla") -
         f(a, a).block_until_ready()
         times.append(time.perf_counter() - t)
     return 2 * n**3 / min(times) / 1e9
-
-
-RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sarmae_vit_b16.py")
 
 
 def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -62,18 +61,15 @@ def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None, cpu_gemm: str = "xla"):
+def bench_config(batch: int, attention: str | None = None, scan_unroll: int | None = None):
     """The ViT-B/16 recipe (configs/sarmae_vit_b16.py) in float32 with the released teacher, at `batch`."""
-    spec = importlib.util.spec_from_file_location("sarmae_vit_b16", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    c = recipe.get_config()
+    c = sarmae_vit_b16.get_config()
     c.model.dtype = "float32"
     c.sarc.teacher.kind = "released"
     c.sarc.teacher.checkpoint = "random-init"
     c.train.batch_size = batch
     c.sare.enabled = True
-    c.train.cpu_gemm = cpu_gemm
+    c.train.num_steps = 1000
     if attention is not None:
         c.model.attention_impl = attention
     if scan_unroll is not None:
@@ -83,23 +79,17 @@ def bench_config(batch: int, attention: str | None = None, scan_unroll: int | No
 
 def jax_step(c):
     """A closure running one jitted train step (state donated and carried), after compiling and a first step."""
-    from sarmae_jax import compiler_options, optim, train
-    from sarmae_jax.models import sarmae, teachers
-
     batch = c.train.batch_size
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=batch, total_steps=1000, steps_per_epoch=100)
-    tx = optim.make_optimizer(c.optim, schedule)
-    state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k))(jax.random.key(0))
-    teacher_params = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, 224)
+    parts = state_lib.build(c, sharding.make_mesh(c.mesh), epoch_size=100 * batch)
+    state = parts.init_state(jax.random.key(0))
+    teacher_params = teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher, 224)
     rng = np.random.default_rng(0)
     batch_np = {
         "sar": rng.integers(0, 255, (batch, 224, 224, 1), dtype=np.uint8),
         "optical": rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8),
         "is_paired": np.arange(batch) % 4 != 3,
     }
-    train_step = jax.jit(train.make_train_step(modules, tx, c, schedule), donate_argnums=(0,),
-                         compiler_options=compiler_options.for_devices(jax.devices(), c.train.cpu_gemm))
+    train_step = parts.jit_step()
     box = {"state": state}
 
     def step():
@@ -179,33 +169,24 @@ def main():
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--per_block_params", action="store_true",
                         help="also time the step with unstacked per-block parameters (model.scan_layers=False)")
-    parser.add_argument("--cpu_gemm", default="xla",
-                        help="comma-separated config.train.cpu_gemm values to time side by side, e.g. xla,onednn")
     parser.add_argument("--attention", default=None, help="model.attention_impl (default: the recipe's)")
     parser.add_argument("--scan_unroll", type=int, default=None, help="model.scan_unroll (default: the recipe's)")
     args = parser.parse_args()
 
-    from sarmae_jax import flops
-
-    gemms = args.cpu_gemm.split(",")
     c = bench_config(args.batch, args.attention, args.scan_unroll)
     step_flops = flops.train_step_flops_per_image(c) * args.batch
-    peaks = {gemm: matmul_peak_gflops(cpu_gemm=gemm) for gemm in gemms}
-    peak = max(peaks.values())
+    peak = matmul_peak_gflops()
     print(f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}")
-    for gemm, p in peaks.items():
-        print(f"f32 matmul peak (2048^3 jnp.dot, cpu_gemm={gemm}): {p:.1f} GFLOP/s")
+    print(f"f32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
     print(f"model FLOPs per step (batch {args.batch}): {step_flops / 1e9:.1f} GFLOP")
     steps, short = {}, {}
-    for gemm in gemms:
-        name = f"JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled; cpu_gemm={gemm})"
-        steps[name] = jax_step(bench_config(args.batch, args.attention, args.scan_unroll, gemm))
-        short[name] = f"the recipe, cpu_gemm={gemm}"
-        if args.per_block_params:
-            c_blocks = bench_config(args.batch, args.attention, args.scan_unroll, gemm)
-            c_blocks.model.scan_layers = False
-            name = f"JAX (sarmae_jax, per-block parameters: model.scan_layers=False; cpu_gemm={gemm})"
-            steps[name], short[name] = jax_step(c_blocks), f"per-block parameters, cpu_gemm={gemm}"
+    name = "JAX (sarmae_jax, the recipe: scanned blocks, loop unrolled)"
+    steps[name], short[name] = jax_step(c), "the recipe"
+    if args.per_block_params:
+        c_blocks = bench_config(args.batch, args.attention, args.scan_unroll)
+        c_blocks.model.scan_layers = False
+        name = "JAX (sarmae_jax, per-block parameters: model.scan_layers=False)"
+        steps[name], short[name] = jax_step(c_blocks), "per-block parameters"
     if not args.skip_torch:
         import torch
 
@@ -232,6 +213,7 @@ def main():
         torch_s = medians[list(steps)[-1]]
         for name, label in short.items():
             print(f"JAX, {label} / PyTorch speed: {torch_s / medians[name]:.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""SARMAE ViT-B/16 pre-training on SAR-1M: the released recipe.
+"""SARMAE ViT-B/16 pre-training on SAR-1M: the released recipe (configs/recipe.py), 300 epochs.
 
 Command (a pod; see launch/ for TPU and SLURM launchers):
 
@@ -9,44 +9,10 @@ Command (a pod; see launch/ for TPU and SLURM launchers):
 
 What to expect: global batch 4096, 300 epochs of (paired count / 0.7) examples, AdamW (0.9, 0.95),
 wd 0.05, absolute lr 1e-4 with 1 warm-up epoch and a half-cycle cosine, gradient clipping 1.0, bf16
-compute. The released run used 8 GPUs (512 per GPU, fp16 autocast).
-
-Released behaviour vs this project's default: the recipe's hyper-parameters are the release's; the
-speckle model and the teacher follow the paper's intent (physical Gamma speckle on intensity, the full
-frozen DINOv3 ViT-B/16 teacher). For the exact released behaviour add
-    --config.sare.model=released --config.sarc.teacher.kind=released
+compute. For the exact released behaviour add --config.sare.model=released --config.sarc.teacher.kind=released.
 """
-from sarmae_jax import config as config_lib
+from configs.recipe import pretrain_recipe
 
 
 def get_config():
-    c = config_lib.default_config()
-    c.model.size = "base"
-    c.model.image_size = 224
-    c.model.patch_size = 16
-    c.model.mask_ratio = 0.75
-    c.model.norm_pix_loss = False
-    c.model.dtype = "bfloat16"  # the release used fp16 autocast; bf16 needs no loss scaling
-    # Unroll the scanned blocks fully (parameters stay stacked [depth, ...]): on an H200 the rolled
-    # loop made the ViT-B/16 step 46% slower (111 vs 76 ms at 256 per device; README, GPU table).
-    c.model.scan_unroll = 32
-
-    c.sarc.enabled = True
-    c.sarc.weight = 0.8
-    c.sarc.teacher.kind = "dinov3"
-    c.sarc.teacher.size = "base"  # DINOv3 ViT-B/16 (LVD-1689M) in the release
-
-    c.data.paired_share = 0.7
-
-    c.optim.lr = 1e-4  # absolute, as released (not scaled by batch)
-    c.optim.warmup_epochs = 1.0
-    c.optim.weight_decay = 0.05
-    c.optim.b1, c.optim.b2 = 0.9, 0.95
-    c.optim.clip_norm = 1.0
-
-    c.train.batch_size = 4096
-    c.train.num_epochs = 300.0
-    c.train.log_every = 50
-    c.train.image_every = 2000
-    c.train.checkpoint_every = 2000
-    return c
+    return pretrain_recipe("base", num_epochs=300.0)

@@ -1,4 +1,4 @@
-"""SARMAE ViT-L/16 pre-training on SAR-1M: the released recipe at ViT-L.
+"""SARMAE ViT-L/16 pre-training on SAR-1M: the released recipe (configs/recipe.py) at ViT-L, 200 epochs.
 
 Command:
 
@@ -11,20 +11,8 @@ What to expect: as configs/sarmae_vit_b16.py but a ViT-L/16 encoder (1024 wide, 
 for 200 epochs (the release's ViT-L checkpoint names suggest 200). The teacher stays DINOv3 ViT-B/16,
 so the SARC head maps 1024 -> 768. Use `--config.model.remat=dots` if activations do not fit.
 """
-import importlib.util
-import os
-
-
-def _base_recipe():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sarmae_vit_b16.py")
-    spec = importlib.util.spec_from_file_location("sarmae_vit_b16", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs.recipe import pretrain_recipe
 
 
 def get_config():
-    c = _base_recipe()
-    c.model.size = "large"
-    c.train.num_epochs = 200.0
-    return c
+    return pretrain_recipe("large", num_epochs=200.0)

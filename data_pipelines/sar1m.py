@@ -37,7 +37,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from data_pipelines import images, records
+from tqdm import tqdm
+
+from data_pipelines import images, records, shard_io
 
 DATASET_NAME = "sar1m"
 CONVERTER_VERSION = 1
@@ -222,7 +224,7 @@ def _convert_shard(task: tuple) -> dict[str, Any]:
                  "num_paired": sum(bool(e["is_paired"]) for e in kept)}
     else:
         tmp = path + ".tmp"
-        entry = records.write_shard(tmp, examples(), spec=settings.spec, writer_options=settings.writer_options,
+        entry = shard_io.write_shard(tmp, examples(), spec=settings.spec, writer_options=settings.writer_options,
                                     after_unpaired=after_unpaired)
         entry["file"] = os.path.basename(path)
         os.replace(tmp, path)
@@ -269,13 +271,13 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
     planned = len(samples) + len(errors)
     if not samples:
         raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]})")
-    sizes = records.balanced_shard_sizes(len(samples), examples_per_shard)
+    sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
     num_paired_planned = sum(s.optical is not None for s in samples)
     if not dry_run:
         os.makedirs(output_dir, exist_ok=True)
     tasks, receipts, start = [], {}, 0
     for index, size in enumerate(sizes):
-        path = os.path.join(output_dir, records.shard_filename(DATASET_NAME, "train", index, len(sizes)))
+        path = os.path.join(output_dir, shard_io.shard_filename(DATASET_NAME, "train", index, len(sizes)))
         chunk = samples[start:start + size]
         receipt = None if dry_run else _finished_receipt(path, chunk, settings)
         if receipt is not None:
@@ -316,8 +318,6 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
 
 
 def _run_tasks(tasks, receipts, *, workers, progress, total, done):
-    from tqdm import tqdm
-
     bar = tqdm(total=total, initial=done, unit="img", disable=not progress, desc="converting", file=sys.stderr)
     try:
         if workers <= 1 or len(tasks) <= 1:
@@ -335,8 +335,8 @@ def _run_tasks(tasks, receipts, *, workers, progress, total, done):
         bar.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sarmae-convert-sar1m", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="SAR-1M root (SAR/, OPT/, paired.json, unpaired.json) "
                         "or a plain folder of SAR images")
@@ -351,7 +351,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max_error_share", type=float, default=0.01)
     parser.add_argument("--dry_run", action="store_true", help="only list, decode and validate; write nothing")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = arg_parser().parse_args(argv)
     settings = Settings(image_size=args.image_size, sar_dtype=args.sar_dtype, intensity_rule=args.intensity_rule,
                         min_size=args.min_size, writer_options=args.writer_options)
     try:

@@ -1,23 +1,9 @@
-"""Deterministic synthetic SAR scenes: the embedded default dataset of sarmae-jax.
+"""The embedded default dataset of sarmae-jax: synthetic SAR scenes (`synthetic_scenes.py`) written as
+record shards, or as an ImageFolder classification tree.
 
-Each scene is a map of materials (water, grass, forest, crop fields, bare soil, asphalt, roofs,
-building walls, metal) laid out by one of five scene classes, then rendered twice from the same
-geometry:
-
-* clean SAR intensity in [0, 1]: per-material backscatter (dark calm water and asphalt, textured
-  vegetation, crop rows, bright double-bounce lines where walls meet the ground on the side
-  facing the sensor, very bright ships and aircraft), times a per-scene calibration gain so the
-  class is not readable from mean brightness alone. No speckle: the trainer adds it (SARE).
-* optical RGB (uint8) for a configurable share of scenes (default 0.75).
-
-Scene classes (the label): 0 harbour (coast, water with ships, quay blocks), 1 urban (rotated
-street grid of building blocks), 2 agriculture (parcels of different crops with row texture),
-3 forest (multi-scale canopy texture, a river or clearing), 4 airport (runway, taxiway, apron
-with aircraft and hangars on grass).
-
-Everything is vectorised NumPy over a chunk of scenes; the randomness of chunk `c` of split `s`
-comes from ``np.random.default_rng([seed, split_id, c])``, so the output is bitwise identical
-for the same seed and arguments.
+A configurable share of scenes (default 0.75) is paired with its optical rendering. The randomness
+of chunk `c` of split `s` comes from ``np.random.default_rng([seed, split_id, c])``, so the files are
+bitwise identical for the same parameters (`DEFAULTS`, overridable per key).
 
 CLI::
 
@@ -37,236 +23,17 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from data_pipelines import records
+from data_pipelines import images, records, shard_io
+from data_pipelines.synthetic_scenes import CLASS_NAMES, generate_scenes
 
 DATASET_NAME = "synthetic_sar"
 GENERATOR_VERSION = 1
-CLASS_NAMES = ("harbour", "urban", "agriculture", "forest", "airport")
 _CHUNK = 256  # scenes rendered per vectorised call; part of the determinism contract.
-
-# Materials: (SAR backscatter intensity in [0, 1], optical RGB in [0, 1]).
-WATER, GRASS, FOREST, CROP, SOIL, ASPHALT, ROOF, WALL, METAL = range(9)
-_SAR_LEVEL = np.array([0.02, 0.16, 0.30, 0.22, 0.12, 0.05, 0.40, 0.95, 1.00], np.float32)
-_OPTICAL_RGB = np.array([
-    [0.10, 0.22, 0.35],  # water
-    [0.42, 0.58, 0.28],  # grass
-    [0.13, 0.30, 0.14],  # forest
-    [0.70, 0.65, 0.30],  # crop (per-field tint below)
-    [0.55, 0.42, 0.30],  # bare soil
-    [0.30, 0.30, 0.32],  # asphalt
-    [0.62, 0.40, 0.35],  # roof
-    [0.45, 0.45, 0.45],  # wall / shadowed edge
-    [0.92, 0.92, 0.95],  # metal (ships, aircraft)
-], np.float32)
-
-
-# ----------------------------------------------------------------------------- fields
-
-
-def smooth_noise(rng: np.random.Generator, n: int, size: int, cells: int) -> np.ndarray:
-    """Bilinearly upsampled uniform noise: [n, size, size] float32 in [0, 1], feature size ~ size/cells."""
-    grid = rng.random((n, cells + 1, cells + 1), dtype=np.float32)
-    t = np.linspace(0.0, cells, size, dtype=np.float32)
-    i0 = np.minimum(t.astype(np.int64), cells - 1)
-    f = t - i0
-    rows = grid[:, i0, :] * (1 - f)[None, :, None] + grid[:, i0 + 1, :] * f[None, :, None]
-    return rows[:, :, i0] * (1 - f)[None, None, :] + rows[:, :, i0 + 1] * f[None, None, :]
-
-
-def _rotated_coords(rng, n: int, size: int, max_angle: float):
-    """Per-scene rotated coordinates u, v: [n, size, size] in image-size units, centred."""
-    theta = rng.uniform(-max_angle, max_angle, n).astype(np.float32)[:, None, None]
-    y, x = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
-    y, x = (y - size / 2) / size, (x - size / 2) / size
-    c, s = np.cos(theta), np.sin(theta)
-    return c * x + s * y, -s * x + c * y
-
-
-def _cell_table(rng, n: int, cells: int = 32) -> np.ndarray:
-    """Per-scene random table [n, cells, cells] in [0, 1) indexed by grid-cell coordinates."""
-    return rng.random((n, cells, cells), dtype=np.float32)
-
-
-def _lookup(table: np.ndarray, iu: np.ndarray, iv: np.ndarray) -> np.ndarray:
-    cells = table.shape[1]
-    n = np.arange(table.shape[0])[:, None, None]
-    return table[n, iu % cells, iv % cells]
-
-
-def _rects(rng, n: int, size: int, count: int, half_min: float, half_max: float, region=None):
-    """Union of `count` random axis-aligned rectangles per scene: [n, size, size] bool.
-
-    `region`, if given ([n, size, size] bool), limits rectangles to centres inside it."""
-    ys = np.arange(size, dtype=np.float32) / size
-    cy, cx = rng.random((2, n, count), dtype=np.float32)
-    hy, hx = rng.uniform(half_min, half_max, (2, n, count)).astype(np.float32)
-    if region is not None:
-        iy = np.minimum((cy * size).astype(np.int64), size - 1)
-        ix = np.minimum((cx * size).astype(np.int64), size - 1)
-        keep = region[np.arange(n)[:, None], iy, ix]
-        hy, hx = hy * keep, hx * keep  # rectangles outside the region collapse to nothing
-    in_y = np.abs(ys[None, None, :] - cy[..., None]) < hy[..., None]  # [n, count, size]
-    in_x = np.abs(ys[None, None, :] - cx[..., None]) < hx[..., None]
-    return np.einsum("nky,nkx->nyx", in_y.astype(np.float32), in_x.astype(np.float32)) > 0
-
-
-def _near_side_edge(mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` whose lower neighbour is outside it: the wall-ground corner facing a
-    sensor looking from the bottom of the image, where double bounce makes SAR bright."""
-    below = np.zeros_like(mask)
-    below[:, :-1] = mask[:, 1:]
-    return mask & ~below
-
-
-# ----------------------------------------------------------------------------- scene classes
-# Each returns (material [n, s, s] uint8, shade [n, s, s] float32 in [0, 1]) -- shade modulates
-# brightness within a material (crop type, roof height, canopy texture) in both renderings.
-
-
-def _harbour(rng, n, s):
-    u, v = _rotated_coords(rng, n, s, np.pi)
-    coast = v + 0.25 * (smooth_noise(rng, n, s, 3) - 0.5) + rng.uniform(-0.15, 0.15, (n, 1, 1))
-    water = coast > 0
-    mat = np.full((n, s, s), GRASS, np.uint8)
-    quay = ~water & (coast > -0.25)
-    table = _cell_table(rng, n)
-    period = rng.uniform(0.10, 0.16, (n, 1, 1)).astype(np.float32)
-    fu, fv = (u / period) % 1, (v / period) % 1
-    blocks = quay & (fu < 0.7) & (fv < 0.7)
-    mat[quay] = ASPHALT
-    mat[blocks] = ROOF
-    mat[_near_side_edge(blocks)] = WALL
-    mat[water] = WATER
-    ships = _rects(rng, n, s, 6, 0.6 / s, 2.5 / s, region=water & (coast > 0.06))
-    mat[ships] = METAL
-    shade = 0.6 * _lookup(table, np.floor(u / period).astype(np.int64), np.floor(v / period).astype(np.int64))
-    shade += 0.4 * smooth_noise(rng, n, s, 8)
-    return mat, shade
-
-
-def _urban(rng, n, s):
-    u, v = _rotated_coords(rng, n, s, np.pi / 4)
-    period = rng.uniform(0.09, 0.16, (n, 1, 1)).astype(np.float32)
-    fill = rng.uniform(0.55, 0.8, (n, 1, 1)).astype(np.float32)
-    fu, fv = (u / period) % 1, (v / period) % 1
-    iu, iv = np.floor(u / period).astype(np.int64), np.floor(v / period).astype(np.int64)
-    table = _cell_table(rng, n)
-    cell = _lookup(table, iu, iv)
-    mat = np.full((n, s, s), ASPHALT, np.uint8)
-    blocks = (fu < fill) & (fv < fill)
-    parks = blocks & (cell < 0.15)
-    buildings = blocks & ~parks
-    mat[parks] = GRASS
-    mat[buildings] = ROOF
-    mat[_near_side_edge(buildings)] = WALL
-    return mat, 0.7 * cell + 0.3 * smooth_noise(rng, n, s, 6)
-
-
-def _agriculture(rng, n, s):
-    u, v = _rotated_coords(rng, n, s, np.pi / 3)
-    period = rng.uniform(0.2, 0.4, (n, 1, 1)).astype(np.float32)
-    iu, iv = np.floor(u / period).astype(np.int64), np.floor(v / period).astype(np.int64)
-    fu, fv = (u / period) % 1, (v / period) % 1
-    table = _cell_table(rng, n)
-    cell = _lookup(table, iu, iv)
-    mat = np.full((n, s, s), CROP, np.uint8)
-    mat[cell < 0.25] = SOIL
-    mat[(cell > 0.9)] = GRASS
-    tracks = (fu < 0.04) | (fv < 0.04)
-    mat[tracks] = SOIL
-    # Crop rows: sinusoid across the field, orientation alternating between fields.
-    freq = rng.uniform(10, 18, (n, 1, 1)).astype(np.float32)
-    along = np.where((iu + iv) % 2 == 0, u, v)
-    rows = 0.5 + 0.5 * np.sin(2 * np.pi * freq * along)
-    farm = _rects(rng, n, s, 2, 1.5 / s, 3.5 / s)
-    mat[farm] = ROOF
-    mat[_near_side_edge(farm)] = WALL
-    return mat, 0.55 * cell + 0.45 * rows
-
-
-def _forest(rng, n, s):
-    u, v = _rotated_coords(rng, n, s, np.pi)
-    canopy = 0.5 * smooth_noise(rng, n, s, 4) + 0.3 * smooth_noise(rng, n, s, 12) + 0.2 * smooth_noise(rng, n, s, s // 3)
-    mat = np.full((n, s, s), FOREST, np.uint8)
-    clearing = smooth_noise(rng, n, s, 3) > 0.78
-    mat[clearing] = GRASS
-    wiggle = 0.08 * (smooth_noise(rng, n, s, 3) - 0.5)
-    width = rng.uniform(0.02, 0.06, (n, 1, 1)).astype(np.float32)
-    has_river = rng.random((n, 1, 1)) < 0.6
-    river = has_river & (np.abs(v + wiggle - rng.uniform(-0.3, 0.3, (n, 1, 1))) < width)
-    mat[river] = WATER
-    road = ~has_river & (np.abs(u - rng.uniform(-0.3, 0.3, (n, 1, 1))) < 0.012)
-    mat[road] = SOIL
-    return mat, canopy
-
-
-def _airport(rng, n, s):
-    u, v = _rotated_coords(rng, n, s, np.pi)
-    offset = rng.uniform(-0.2, 0.2, (n, 1, 1)).astype(np.float32)
-    half_width = rng.uniform(0.03, 0.06, (n, 1, 1)).astype(np.float32)
-    runway = (np.abs(v - offset) < half_width) & (np.abs(u) < 0.42)
-    taxiway = (np.abs(v - offset - 0.16) < 0.012) & (np.abs(u) < 0.38)
-    apron = (v - offset > 0.2) & (v - offset < 0.34) & (np.abs(u) < 0.3)
-    mat = np.full((n, s, s), GRASS, np.uint8)
-    mat[runway | taxiway | apron] = ASPHALT
-    hangars = _rects(rng, n, s, 4, 1.5 / s, 4.0 / s, region=(v - offset > 0.36) & (v - offset < 0.5))
-    mat[hangars] = ROOF
-    mat[_near_side_edge(hangars)] = WALL
-    aircraft = _rects(rng, n, s, 5, 0.6 / s, 1.6 / s, region=apron)
-    mat[aircraft] = METAL
-    return mat, 0.5 * smooth_noise(rng, n, s, 5) + 0.5 * smooth_noise(rng, n, s, 16)
-
-
-_SCENES = (_harbour, _urban, _agriculture, _forest, _airport)
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def render_sar(rng, material: np.ndarray, shade: np.ndarray) -> np.ndarray:
-    """Clean SAR intensity [n, s, s] float32 in [0, 1] from materials and shade."""
-    n = material.shape[0]
-    level = _SAR_LEVEL[material]
-    # Natural surfaces vary strongly with shade (texture); man-made returns stay near their level.
-    variation = np.where(material >= ROOF, 0.8 + 0.4 * shade, 0.35 + 1.3 * shade)
-    # Per-scene calibration gain (log-uniform 0.5x..2x): the same class appears at different
-    # overall brightness, so a probe has to use structure, not the mean.
-    gain = np.exp(rng.uniform(np.log(0.5), np.log(2.0), (n, 1, 1))).astype(np.float32)
-    return np.clip(level * variation * gain, 0.0, 1.0)
-
-
-def render_optical(material: np.ndarray, shade: np.ndarray) -> np.ndarray:
-    """Optical RGB [n, s, s, 3] uint8 of the same geometry."""
-    rgb = _OPTICAL_RGB[material] * (0.75 + 0.5 * shade)[..., None]
-    crop_tint = np.stack([0.9 + 0.4 * shade, 1.1 - 0.3 * shade, 0.6 + 0.2 * shade], -1)
-    rgb = np.where((material == CROP)[..., None], rgb * crop_tint, rgb)
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def generate_scenes(rng: np.random.Generator, labels: np.ndarray, image_size: int):
-    """Renders one scene per entry of `labels` ([n] int in [0, 5)).
-
-    Returns (sar [n, s, s] float32 in [0, 1] clean intensity, optical [n, s, s, 3] uint8).
-    """
-    n = len(labels)
-    material = np.empty((n, image_size, image_size), np.uint8)
-    shade = np.empty((n, image_size, image_size), np.float32)
-    for cls, scene in enumerate(_SCENES):
-        idx = np.flatnonzero(labels == cls)
-        if len(idx):
-            material[idx], shade[idx] = scene(rng, len(idx), image_size)
-    shade = np.clip(shade, 0.0, 1.0)
-    return render_sar(rng, material, shade), render_optical(material, shade)
-
-
-def quantise(intensity: np.ndarray, sar_dtype: str) -> np.ndarray:
-    """[0, 1] float intensity -> integer pixels of `sar_dtype` (value / dtype max = intensity)."""
-    top = np.iinfo(records.SAR_DTYPES[sar_dtype]).max
-    return np.round(intensity * top).astype(records.SAR_DTYPES[sar_dtype])
-
-
-# ----------------------------------------------------------------------------- dataset files
+# The parameters that determine the files (the trainer's `data.synthetic` config starts from these).
+DEFAULTS = dict(num_examples=2048, num_test_examples=512, image_size=64, paired_fraction=0.75, seed=0,
+                examples_per_shard=1024, sar_dtype="uint8")
 
 
 def _split_id(split: str) -> int:
@@ -287,7 +54,7 @@ def split_examples(split: str, *, num_examples: int, image_size: int, paired_fra
         stop = min(start + _CHUNK, num_examples)
         rng = np.random.default_rng([seed, _split_id(split), chunk])
         sar, optical = generate_scenes(rng, labels[start:stop], image_size)
-        sar = quantise(sar, sar_dtype)
+        sar = images.quantise(sar, records.SAR_DTYPES[sar_dtype])
         for i in range(stop - start):
             scene_id = start + i
             yield records.make_example(
@@ -295,12 +62,12 @@ def split_examples(split: str, *, num_examples: int, image_size: int, paired_fra
                 label=int(labels[scene_id]), source=f"synthetic:{split}/{scene_id:07d}")
 
 
-def generator_params(*, num_examples: int, num_test_examples: int, image_size: int, paired_fraction: float,
-                     seed: int, examples_per_shard: int, sar_dtype: str) -> dict[str, Any]:
-    """Everything that determines the files; stored in the manifest to decide reuse."""
-    return {"version": GENERATOR_VERSION, "num_examples": num_examples, "num_test_examples": num_test_examples,
-            "image_size": image_size, "paired_fraction": paired_fraction, "seed": seed,
-            "examples_per_shard": examples_per_shard, "sar_dtype": sar_dtype}
+def generator_params(**overrides) -> dict[str, Any]:
+    """Everything that determines the files (`DEFAULTS` with `overrides`); stored in the manifest to decide reuse."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"synthetic dataset: unknown parameters {unknown}; expected keys of {sorted(DEFAULTS)}")
+    return {"version": GENERATOR_VERSION, **DEFAULTS, **overrides}
 
 
 def _validate(params: Mapping[str, Any]) -> None:
@@ -320,17 +87,17 @@ def _validate(params: Mapping[str, Any]) -> None:
             raise ValueError(f"synthetic dataset: {key}={params[key]!r}, expected {allowed[key]}")
 
 
-def write_synthetic_dataset(out_dir: str, *, num_examples: int = 2048, num_test_examples: int = 512,
-                            image_size: int = 64, paired_fraction: float = 0.75, seed: int = 0,
-                            examples_per_shard: int = 1024, sar_dtype: str = "uint8") -> dict[str, Any]:
-    """Writes splits 'train' (num_examples) and 'test' (num_test_examples, if > 0) with manifest.
+def write_synthetic_dataset(out_dir: str, **overrides) -> dict[str, Any]:
+    """Writes splits 'train' (num_examples) and 'test' (num_test_examples, if > 0) with manifest;
+    `overrides` replace keys of `DEFAULTS`.
 
     Replaces whatever `out_dir` held. Returns the manifest.
     """
-    params = generator_params(num_examples=num_examples, num_test_examples=num_test_examples,
-                              image_size=image_size, paired_fraction=paired_fraction, seed=seed,
-                              examples_per_shard=examples_per_shard, sar_dtype=sar_dtype)
+    params = generator_params(**overrides)
     _validate(params)
+    num_examples, num_test_examples = params["num_examples"], params["num_test_examples"]
+    image_size, paired_fraction, seed = params["image_size"], params["paired_fraction"], params["seed"]
+    examples_per_shard, sar_dtype = params["examples_per_shard"], params["sar_dtype"]
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
@@ -342,7 +109,7 @@ def write_synthetic_dataset(out_dir: str, *, num_examples: int = 2048, num_test_
             continue
         examples = split_examples(split, num_examples=n, image_size=image_size, paired_fraction=paired_fraction,
                                   seed=seed, sar_dtype=sar_dtype)
-        splits[split] = records.write_split(out_dir, split, examples, spec=spec, num_examples=n,
+        splits[split] = shard_io.write_split(out_dir, split, examples, spec=spec, num_examples=n,
                                             examples_per_shard=examples_per_shard, dataset_name=DATASET_NAME)
     return records.write_dataset_metadata(
         out_dir, dataset_name=DATASET_NAME, spec=spec, splits=splits, class_names=CLASS_NAMES,
@@ -354,20 +121,16 @@ def write_synthetic_dataset(out_dir: str, *, num_examples: int = 2048, num_test_
 def ensure_synthetic_dataset(out_dir: str, **kwargs) -> dict[str, Any]:
     """Reuses a complete dataset in `out_dir` generated with the same parameters (shard sizes
     checked against the manifest), otherwise (re)generates it. Returns the manifest."""
-    wanted = generator_params(**{**_DEFAULTS, **kwargs})
+    wanted = generator_params(**kwargs)
     try:
         manifest = records.read_manifest(out_dir)
         if manifest.get("generator") == wanted:
             for split in manifest["splits"]:
-                records.verify_shards(out_dir, split, checksums=False)
+                shard_io.verify_shards(out_dir, split, checksums=False)
             return manifest
     except (FileNotFoundError, ValueError):
         pass
-    return write_synthetic_dataset(out_dir, **{**_DEFAULTS, **kwargs})
-
-
-_DEFAULTS = dict(num_examples=2048, num_test_examples=512, image_size=64, paired_fraction=0.75, seed=0,
-                 examples_per_shard=1024, sar_dtype="uint8")
+    return write_synthetic_dataset(out_dir, **kwargs)
 
 
 def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50, image_size: int = 64, seed: int = 0,
@@ -379,8 +142,6 @@ def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50,
     Labels cycle through the classes so every class folder is non-empty when a split has at
     least 5 images. Returns {split folder: image count}.
     """
-    from PIL import Image
-
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth}: expected 8 or 16")
     if os.path.isdir(out_dir):
@@ -393,7 +154,7 @@ def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50,
         for chunk, start in enumerate(range(0, n, _CHUNK)):
             rng = np.random.default_rng([seed, _split_id(folder), chunk])
             sar, _ = generate_scenes(rng, labels[start:start + _CHUNK], image_size)
-            pixels = quantise(sar, "uint8" if bit_depth == 8 else "uint16")
+            pixels = images.quantise(sar, np.uint8 if bit_depth == 8 else np.uint16)
             for i, image in enumerate(pixels):
                 label = labels[start + i]
                 Image.fromarray(image).save(os.path.join(out_dir, folder, CLASS_NAMES[label], f"{start + i:06d}.png"))
@@ -407,9 +168,7 @@ def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50,
 def preview_grid(data_dir: str, path: str, *, split: str = "train", count: int = 16, scale: int = 2) -> None:
     """PNG of `count` examples: per example a SAR tile above its optical tile (black if unpaired),
     spread over the split so paired and unpaired both appear."""
-    from PIL import Image
-
-    source = records.ShardedRecordSource(data_dir, split)
+    source = shard_io.ShardedRecordSource(data_dir, split)
     picks = np.linspace(0, len(source) - 1, min(count, len(source))).astype(int)
     tiles = []
     for i in picks:
@@ -428,7 +187,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image_folder", help="instead, write an ImageFolder classification tree (Train/, Val/) "
                         "of num_examples / num_test_examples PNGs here")
     parser.add_argument("--bit_depth", type=int, default=8, help="PNG bit depth of --image_folder (8 or 16)")
-    for key, value in _DEFAULTS.items():
+    for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=type(value), default=value)
     parser.add_argument("--reuse", action="store_true", help="keep an existing dataset with the same parameters")
     parser.add_argument("--preview", help="also write a PNG grid of SAR/optical pairs here")
@@ -440,7 +199,7 @@ def main(argv=None) -> None:
                                     image_size=args.image_size, seed=args.seed, bit_depth=args.bit_depth)
         print(f"{counts} images in {len(CLASS_NAMES)} classes -> {args.image_folder}")
         return
-    params = {k: getattr(args, k) for k in _DEFAULTS}
+    params = {k: getattr(args, k) for k in DEFAULTS}
     manifest = (ensure_synthetic_dataset if args.reuse else write_synthetic_dataset)(args.out, **params)
     for split, entry in manifest["splits"].items():
         print(f"{split}: {entry['num_examples']} examples ({entry['num_paired']} paired) "

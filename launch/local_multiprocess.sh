@@ -6,7 +6,7 @@
 # COMMAND defaults to `python -m sarmae_jax.main`; the rest of the line is passed to it, e.g.
 #   launch/local_multiprocess.sh 2 2 python -m sarmae_jax.main --config configs/smoke.py --workdir /tmp/mp
 # Each process gets SARMAE_COORDINATOR / SARMAE_NUM_PROCESSES / SARMAE_PROCESS_ID, which
-# sarmae_jax.distributed.maybe_initialize() turns into jax.distributed.initialize(). Output of process i
+# sarmae_jax.runtime.distributed.maybe_initialize() turns into jax.distributed.initialize(). Output of process i
 # goes to stdout prefixed with [i]. Exits non-zero if any process fails; stops all on Ctrl-C.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from sarmae_jax.models import attention, vit
-
+from sarmae_jax.data import pipeline
+from sarmae_jax.models import attention, patches, sarmae, teachers, vit
+from sarmae_jax.runtime import sharding
+from sarmae_jax.sare import speckle
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -35,8 +37,6 @@ def default_config() -> ml_collections.ConfigDict:
     # (cuDNN's flash attention refused the decoder's 197-token sequences on an H200 with jax 0.11.)
 
     # ----------------------------------------------------------------------- SARE: speckle injection
-    from sarmae_jax import speckle
-
     c.sare = speckle.default_config()
 
     # ------------------------------------------------------------ SARC: cross-modal anchor to optical
@@ -57,9 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(mae_weight=1.0))
 
     # ----------------------------------------------------------------------------------------- data
-    from sarmae_jax import data
-
-    c.data = data.default_config()
+    c.data = pipeline.default_config()
 
     # ---------------------------------------------------------------------------------- optimisation
     c.optim = o = ml_collections.ConfigDict()
@@ -96,16 +94,11 @@ def default_config() -> ml_collections.ConfigDict:
     t.peak_tflops_per_device = ml_collections.FieldReference(None, field_type=float)
     t.max_consecutive_skips = 10  # non-finite steps in a row before the run stops with an error
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
-    # Library for the matmuls when the devices are CPUs (ignored on GPU/TPU): xla (XLA:CPU's YNNPACK/Eigen)
-    # | onednn (opt-in: faster ViT blocks, whole step within noise here; see compiler_options.py).
-    t.cpu_gemm = "xla"
 
     # ----------------------------------------------------------------------------------------- mesh
     # Mesh axis sizes; -1 takes all remaining devices. The global batch is split over data x fsdp.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # (logical axis name, mesh axis / axes / None) pairs; see sharding.py for what each axis does.
-    from sarmae_jax import sharding
-
     c.mesh.rules = sharding.DEFAULT_RULES
     return c
 
@@ -122,9 +115,6 @@ def _check(cond: bool, key: str, value, expected: str):
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the key, its value and what is allowed. Runs before any compilation."""
-    from sarmae_jax import compiler_options, data, speckle
-    from sarmae_jax.models import sarmae, teachers
-
     m = c.model
     _check(m.size in vit.VIT_SIZES, "model.size", m.size, f"one of {list(vit.VIT_SIZES)}")
     _check(isinstance(m.patch_size, int) and m.patch_size > 0, "model.patch_size", m.patch_size, "a positive integer")
@@ -132,12 +122,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
            "model.image_size", m.image_size, f"a positive multiple of model.patch_size={m.patch_size}")
     _check(m.in_channels in (1, 3), "model.in_channels", m.in_channels, "1 or 3")
     _check(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "a value in (0, 1)")
-    n = (m.image_size // m.patch_size) ** 2
+    n = patches.num_patches(m.image_size, m.patch_size)
     _check(int(n * (1 - m.mask_ratio)) >= 1, "model.mask_ratio", m.mask_ratio,
            f"a ratio that keeps at least one of the {n} patches visible")
     _check(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", m.drop_path_rate, "a value in [0, 1)")
     for key in ("dtype", "param_dtype"):
-        _check(m[key] in sarmae.DTYPES, f"model.{key}", m[key], f"one of {list(sarmae.DTYPES)}")
+        _check(m[key] in sarmae.DTYPES, f"model.{key}", m[key], f"one of {list(sarmae.DTYPES)}"
+               + (" (float16 would need loss scaling, which this trainer does not do; bfloat16 has float32's "
+                  "range)" if m[key] == "float16" else ""))
     _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, "model.scan_unroll", m.scan_unroll,
            "a positive integer (iterations per loop trip; >= depth unrolls fully)")
     _check(m.remat in vit.REMAT_POLICIES, "model.remat", m.remat, f"one of {list(vit.REMAT_POLICIES)}")
@@ -156,7 +148,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     s = c.sarc
     if s.enabled:
         _check(s.weight >= 0, "sarc.weight", s.weight, "a non-negative number")
-        teachers._ensure_registered()
         _check(s.teacher.kind in teachers.TEACHERS, "sarc.teacher.kind", s.teacher.kind, f"one of {sorted(teachers.TEACHERS)}")
         _check(s.teacher.size in vit.VIT_SIZES, "sarc.teacher.size", s.teacher.size, f"one of {list(vit.VIT_SIZES)}")
         _check(s.teacher.patch_size == m.patch_size, "sarc.teacher.patch_size", s.teacher.patch_size,
@@ -165,7 +156,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                f"a path to the teacher's weights, or {teachers.RANDOM_INIT!r} to ask for an untrained teacher")
     _check(c.loss.mae_weight >= 0, "loss.mae_weight", c.loss.mae_weight, "a non-negative number")
 
-    data.validate_config(c.data)
+    pipeline.validate_config(c.data)
 
     o = c.optim
     if o.lr is not None:
@@ -195,8 +186,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"a divisor of train.batch_size={t.batch_size}")
     _check(isinstance(t.keep_period, int) and t.keep_period >= 0, "train.keep_period", t.keep_period,
            "a non-negative integer (0 keeps no extra checkpoints)")
-    _check(t.cpu_gemm in compiler_options.CPU_GEMMS, "train.cpu_gemm", t.cpu_gemm,
-           f"one of {list(compiler_options.CPU_GEMMS)}")
     if t.peak_tflops_per_device is not None:
         _check(t.peak_tflops_per_device > 0, "train.peak_tflops_per_device", t.peak_tflops_per_device,
                "a positive TFLOP/s figure (or None to look the device up)")

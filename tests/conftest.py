@@ -1,7 +1,22 @@
-"""Shared fixtures: a tiny, fast SARMAE config and a small synthetic dataset built once per session."""
-import pytest
+"""Shared fixtures and helpers: a tiny, fast SARMAE config, a small synthetic dataset built once per
+session, batches, train steps built by the trainer's builder, params-only exports, SAR-1M folders."""
+import json
+import os
 
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import smoke
+from data_pipelines import synthetic
 from sarmae_jax import config as config_lib
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.models import sarmae
+from sarmae_jax.runtime import sharding
+from sarmae_jax.training import checkpoint
+from sarmae_jax.training import state as state_lib
 
 
 def tiny_config():
@@ -39,9 +54,101 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """Path of a synthetic dataset matching `tiny_config()` (generated once)."""
-    from data_pipelines import synthetic
-
     c = tiny_config()
     out = str(tmp_path_factory.mktemp("tiny_data"))
     synthetic.ensure_synthetic_dataset(out, **dict(c.data.synthetic.to_dict(), image_size=c.model.image_size))
     return out
+
+
+def synthetic_batch(c, seed=0, paired=(True, False)):
+    """One global batch for config `c`: smooth uint8 SAR scenes, their inverted optical rendering, `paired` cycled."""
+    rng = np.random.default_rng(seed)
+    b, s = c.train.batch_size, c.model.image_size
+    # Smooth images (a few gradients) so that there is structure to learn.
+    yy, xx = np.mgrid[0:s, 0:s] / s
+    phases = rng.uniform(0, 2 * np.pi, (b, 1, 1))
+    sar = (0.5 + 0.4 * np.sin(4 * xx[None] + phases) * np.cos(3 * yy[None])) * 255
+    sar = sar[..., None].astype(np.uint8)
+    return {
+        "sar": sar,
+        "optical": np.repeat(255 - sar, 3, axis=-1),  # a rendering of the same scene, so alignment is learnable
+        "is_paired": np.resize(np.array(paired), b),
+    }
+
+
+def step_setup(c, seed=None, total_steps=100, steps_per_epoch=10):
+    """(fresh state, jitted train step, teacher params) for config `c`, built by the trainer's own builder
+    (`training.state.build`). The step is jitted without donation, so tests can compare states."""
+    if seed is not None:
+        c.seed = seed
+    parts = build_parts(c, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    teacher = teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher, c.model.image_size)
+    return parts.init_state(jax.random.key(c.seed)), jax.jit(parts.step_fn()), teacher
+
+
+def build_parts(c, mesh=None, total_steps=100, steps_per_epoch=10):
+    """`training.state.build` for `c` with a run of `total_steps` (`steps_per_epoch` of them an epoch)."""
+    c = c.copy_and_resolve_references()
+    c.train.num_steps = total_steps
+    return state_lib.build(c, mesh or sharding.make_mesh(c.mesh),
+                           epoch_size=steps_per_epoch * c.train.batch_size)
+
+
+def tiny_pretrain_config(size: str = "mini"):
+    """The smoke recipe at 32x32 without SARC: what the evaluation tests pre-train and export."""
+    c = smoke.get_config()
+    c.model.size = size
+    c.model.image_size = 32
+    c.model.patch_size = 8
+    c.sarc.enabled = False
+    return c
+
+
+def write_tiny_export(directory: str, size: str = "mini", seed: int = 0) -> str:
+    """A params-only export exactly as the trainer writes it (random weights: the plumbing is under test)."""
+    c = tiny_pretrain_config(size)
+    modules = sarmae.build(c)
+    params = nn.unbox(sarmae.init_params(modules, c, jax.random.key(seed)))
+    return checkpoint.export_params(directory, params, checkpoint.run_metadata(c))
+
+
+def ramp_image(h, w):
+    """[h, w] float in [0, 1]: a smooth ramp (resizing changes it predictably)."""
+    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    return (0.25 + 0.5 * (x + y) / 2).astype(np.float32)
+
+
+def save_image(path, array, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path, **kw)
+
+
+def make_sar1m_folder(root):
+    """Every image kind of the issue: PNG/JPEG/TIFF, 8/16-bit/float, 1/3/4 channels."""
+    ramp = ramp_image(40, 48)
+    gray8 = np.round(ramp * 255).astype(np.uint8)
+    sar = {
+        "gray8.png": gray8,
+        "gray16.png": np.round(ramp * 4000).astype(np.uint16),  # 16-bit SAR using 12 bits of range
+        "gray16.tif": np.round(ramp * 4000).astype(np.uint16),
+        "float.tif": ramp * 0.01,  # float intensities far below 1
+        "gray_as_rgb.png": np.repeat(gray8[..., None], 3, -1),
+        "rgba.png": np.dstack([np.repeat(gray8[..., None], 3, -1), np.full_like(gray8, 7)]),
+        "color.png": np.dstack([gray8, gray8 // 2, 255 - gray8]),
+        "gray.jpg": gray8,
+    }
+    for name, array in sar.items():
+        save_image(f"{root}/SAR/{name}", array)
+    optical = np.dstack([gray8, gray8 // 2, 255 - gray8])
+    save_image(f"{root}/OPT/o1.png", optical)
+    save_image(f"{root}/OPT/o2.png", np.dstack([optical, np.full_like(gray8, 9)]))  # RGBA optical
+    save_image(f"{root}/OPT/o3.tif", np.round(ramp * 60000).astype(np.uint16))  # 16-bit gray optical
+    paired = [{"sar": "SAR/gray8.png", "optical": "OPT/o1.png"},  # with prefixes
+              {"sar": "gray16.png", "optical": "o2.png"},  # without
+              {"sar": "SAR/float.tif", "optical": "o3.tif"}]
+    unpaired = ["gray16.tif", {"sar": "SAR/gray_as_rgb.png"}, "rgba.png", "color.png", "gray.jpg"]
+    with open(f"{root}/paired.json", "w") as f:
+        json.dump(paired, f)
+    with open(f"{root}/unpaired.json", "w") as f:
+        json.dump(unpaired, f)
+    return sar

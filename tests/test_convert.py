@@ -4,13 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import torch
 import transformers
 
-from sarmae_jax import checkpoint  # noqa: E402
-from sarmae_jax.convert import cli, state_dicts, torch_export, torch_import, vit_layout  # noqa: E402
-from sarmae_jax.models import anchor, mae, sarmae, teachers, vit  # noqa: E402
+from sarmae_jax.convert import cli, state_dicts, teacher_weights, torch_export, torch_import, vit_layout  # noqa: E402
+from sarmae_jax.models import anchor, mae, param_trees, patches, positions, sarmae, teachers, vit  # noqa: E402
+from sarmae_jax.training import checkpoint  # noqa: E402
 
 W, DEPTH, HEADS, DEC = 64, 2, 4, dict(width=32, depth=1, num_heads=4)
 IMAGE, PATCH, TEACHER_W = 32, 16, 48
@@ -153,7 +152,7 @@ def test_hf_vitmae_reconstruction_and_loss_match_with_the_same_noise(tmp_path):
     pred = dec.apply({"params": params["decoder"]}, latent, m.ids_restore)
     np.testing.assert_array_equal(np.asarray(m.mask), ref.mask.numpy())
     np.testing.assert_allclose(np.asarray(pred), ref.logits.numpy(), atol=1e-4, rtol=0)
-    loss = mae.reconstruction_loss(pred, vit.patchify(jnp.asarray(images), PATCH), m.mask)
+    loss = mae.reconstruction_loss(pred, patches.patchify(jnp.asarray(images), PATCH), m.mask)
     np.testing.assert_allclose(float(loss), float(ref.loss), atol=1e-4, rtol=0)
     # The torch model's own files (`save_pretrained`: `vit.encoder.layer.N.attention.attention.query`,
     # `decoder.decoder_encoder.layer.N...`) hold exactly our key set and import back bit for bit; so does its
@@ -194,10 +193,10 @@ def _fake_released_checkpoint(path, size="tiny", seed=0):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: 0.2 * torch.randn(*s, generator=g)  # noqa: E731
     d, dw, grid = arch["width"], DEC["width"], IMAGE // PATCH
-    sd = {"cls_token": rnd(1, 1, d), "pos_embed": torch.from_numpy(vit.sincos_2d(d, grid)[None]),
+    sd = {"cls_token": rnd(1, 1, d), "pos_embed": torch.from_numpy(positions.sincos_2d(d, grid)[None]),
           "patch_embed.proj.weight": rnd(d, 3, PATCH, PATCH), "patch_embed.proj.bias": rnd(d),
           "norm.weight": 1 + rnd(d), "norm.bias": rnd(d), "mask_token": rnd(1, 1, dw),
-          "decoder_pos_embed": torch.from_numpy(vit.sincos_2d(dw, grid)[None]),
+          "decoder_pos_embed": torch.from_numpy(positions.sincos_2d(dw, grid)[None]),
           "decoder_embed.weight": rnd(dw, d), "decoder_embed.bias": rnd(dw), "decoder_norm.weight": 1 + rnd(dw),
           "decoder_norm.bias": rnd(dw), "decoder_pred.weight": rnd(PATCH * PATCH * 3, dw), "decoder_pred.bias": rnd(PATCH * PATCH * 3),
           "align_head.0.weight": rnd(d, d), "align_head.0.bias": rnd(d), "align_head.2.weight": rnd(TEACHER_W, d),
@@ -232,7 +231,7 @@ def test_import_cli_released_checkpoint_reproduces_its_encoder_and_feeds_init_fr
     # What the trainer's init_from checks: every part matches a model of this config, name by name and shape by shape.
     shapes = cli.model_shapes(cli.import_config("tiny", IMAGE, PATCH, DEC, True, TEACHER_W))
     for part in params:
-        teachers.check_tree_matches(params[part], shapes[part], what=part)
+        param_trees.check_tree_matches(params[part], shapes[part], what=part)
     enc_only = str(tmp_path / "enc_only")
     assert cli.import_main(args[:1] + [enc_only] + args[2:] + ["--parts", "encoder"]) == 0
     encoder_only, meta = checkpoint.load_export(enc_only)
@@ -264,7 +263,7 @@ def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys)
     del sd["blocks.3.mlp.fc2.bias"]
     with pytest.raises(ValueError, match="pos_embed differs from the fixed 2-D sin-cos table"):
         torch_import.import_mae_family(sd, "x.pth", num_heads=3, image_size=IMAGE, decoder=DEC)
-    sd["pos_embed"] = vit.sincos_2d(192, IMAGE // PATCH)[None]
+    sd["pos_embed"] = positions.sincos_2d(192, IMAGE // PATCH)[None]
     with pytest.raises(ValueError, match=r"missing:    blocks.3.mlp.fc2.bias \(192,\)"):
         torch_import.import_mae_family(sd, "x.pth", num_heads=3, image_size=IMAGE, decoder=DEC)
 
@@ -278,6 +277,6 @@ def test_vit_teacher_loads_a_timm_export_through_the_teacher_config(tmp_path):
     shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, IMAGE, IMAGE, 3)))["params"]))
     params = _perturb(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), seed=5)
     # The export writes the sin-cos table; the teacher keeps whatever table it loads as its `pos_embed` parameter.
-    params["encoder"]["pos_embed"] = vit.sincos_2d(params["encoder"]["cls_token"].shape[-1], IMAGE // PATCH)[None]
+    params["encoder"]["pos_embed"] = positions.sincos_2d(params["encoder"]["cls_token"].shape[-1], IMAGE // PATCH)[None]
     state_dicts.save(path, torch_export.to_timm(params, IMAGE))
-    _assert_trees_equal(params, teachers.load_teacher_params(cfg, module, image_size=IMAGE))
+    _assert_trees_equal(params, teacher_weights.load_teacher_params(cfg, module, image_size=IMAGE))

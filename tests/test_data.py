@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from data_pipelines import records, synthetic
-from sarmae_jax import batch_sampling, data
+from data_pipelines import example_proto, records, shard_io, synthetic
+from sarmae_jax.data import batch_sampling, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def _cfg(path, **overrides):
-    cfg = data.default_config()
+    cfg = pipeline.default_config()
     cfg.path = path
     cfg.update(overrides)
     return cfg
@@ -32,17 +32,17 @@ def _take(iterator, n):
 
 def _restored_after(cfg, consumed, *, global_batch_size, seed):
     """A fresh iterator restored from the state of one that yielded `consumed` batches."""
-    interrupted = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    interrupted = pipeline.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
     _take(interrupted, consumed)
-    resumed = data.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
+    resumed = pipeline.make_train_iterator(cfg, global_batch_size=global_batch_size, seed=seed)
     resumed.set_state(interrupted.get_state())
     return resumed
 
 
 def test_batch_contract(dataset_dir):
-    it = data.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0)
+    it = pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0)
     for batch in _take(it, 10):
-        assert set(batch) == set(data.BATCH_KEYS)
+        assert set(batch) == set(pipeline.BATCH_KEYS)
         assert batch["sar"].shape == (8, 16, 16, 1) and batch["sar"].dtype == np.uint8
         assert batch["optical"].shape == (8, 16, 16, 3) and batch["optical"].dtype == np.uint8
         assert batch["is_paired"].shape == (8,) and batch["is_paired"].dtype == np.bool_
@@ -53,7 +53,7 @@ def test_batch_contract(dataset_dir):
 
 
 def test_dataset_info(dataset_dir):
-    info = data.dataset_info(_cfg(dataset_dir, split="test"))
+    info = pipeline.dataset_info(_cfg(dataset_dir, split="test"))
     assert info["image_size"] == (16, 16) and info["sar_dtype"] == "uint8"
     assert info["num_examples"] == 16 and info["num_paired"] == 12
     assert info["class_names"] == list(synthetic.CLASS_NAMES) and info["splits"] == ["test", "train"]
@@ -62,12 +62,12 @@ def test_dataset_info(dataset_dir):
 @pytest.mark.parametrize("paired_share", [None, 0.7])
 def test_resume_yields_exactly_the_uninterrupted_batches(dataset_dir, paired_share):
     cfg = _cfg(dataset_dir, paired_share=paired_share)
-    reference = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=5), 14)  # crosses epochs
+    reference = _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=5), 14)  # crosses epochs
     resumed = _restored_after(cfg, 6, global_batch_size=8, seed=5)
     for want, got in zip(reference[6:], _take(resumed, 8)):
-        for key in data.BATCH_KEYS:
+        for key in pipeline.BATCH_KEYS:
             np.testing.assert_array_equal(want[key], got[key])
-    other_seed = next(data.make_train_iterator(cfg, global_batch_size=8, seed=6))
+    other_seed = next(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=6))
     assert not np.array_equal(other_seed["sar"], reference[0]["sar"])
 
 
@@ -78,10 +78,10 @@ def _fingerprints(batches):
 def test_process_shards_disjoint_and_covering(dataset_dir):
     cfg = _cfg(dataset_dir, paired_share=None)
     everything = {hashlib.sha1(ex["sar"].tobytes()).hexdigest()
-                  for ex in records.ShardedRecordSource(dataset_dir, "train")}
+                  for ex in shard_io.ShardedRecordSource(dataset_dir, "train")}
     assert len(everything) == 64
     # 64 records, 2 processes, local batch 4: one epoch = 8 batches per process.
-    per_process = [set(_fingerprints(_take(data.make_train_iterator(
+    per_process = [set(_fingerprints(_take(pipeline.make_train_iterator(
         cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 8))) for p in range(2)]
     assert all(len(s) == 32 for s in per_process)  # each record once per epoch
     assert not per_process[0] & per_process[1]
@@ -90,15 +90,15 @@ def test_process_shards_disjoint_and_covering(dataset_dir):
 
 def test_paired_share(dataset_dir):
     for share in (0.7, 0.5, 1.0):
-        it = data.make_train_iterator(_cfg(dataset_dir, paired_share=share), global_batch_size=10, seed=1)
+        it = pipeline.make_train_iterator(_cfg(dataset_dir, paired_share=share), global_batch_size=10, seed=1)
         paired = np.concatenate([b["is_paired"] for b in _take(it, 20)])
         assert abs(paired.mean() - share) <= 0.02, (share, paired.mean())
 
 
 def test_worker_processes_give_the_same_batches(dataset_dir):
     cfg = _cfg(dataset_dir)
-    in_process = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=2), 3)
-    with_workers = _take(data.make_train_iterator(_cfg(dataset_dir, num_workers=1), global_batch_size=8, seed=2), 3)
+    in_process = _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=2), 3)
+    with_workers = _take(pipeline.make_train_iterator(_cfg(dataset_dir, num_workers=1), global_batch_size=8, seed=2), 3)
     for want, got in zip(in_process, with_workers):
         np.testing.assert_array_equal(want["sar"], got["sar"])
 
@@ -107,14 +107,14 @@ def test_corrupt_record_error_names_shard_and_index(tmp_path, dataset_dir):
     import shutil
     broken = str(tmp_path / "broken")
     shutil.copytree(dataset_dir, broken)
-    source = records.ShardedRecordSource(broken, "train")
+    source = shard_io.ShardedRecordSource(broken, "train")
     shard = records.read_manifest(broken)["splits"]["train"]["shards"][2]
     originals = [source[i].data for i in range(64) if source.locate(i)[0] == 2]
     writer = array_record_module.ArrayRecordWriter(os.path.join(broken, shard["file"]), records.DEFAULT_WRITER_OPTIONS)
     for local, payload in enumerate(originals):
         writer.write(b"not a record" if local == 5 else payload)
     writer.close()
-    it = data.make_train_iterator(_cfg(broken), global_batch_size=8, seed=0)
+    it = pipeline.make_train_iterator(_cfg(broken), global_batch_size=8, seed=0)
     with pytest.raises(records.CorruptRecordError, match=rf"{shard['file']}, record 5: cannot decode"):
         _take(it, 8)
 
@@ -125,34 +125,34 @@ def test_corrupt_record_error_names_shard_and_index(tmp_path, dataset_dir):
     ("synthetic.image_size", 4, r"config.data.synthetic.image_size=4: expected >= 8"),
 ])
 def test_validate_config_names_key_value_and_allowed(key, value, message):
-    cfg = data.default_config()
+    cfg = pipeline.default_config()
     if "." in key:
         cfg.synthetic[key.split(".")[1]] = value
     else:
         cfg[key] = value
     with pytest.raises(ValueError, match=message):
-        data.validate_config(cfg)
+        pipeline.validate_config(cfg)
 
 
 def test_bad_arguments(dataset_dir):
     with pytest.raises(ValueError, match="global_batch_size=7: expected a positive multiple of process_count=2"):
-        data.make_train_iterator(_cfg(dataset_dir), global_batch_size=7, seed=0, process_count=2)
+        pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=7, seed=0, process_count=2)
     with pytest.raises(ValueError, match="config.data.path is None"):
-        data.make_train_iterator(data.default_config(), global_batch_size=8, seed=0)
+        pipeline.make_train_iterator(pipeline.default_config(), global_batch_size=8, seed=0)
     with pytest.raises(ValueError, match="no unpaired examples"):
         cfg = _cfg(dataset_dir, paired_share=0.5)
         synthetic.write_synthetic_dataset(cfg.path + "_allpaired", num_examples=8, num_test_examples=0,
                                           image_size=16, paired_fraction=1.0, seed=0, examples_per_shard=8)
         cfg.path = cfg.path + "_allpaired"
-        data.make_train_iterator(cfg, global_batch_size=4, seed=0)
+        pipeline.make_train_iterator(cfg, global_batch_size=4, seed=0)
 
 
 # ----------------------------------------------------------------------------- issue 3 additions
 
 
 def test_default_paired_share_is_exact_per_batch(dataset_dir):
-    assert data.default_config().paired_share == 0.7
-    it = data.make_train_iterator(_cfg(dataset_dir), global_batch_size=10, seed=0)
+    assert pipeline.default_config().paired_share == 0.7
+    it = pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=10, seed=0)
     assert [int(b["is_paired"].sum()) for b in _take(it, 6)] == [7] * 6  # 0.7 x 10, exactly, every batch
 
 
@@ -173,12 +173,12 @@ def test_sampler_interleave_and_pools():
 
 def test_process_shards_disjoint_and_covering_with_mixing(dataset_dir):
     cfg = _cfg(dataset_dir, paired_share=0.7)
-    source = records.ShardedRecordSource(dataset_dir, "train")
+    source = shard_io.ShardedRecordSource(dataset_dir, "train")
     fingerprint = lambda img: hashlib.sha1(img.tobytes()).hexdigest()  # noqa: E731
     paired_all = {fingerprint(source.example(i)["sar"]) for i in range(source.num_paired)}
     seen = []
     for p in range(2):
-        batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 9)
+        batches = _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 9)
         seen.append({fingerprint(img) for b in batches for img, pr in zip(b["sar"], b["is_paired"]) if pr})
     assert not seen[0] & seen[1] and seen[0] | seen[1] == paired_all  # 24 paired per process: 9 x 4 x 0.7 > 24
 
@@ -195,11 +195,11 @@ def _aligned_dataset(out, *, n=12, num_paired=8, size=16, teacher=None):
             tokens = np.full((4, 6), i, np.float16) if teacher and i < num_paired else None
             yield records.make_example(spec, sar=sar, optical=optical, label=i, source=f"x{i}", teacher_tokens=tokens)
 
-    entry = records.write_split(out, "train", examples(), spec=spec, num_examples=n, examples_per_shard=5,
+    entry = shard_io.write_split(out, "train", examples(), spec=spec, num_examples=n, examples_per_shard=5,
                                 dataset_name="aligned")
     records.write_dataset_metadata(out, dataset_name="aligned", spec=spec, splits={"train": entry}, class_names=[],
                                    resize_rule="none")
-    return records.ShardedRecordSource(out, "train")
+    return shard_io.ShardedRecordSource(out, "train")
 
 
 def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
@@ -207,13 +207,13 @@ def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
 
     source = _aligned_dataset(str(tmp_path))
     cfg = _cfg(str(tmp_path), image_size=8, paired_share=None)
-    for batch in _take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 3):
+    for batch in _take(pipeline.make_train_iterator(cfg, global_batch_size=4, seed=0), 3):
         assert batch["sar"].shape == (4, 8, 8, 1) and batch["optical"].shape == (4, 8, 8, 3)
         for img, label in zip(batch["sar"], batch["label"]):
             want = np.asarray(Image.fromarray(source.example(int(label))["sar"][..., 0]).resize((8, 8), Image.BILINEAR))
             np.testing.assert_array_equal(img[..., 0], want)
     crop = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop", flip=True)
-    reference = _take(data.make_train_iterator(crop, global_batch_size=4, seed=1), 6)
+    reference = _take(pipeline.make_train_iterator(crop, global_batch_size=4, seed=1), 6)
     flipped = 0
     for batch in reference:
         assert batch["sar"].shape == (4, 12, 12, 1)
@@ -222,7 +222,7 @@ def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
         assert not batch["optical"][~paired].any()
     # Boxes are drawn before flips, so without flips the same boxes give each image or its mirror.
     no_flip = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop")
-    unflipped = _take(data.make_train_iterator(no_flip, global_batch_size=4, seed=1), 6)
+    unflipped = _take(pipeline.make_train_iterator(no_flip, global_batch_size=4, seed=1), 6)
     for want, got in zip(reference, unflipped):
         for a, b in zip(want["sar"], got["sar"]):
             mirrored = np.array_equal(a, b[:, ::-1])
@@ -232,7 +232,7 @@ def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
     resumed = _restored_after(crop, 3, global_batch_size=4, seed=1)
     for want, got in zip(reference[3:], _take(resumed, 3)):
         np.testing.assert_array_equal(want["sar"], got["sar"])  # same boxes after a restore
-    plain = _take(data.make_train_iterator(_cfg(str(tmp_path), image_size=12, paired_share=0.5),
+    plain = _take(pipeline.make_train_iterator(_cfg(str(tmp_path), image_size=12, paired_share=0.5),
                                            global_batch_size=4, seed=1), 1)[0]
     np.testing.assert_array_equal(plain["label"], reference[0]["label"])  # same records, different geometry
     assert not np.array_equal(plain["sar"], reference[0]["sar"])
@@ -240,20 +240,20 @@ def test_plain_resize_and_aligned_random_resized_crop(tmp_path):
 
 def test_teacher_tokens_travel_with_the_batch(tmp_path):
     _aligned_dataset(str(tmp_path), teacher="dinov3_vitb16")
-    info = data.dataset_info(_cfg(str(tmp_path)))
+    info = pipeline.dataset_info(_cfg(str(tmp_path)))
     assert info["teacher"] == {"name": "dinov3_vitb16", "tokens": (4, 6)}
-    batch = next(data.make_train_iterator(_cfg(str(tmp_path), paired_share=None), global_batch_size=12, seed=0))
+    batch = next(pipeline.make_train_iterator(_cfg(str(tmp_path), paired_share=None), global_batch_size=12, seed=0))
     assert batch["teacher_tokens"].shape == (12, 4, 6) and batch["teacher_tokens"].dtype == np.float16
     for tokens, label, paired in zip(batch["teacher_tokens"], batch["label"], batch["is_paired"]):
         assert (tokens == (label if paired else 0)).all()
     with pytest.raises(ValueError, match="stores teacher_tokens computed at \\(16, 16\\)"):
-        data.make_train_iterator(_cfg(str(tmp_path), image_size=8), global_batch_size=4, seed=0)
+        pipeline.make_train_iterator(_cfg(str(tmp_path), image_size=8), global_batch_size=4, seed=0)
 
 
 def _corrupt(dataset_dir, out, bad_locals, shard_index=2):
     import shutil
     shutil.copytree(dataset_dir, out)
-    source = records.ShardedRecordSource(out, "train")
+    source = shard_io.ShardedRecordSource(out, "train")
     shard = records.read_manifest(out)["splits"]["train"]["shards"][shard_index]
     originals = [source[i].data for i in range(len(source)) if source.locate(i)[0] == shard_index]
     writer = array_record_module.ArrayRecordWriter(os.path.join(out, shard["file"]), records.DEFAULT_WRITER_OPTIONS)
@@ -266,7 +266,7 @@ def _corrupt(dataset_dir, out, bad_locals, shard_index=2):
 def test_skip_budget_counts_and_then_fails(tmp_path, dataset_dir, caplog):
     name = _corrupt(dataset_dir, str(tmp_path / "broken"), bad_locals={1, 7})
     cfg = _cfg(str(tmp_path / "broken"), paired_share=None, max_corrupt_records=2)
-    batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)  # one epoch: both seen
+    batches = _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)  # one epoch: both seen
     assert all(b["sar"].shape == (8, 16, 16, 1) for b in batches)
     warnings = [r.getMessage() for r in caplog.records if "skipping corrupt record" in r.getMessage()]
     assert len(warnings) == 2 and {f"{name}, record 1: cannot decode" in w or f"{name}, record 7: cannot decode" in w
@@ -274,11 +274,10 @@ def test_skip_budget_counts_and_then_fails(tmp_path, dataset_dir, caplog):
     cfg.max_corrupt_records = 1
     with pytest.raises(records.CorruptRecordError, match=rf"{name}, record [17]: cannot decode .*\[2 corrupt records in "
                        r"this process, config.data.max_corrupt_records=1\]"):
-        _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)
+        _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0), 8)
 
 
 def test_example_proto_matches_the_tfds_decoder():
-    from data_pipelines import example_proto
     import tensorflow_datasets as tfds
 
     features = tfds.features.FeaturesDict({
@@ -302,12 +301,12 @@ def test_example_proto_matches_the_tfds_decoder():
 def test_prepare_fills_path_and_model_size(tmp_path):
     import ml_collections
 
-    cfg = data.default_config()
+    cfg = pipeline.default_config()
     cfg.synthetic.update(num_examples=16, num_test_examples=0, image_size=16, examples_per_shard=16)
-    prepared = data.prepare(cfg, ml_collections.ConfigDict({"image_size": 8}), str(tmp_path))
+    prepared = pipeline.prepare(cfg, ml_collections.ConfigDict({"image_size": 8}), str(tmp_path))
     assert prepared.path == str(tmp_path / "data") and prepared.image_size == 8 and cfg.path is None
-    info = data.dataset_info(prepared)
+    info = pipeline.dataset_info(prepared)
     assert info["image_size"] == (8, 8) and info["stored_image_size"] == (16, 16)
     assert info["epoch_size"] == round(12 / 0.7)  # num_paired / paired_share, as released
-    batch = next(data.make_train_iterator(prepared, global_batch_size=4, seed=0))
+    batch = next(pipeline.make_train_iterator(prepared, global_batch_size=4, seed=0))
     assert batch["sar"].shape == (4, 8, 8, 1)

@@ -5,12 +5,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-
 import torch
 import transformers
 
-from sarmae_jax.convert import state_dicts, teachers as convert_teachers  # noqa: E402
-from sarmae_jax.models import teachers, vit  # noqa: E402
+from sarmae_jax.convert import state_dicts, teacher_weights  # noqa: E402
+from sarmae_jax.models import param_trees, positions, teachers  # noqa: E402
+from sarmae_jax.models.teachers import vit_teacher
 
 WIDTH, DEPTH, HEADS, PATCH = 32, 2, 4, 14  # 4 heads: as the "mini" teacher size
 CKPT_IMAGE, RUN_IMAGE = 56, 84  # checkpoint grid 4 x 4, teacher grid 6 x 6: the table must be resampled
@@ -80,16 +80,16 @@ def _teacher(kind, checkpoint, size="mini", patch=PATCH):
 
 def _run_teacher(kind, sd, images):
     """Our teacher of `kind` at the images' size, with params converted from `sd`; checked against the module's tree."""
-    module = teachers.ViTTeacher(patch_size=PATCH, width=WIDTH, depth=DEPTH, num_heads=HEADS, layer_scale=True,
+    module = vit_teacher.ViTTeacher(patch_size=PATCH, width=WIDTH, depth=DEPTH, num_heads=HEADS, layer_scale=True,
                                  num_registers=4 if kind == "dinov2_reg" else 0)
-    params = convert_teachers.dinov2_from_torch(sd, "x.pth", num_heads=HEADS, patch_size=PATCH,
+    params = teacher_weights.dinov2_from_torch(sd, "x.pth", num_heads=HEADS, patch_size=PATCH,
                                                 image_size=images.shape[1], with_registers=kind == "dinov2_reg")
     shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), images[:1])["params"]))
-    teachers.check_tree_matches(params, shapes, what=f"converted {kind}")
+    param_trees.check_tree_matches(params, shapes, what=f"converted {kind}")
     return np.asarray(jax.jit(module.apply)({"params": params}, images))
 
 
-@pytest.mark.parametrize("how", [vit.PLAIN_BICUBIC, vit.PosResampling(antialias=True), vit.PosResampling(offset=0.1)])
+@pytest.mark.parametrize("how", [positions.PLAIN_BICUBIC, positions.PosResampling(antialias=True), positions.PosResampling(offset=0.1)])
 @pytest.mark.parametrize("grid", [(6, 6), (3, 5)])  # up- and down-sampling a 4 x 4 table
 def test_resample_pos_embed_matches_torch_interpolate(how, grid):
     table = np.random.default_rng(1).normal(size=(1, 17, 8)).astype(np.float32)
@@ -100,7 +100,7 @@ def test_resample_pos_embed_matches_torch_interpolate(how, grid):
     else:
         ref = torch.nn.functional.interpolate(x, size=grid, mode="bicubic", align_corners=False, antialias=how.antialias)
     ref = ref.permute(0, 2, 3, 1).reshape(1, -1, 8).numpy()
-    ours = vit.resample_pos_embed(table, grid, how)
+    ours = positions.resample_pos_embed(table, grid, how)
     assert ours.shape == (1, 1 + grid[0] * grid[1], 8)
     np.testing.assert_array_equal(ours[:, :1], table[:, :1])
     np.testing.assert_allclose(ours[:, 1:], ref, atol=3e-6, rtol=0)  # torch rounds in float32
@@ -144,16 +144,16 @@ def test_dinov2_kinds_load_through_the_teacher_config_and_refuse_mismatches(tmp_
     module, width = teachers.build_teacher(cfg)
     assert width == 128 and module.num_registers == 4 and module.layer_scale
     with pytest.raises(ValueError, match=r"encoder/cls_token has \(1, 1, 32\), model expects \(1, 1, 128\)"):
-        teachers.load_teacher_params(cfg, module, image_size=RUN_IMAGE)
+        teacher_weights.load_teacher_params(cfg, module, image_size=RUN_IMAGE)
     with pytest.raises(ValueError, match=r"has 4 register tokens .* set sarc.teacher.kind=dinov2_reg"):
-        convert_teachers.load_teacher_checkpoint(_teacher("dinov2", path), path, RUN_IMAGE)
+        teacher_weights.load_teacher_checkpoint(_teacher("dinov2", path), path, RUN_IMAGE)
     with pytest.raises(ValueError, match=r"14-pixel patches, but sarc.teacher.patch_size=16.*set model.patch_size"):
-        convert_teachers.load_teacher_checkpoint(_teacher("dinov2_reg", path, patch=16), path, 224)
+        teacher_weights.load_teacher_checkpoint(_teacher("dinov2_reg", path, patch=16), path, 224)
     sd = _to_official(_state_dict(_dinov2(registers=False), tmp_path / "plain"))
     del sd["blocks.1.ls2.gamma"]
     sd["blocks.0.attn.surprise"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as e:
-        convert_teachers.dinov2_from_torch(sd, "x.pth", num_heads=HEADS, patch_size=PATCH, image_size=RUN_IMAGE,
+        teacher_weights.dinov2_from_torch(sd, "x.pth", num_heads=HEADS, patch_size=PATCH, image_size=RUN_IMAGE,
                                            with_registers=False)
     assert "missing:    blocks.1.ls2.gamma (32,)" in str(e.value)
     assert "unexpected: blocks.0.attn.surprise" in str(e.value)
@@ -167,8 +167,8 @@ def test_vit_teacher_accepts_a_learned_position_hf_vitmodel(tmp_path):
     path = str(tmp_path / "vit")
     model.save_pretrained(path)
     images = _images(RUN_IMAGE, seed=3)
-    params = convert_teachers.load_teacher_checkpoint(_teacher("vit", path), path, RUN_IMAGE)
-    module = teachers.ViTTeacher(patch_size=PATCH, width=WIDTH, depth=DEPTH, num_heads=HEADS)
+    params = teacher_weights.load_teacher_checkpoint(_teacher("vit", path), path, RUN_IMAGE)
+    module = vit_teacher.ViTTeacher(patch_size=PATCH, width=WIDTH, depth=DEPTH, num_heads=HEADS)
     ours = np.asarray(jax.jit(module.apply)({"params": params}, images))
     ref = _torch_tokens(model, images, 1, interpolate_pos_encoding=True)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 import torch
 import transformers
 
-from sarmae_jax.convert import state_dicts, teachers as convert_teachers  # noqa: E402
-from sarmae_jax.models import dinov3, teachers  # noqa: E402
+from sarmae_jax.convert import state_dicts, teacher_weights  # noqa: E402
+from sarmae_jax.models import param_trees, teachers
+from sarmae_jax.models.teachers import dinov3  # noqa: E402
 
 WIDTH, DEPTH, HEADS, REGISTERS, PATCH = 64, 2, 4, 4, 16
 
@@ -82,7 +82,7 @@ def test_dinov3_patch_tokens_match_transformers(tmp_path, layout):
         path = state_dicts.save(str(tmp_path / "live.safetensors"), _hf_state_dict(model))
     elif layout == "official":
         path = state_dicts.save(str(tmp_path / "dinov3.pth"), _to_official(state_dicts.load(path)))
-    params = convert_teachers.dinov3_from_torch(state_dicts.load(path), path, num_heads=HEADS)
+    params = teacher_weights.dinov3_from_torch(state_dicts.load(path), path, num_heads=HEADS)
     module = _module()
     images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     ours = np.asarray(jax.jit(module.apply)({"params": params}, images))
@@ -90,7 +90,7 @@ def test_dinov3_patch_tokens_match_transformers(tmp_path, layout):
     assert ours.shape == (2, 16, WIDTH)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), images[:1])["params"]))
-    teachers.check_tree_matches(params, shapes, what="converted DINOv3")
+    param_trees.check_tree_matches(params, shapes, what="converted DINOv3")
 
 
 def test_rope_tables_rotate_only_patch_tokens_and_follow_grid():
@@ -114,7 +114,7 @@ def test_dinov3_teacher_kind_is_registered_and_loads_through_the_config(tmp_path
     assert isinstance(module, dinov3.DINOv3) and width == 384
     # A ViT-S teacher config against a width-64 checkpoint: refused before anything is placed.
     with pytest.raises(ValueError, match=r"width 64 cannot be split into the teacher config's 6 heads"):
-        teachers.load_teacher_params(cfg, module, image_size=32)
+        teacher_weights.load_teacher_params(cfg, module, image_size=32)
 
 
 def test_dinov3_checkpoint_with_missing_and_extra_keys_is_refused(tmp_path):
@@ -122,6 +122,6 @@ def test_dinov3_checkpoint_with_missing_and_extra_keys_is_refused(tmp_path):
     del sd["layer.1.layer_scale2.lambda1"]
     sd["layer.0.surprise"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as e:
-        convert_teachers.dinov3_from_torch(sd, "x.safetensors", num_heads=HEADS)
+        teacher_weights.dinov3_from_torch(sd, "x.safetensors", num_heads=HEADS)
     assert "missing:    layer.1.layer_scale2.lambda1" in str(e.value)
     assert "unexpected: layer.0.surprise" in str(e.value)

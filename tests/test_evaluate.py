@@ -4,34 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from configs import smoke
-from sarmae_jax import checkpoint
 from sarmae_jax.evaluate import config as config_lib
 from sarmae_jax.evaluate import pipeline
-from sarmae_jax.models import sarmae
-
-
-def tiny_pretrain_config(size: str = "mini"):
-    c = smoke.get_config()
-    c.model.size = size
-    c.model.image_size = 32
-    c.model.patch_size = 8
-    c.sarc.enabled = False
-    return c
-
-
-def write_tiny_export(directory: str, size: str = "mini", seed: int = 0) -> str:
-    """A params-only export exactly as the trainer writes it (random weights: the plumbing is under test)."""
-    import flax.linen as nn
-
-    c = tiny_pretrain_config(size)
-    modules = sarmae.build(c)
-    params = nn.unbox(sarmae.init_params(modules, c, jax.random.key(seed)))
-    return checkpoint.export_params(directory, params, checkpoint.run_metadata(c))
+from tests.conftest import write_tiny_export
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sarmae_jax.evaluate import datasets, finetune, knn, linear_probe, reconstruction, report, splits
+from configs import smoke
+from data_pipelines.tfds import image_folder
+from sarmae_jax.evaluate import config as config_lib
+from sarmae_jax.evaluate import datasets
 from sarmae_jax.evaluate import encoder as encoder_lib
+from sarmae_jax.evaluate import finetune, knn, linear_probe, reconstruction, report, splits
 from sarmae_jax.models import sarmae
+from tests.conftest import write_tiny_export
 
 CLASSES = ("a", "b", "c")
 
@@ -97,8 +102,6 @@ def test_knn_votes_are_temperature_weighted():
 # ------------------------------------------------------------------------------ fine-tuning parts
 @pytest.mark.parametrize("scan", [True, False])
 def test_layer_wise_lr_scales_follow_layer_index(scan):
-    from configs import smoke
-
     m = smoke.get_config().model
     m.scan_layers = scan
     model = finetune.Classifier(sarmae.build_encoder(m), 5)
@@ -146,15 +149,13 @@ def save(path, array, mode=None):
     Image.fromarray(array, mode).save(path)
 
 
-def image_folder_config(root) -> "ml_collections.ConfigDict":
+def image_folder_config(root):
     cfg = datasets.default_config()
     cfg.kind, cfg.path = "image_folder", str(root)
     return cfg
 
 
 def test_image_folder_is_built_once_by_the_tfds_builder_and_read_by_folder_name(tmp_path, monkeypatch):
-    from data_pipelines.tfds import image_folder
-
     root = tmp_path / "set"
     save(str(root / "Train/ship/a.png"), np.full((20, 30), 100, np.uint8))
     save(str(root / "Train/ship/b.png"), np.repeat(np.full((20, 30, 1), 50, np.uint8), 3, -1))  # grey as RGB
@@ -207,8 +208,6 @@ def test_image_folder_bad_input_errors_name_the_folder_or_file(tmp_path):
     with pytest.raises(ValueError, match=r"split 'Test': the image-folder builder reads only the folders Train"):
         datasets.load_split(cfg, "Test", 16, workdir=workdir)
     # A config naming a split the builder does not have fails before any work.
-    from sarmae_jax.evaluate import config as config_lib
-
     released = config_lib.released_protocol(str(root), ("all",))
     config_lib.validate(released)
     released.dataset.test_split = "Test"
@@ -233,8 +232,6 @@ def test_model_input_with_wrong_channels_is_an_error():
 
 
 def test_checkpoint_of_another_model_size_is_an_error(tmp_path):
-    from tests.test_evaluate import write_tiny_export
-
     path = write_tiny_export(str(tmp_path / "export"), size="mini")
     with pytest.raises(ValueError, match=r"ViT 'mini' \(width 128, depth 4\).*expects 'small'"):
         encoder_lib.load(path, expected_size="small")

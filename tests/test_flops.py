@@ -2,7 +2,7 @@
 import pytest
 
 from configs import sarmae_vit_b16
-from sarmae_jax import flops
+from sarmae_jax.training import flops
 
 
 def _block(tokens, width):

@@ -1,30 +1,31 @@
 """ViT / MAE / SARC model pieces: shapes, masking invariants, losses, parameter counts."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 import pytest
 
-from sarmae_jax.models import anchor, mae, vit
+from sarmae_jax import config as config_lib
+from sarmae_jax.models import anchor, attention, mae, param_trees, patches, positions, sarmae, vit
 
 
 def test_patchify_roundtrip_and_order():
     x = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
-    p = vit.patchify(x, 4)
+    p = patches.patchify(x, 4)
     assert p.shape == (2, 4, 48)
     # Patch 1 is the top-right 4x4 block; its first pixel is (row 0, col 4), channels contiguous.
     np.testing.assert_array_equal(p[0, 1, :3], x[0, 0, 4])
     np.testing.assert_array_equal(p[0, 1, 3:6], x[0, 0, 5])
-    np.testing.assert_array_equal(vit.unpatchify(p, 4, 3), x)
+    np.testing.assert_array_equal(patches.unpatchify(p, 4, 3), x)
 
 
 def test_sincos_table_matches_mae_layout():
-    table = vit.sincos_2d(8, 3)
+    table = positions.sincos_2d(8, 3)
     assert table.shape == (10, 8)
     np.testing.assert_array_equal(table[0], 0.0)  # class token row
     # MAE: first half encodes the column (w), second half the row (h). Patch 1 = (row 0, col 1).
-    col1 = vit.sincos_1d(4, np.array([1.0]))[0]
-    row0 = vit.sincos_1d(4, np.array([0.0]))[0]
+    col1 = positions.sincos_1d(4, np.array([1.0]))[0]
+    row0 = positions.sincos_1d(4, np.array([0.0]))[0]
     np.testing.assert_allclose(table[2], np.concatenate([col1, row0]), rtol=1e-6)
 
 
@@ -129,14 +130,11 @@ def test_decoder_output_shape_and_mask_token_use():
 
 
 def test_vit_b16_mae_parameter_count_matches_reference():
-    from sarmae_jax import config as config_lib
-    from sarmae_jax.models import sarmae
-
     c = config_lib.default_config()
     c.sarc.enabled = False
     modules = sarmae.build(c)
     shapes = jax.eval_shape(lambda: sarmae.init_params(modules, c, jax.random.key(0)))
-    trainable = sarmae.count_params(shapes)
+    trainable = param_trees.count_params(shapes)
     assert trainable == 111_655_680  # PyTorch MAE ViT-B/16 with a 512x8 decoder, requires_grad only
     assert trainable + sarmae.fixed_position_embedding_count(c) == 111_907_840  # plus the frozen pos_embeds
 
@@ -186,8 +184,6 @@ def test_alignment_teacher_gets_no_gradient():
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_explicit_attention_matches_jax_attention_and_its_gradients(dtype, tol):
-    from sarmae_jax.models import attention
-
     q, k, v, w = (jax.random.normal(key, (2, 13, 3, 8)) for key in jax.random.split(jax.random.key(0), 4))
     q = 3 * q  # peaked softmax rows, so the backward's row term matters
 

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from sarmae_jax.runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,3 +49,17 @@ def test_cloud_launchers_dry_run_print_their_commands():
                            capture_output=True, text=True, timeout=60)
     assert slurm.returncode == 0, slurm.stderr
     assert slurm.stdout.startswith("srun ") and "python -m sarmae_jax.main --config configs/sarmae_vit_b16.py" in slurm.stdout
+
+
+def test_a_missing_preemption_service_is_logged_once(monkeypatch, caplog):
+    """Several processes without JAX's preemption service: no stop, and one warning that says why."""
+    def no_service(step):
+        raise RuntimeError("Preemption sync manager has not been initialized")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", no_service)
+    watch = distributed.PreemptionWatch()
+    with caplog.at_level("WARNING", logger="sarmae_jax"):
+        assert [watch.should_stop(step) for step in (1, 2, 3)] == [False, False, False]
+    warnings = [r.getMessage() for r in caplog.records if "preemption service" in r.getMessage()]
+    assert len(warnings) == 1 and "step 1" in warnings[0] and "has not been initialized" in warnings[0]

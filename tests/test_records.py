@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from data_pipelines import records
+from data_pipelines import records, shard_io
 
 SPEC = records.RecordSpec((8, 6), "uint16")
 
@@ -23,18 +23,18 @@ def _examples(n, num_paired, seed=0):
 
 
 def _write(out_dir, n=10, num_paired=4, per_shard=3, **kw):
-    entry = records.write_split(str(out_dir), "train", _examples(n, num_paired), spec=SPEC, num_examples=n,
+    entry = shard_io.write_split(str(out_dir), "train", _examples(n, num_paired), spec=SPEC, num_examples=n,
                                 examples_per_shard=per_shard, dataset_name="toy", **kw)
     return records.write_dataset_metadata(str(out_dir), dataset_name="toy", spec=SPEC, splits={"train": entry},
                                           class_names=["a", "b", "c"], resize_rule="bilinear to 8x6")
 
 
 def test_balanced_shard_sizes():
-    assert records.balanced_shard_sizes(10, 3) == [3, 3, 2, 2]
-    assert records.balanced_shard_sizes(6, 3) == [3, 3]
-    assert records.balanced_shard_sizes(1, 100) == [1]
+    assert shard_io.balanced_shard_sizes(10, 3) == [3, 3, 2, 2]
+    assert shard_io.balanced_shard_sizes(6, 3) == [3, 3]
+    assert shard_io.balanced_shard_sizes(1, 100) == [1]
     with pytest.raises(ValueError, match="examples_per_shard=0"):
-        records.balanced_shard_sizes(10, 0)
+        shard_io.balanced_shard_sizes(10, 0)
 
 
 def test_round_trip_and_manifest(tmp_path):
@@ -45,9 +45,9 @@ def test_round_trip_and_manifest(tmp_path):
     assert [s["num_paired"] for s in split["shards"]] == [3, 1, 0, 0]
     assert manifest["features"]["sar"] == {"shape": [8, 6, 1], "dtype": "uint16"}
     assert manifest["class_names"] == ["a", "b", "c"] and manifest["resize_rule"] == "bilinear to 8x6"
-    records.verify_shards(str(tmp_path), "train")
+    shard_io.verify_shards(str(tmp_path), "train")
 
-    source = records.ShardedRecordSource(str(tmp_path), "train")
+    source = shard_io.ShardedRecordSource(str(tmp_path), "train")
     assert len(source) == 10 and source.num_paired == 4
     for i, want in enumerate(_examples(10, 4)):
         got = source.example(i)
@@ -64,7 +64,7 @@ def test_round_trip_and_manifest(tmp_path):
 def test_shards_readable_through_tfds_data_source(tmp_path):
     _write(tmp_path)
     tfds_source = tfds.builder_from_directory(str(tmp_path)).as_data_source("train")
-    ours = records.ShardedRecordSource(str(tmp_path), "train")
+    ours = shard_io.ShardedRecordSource(str(tmp_path), "train")
     assert len(tfds_source) == len(ours)
     for i in (0, 5, 9):
         np.testing.assert_array_equal(tfds_source[i]["sar"], ours.example(i)["sar"])
@@ -74,12 +74,12 @@ def test_writer_rejects_paired_after_unpaired_and_bad_shapes(tmp_path):
     examples = list(_examples(4, 4))
     examples[1]["is_paired"] = False
     with pytest.raises(ValueError, match="paired example 'dir/img_2.tif' after an unpaired one"):
-        records.write_split(str(tmp_path), "train", examples, spec=SPEC, num_examples=4, examples_per_shard=4,
+        shard_io.write_split(str(tmp_path), "train", examples, spec=SPEC, num_examples=4, examples_per_shard=4,
                             dataset_name="toy")
     with pytest.raises(ValueError, match=r"example 'x.png': sar has shape \(8, 6, 1\) dtype uint8"):
         records.make_example(SPEC, sar=np.zeros((8, 6), np.uint8), optical=None, source="x.png")
     with pytest.raises(ValueError, match="fewer examples than num_examples=5"):
-        records.write_split(str(tmp_path), "train", _examples(4, 0), spec=SPEC, num_examples=5,
+        shard_io.write_split(str(tmp_path), "train", _examples(4, 0), spec=SPEC, num_examples=5,
                             examples_per_shard=4, dataset_name="toy")
 
 
@@ -88,18 +88,18 @@ def test_undecodable_record_names_shard_and_index(tmp_path):
     shard = manifest["splits"]["train"]["shards"][1]
     path = os.path.join(tmp_path, shard["file"])
     # Rewrite shard 1 with a garbage second record (what a buggy writer or a bad copy leaves).
-    good = records.ShardedRecordSource(str(tmp_path), "train")
+    good = shard_io.ShardedRecordSource(str(tmp_path), "train")
     originals = [good[i].data for i in range(3, 6)]
     writer = array_record_module.ArrayRecordWriter(path, records.DEFAULT_WRITER_OPTIONS)
     for local, data in enumerate(originals):
         writer.write(b"\x0a\xff\xff garbage" if local == 1 else data)
     writer.close()
-    source = records.ShardedRecordSource(str(tmp_path), "train")
+    source = shard_io.ShardedRecordSource(str(tmp_path), "train")
     source.example(3)
     with pytest.raises(records.CorruptRecordError, match=rf"shard .*{shard['file']}, record 1: cannot decode"):
         source.example(4)
     with pytest.raises(ValueError, match="sha256 differs"):
-        records.verify_shards(str(tmp_path), "train")
+        shard_io.verify_shards(str(tmp_path), "train")
 
 
 def test_damaged_shard_bytes_name_shard_and_index(tmp_path):
@@ -110,7 +110,7 @@ def test_damaged_shard_bytes_name_shard_and_index(tmp_path):
         size = os.path.getsize(path)
         f.seek(size // 2)
         f.write(b"\x00" * 64)
-    source = records.ShardedRecordSource(str(tmp_path), "train")
+    source = shard_io.ShardedRecordSource(str(tmp_path), "train")
     with pytest.raises(records.CorruptRecordError, match=rf"shard .*{shard['file']}, record \d"):
         for i in range(3):
             source.example(i)
@@ -118,7 +118,7 @@ def test_damaged_shard_bytes_name_shard_and_index(tmp_path):
 
 def test_missing_manifest_and_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest"):
-        records.ShardedRecordSource(str(tmp_path), "train")
+        shard_io.ShardedRecordSource(str(tmp_path), "train")
     _write(tmp_path)
     with pytest.raises(ValueError, match=r"no split 'validation'; available: \['train'\]"):
-        records.ShardedRecordSource(str(tmp_path), "validation")
+        shard_io.ShardedRecordSource(str(tmp_path), "validation")

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from sarmae_jax import checkpoint
+from sarmae_jax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,54 +6,12 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from data_pipelines import images, records, sar1m
+from data_pipelines import images, records, sar1m, shard_io
+from tests.conftest import make_sar1m_folder, ramp_image, save_image
 
 SIZE = 32
 SETTINGS = sar1m.Settings(image_size=SIZE, min_size=16)
-
-
-def _ramp(h, w):
-    """[h, w] float in [0, 1]: a smooth ramp (resizing changes it predictably)."""
-    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    return (0.25 + 0.5 * (x + y) / 2).astype(np.float32)
-
-
-def _save(path, array, **kw):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array).save(path, **kw)
-
-
-def _make_sar1m(root):
-    """Every image kind of the issue: PNG/JPEG/TIFF, 8/16-bit/float, 1/3/4 channels."""
-    ramp = _ramp(40, 48)
-    gray8 = np.round(ramp * 255).astype(np.uint8)
-    sar = {
-        "gray8.png": gray8,
-        "gray16.png": np.round(ramp * 4000).astype(np.uint16),  # 16-bit SAR using 12 bits of range
-        "gray16.tif": np.round(ramp * 4000).astype(np.uint16),
-        "float.tif": ramp * 0.01,  # float intensities far below 1
-        "gray_as_rgb.png": np.repeat(gray8[..., None], 3, -1),
-        "rgba.png": np.dstack([np.repeat(gray8[..., None], 3, -1), np.full_like(gray8, 7)]),
-        "color.png": np.dstack([gray8, gray8 // 2, 255 - gray8]),
-        "gray.jpg": gray8,
-    }
-    for name, array in sar.items():
-        _save(f"{root}/SAR/{name}", array)
-    optical = np.dstack([gray8, gray8 // 2, 255 - gray8])
-    _save(f"{root}/OPT/o1.png", optical)
-    _save(f"{root}/OPT/o2.png", np.dstack([optical, np.full_like(gray8, 9)]))  # RGBA optical
-    _save(f"{root}/OPT/o3.tif", np.round(ramp * 60000).astype(np.uint16))  # 16-bit gray optical
-    paired = [{"sar": "SAR/gray8.png", "optical": "OPT/o1.png"},  # with prefixes
-              {"sar": "gray16.png", "optical": "o2.png"},  # without
-              {"sar": "SAR/float.tif", "optical": "o3.tif"}]
-    unpaired = ["gray16.tif", {"sar": "SAR/gray_as_rgb.png"}, "rgba.png", "color.png", "gray.jpg"]
-    with open(f"{root}/paired.json", "w") as f:
-        json.dump(paired, f)
-    with open(f"{root}/unpaired.json", "w") as f:
-        json.dump(unpaired, f)
-    return sar
 
 
 def _resized(intensity):
@@ -62,7 +20,7 @@ def _resized(intensity):
 
 def test_round_trip_of_every_image_kind(tmp_path):
     root, out = str(tmp_path / "in"), str(tmp_path / "out")
-    sar = _make_sar1m(root)
+    sar = make_sar1m_folder(root)
     manifest = sar1m.convert(root, out, settings=SETTINGS, examples_per_shard=3, workers=1, progress=False)
     split = manifest["splits"]["train"]
     assert split["num_examples"] == 8 and split["num_paired"] == 3
@@ -70,13 +28,13 @@ def test_round_trip_of_every_image_kind(tmp_path):
     conv = manifest["converter"]
     assert conv["counts"]["errors"] == 0 and conv["counts"]["color_sar_averaged"] == 1
     assert "P99.9" in conv["intensity_rule"] and f"{SIZE}x{SIZE}" in manifest["resize_rule"]
-    records.verify_shards(out, "train")
+    shard_io.verify_shards(out, "train")
 
-    source = records.ShardedRecordSource(out, "train")
+    source = shard_io.ShardedRecordSource(out, "train")
     got = {source.example(i)["source"].decode(): source.example(i) for i in range(len(source))}
     assert [source.example(i)["source"].decode() for i in range(3)] == [
         "SAR/gray8.png", "SAR/gray16.png", "SAR/float.tif"]  # paired first, in list order
-    ramp = _ramp(40, 48)
+    ramp = ramp_image(40, 48)
     # 8-bit: v / 255; grey saved as RGB and RGBA: one channel, alpha dropped; JPEG: lossy.
     want8 = _resized(np.round(ramp * 255) / 255)
     for name in ("gray8.png", "gray_as_rgb.png", "rgba.png"):
@@ -103,13 +61,13 @@ def test_round_trip_of_every_image_kind(tmp_path):
 
 
 def _bad_inputs(root):
-    ramp8 = np.round(_ramp(40, 40) * 255).astype(np.uint8)
+    ramp8 = np.round(ramp_image(40, 40) * 255).astype(np.uint8)
     for i in range(4):
-        _save(f"{root}/SAR/good{i}.png", ramp8)
-    _save(f"{root}/OPT/o.png", np.repeat(ramp8[..., None], 3, -1))
-    _save(f"{root}/SAR/tiny.png", ramp8[:8, :40])
-    _save(f"{root}/SAR/nan.tif", np.where(_ramp(40, 40) > 0.5, np.nan, 0.1).astype(np.float32))
-    _save(f"{root}/SAR/full.png", ramp8)
+        save_image(f"{root}/SAR/good{i}.png", ramp8)
+    save_image(f"{root}/OPT/o.png", np.repeat(ramp8[..., None], 3, -1))
+    save_image(f"{root}/SAR/tiny.png", ramp8[:8, :40])
+    save_image(f"{root}/SAR/nan.tif", np.where(ramp_image(40, 40) > 0.5, np.nan, 0.1).astype(np.float32))
+    save_image(f"{root}/SAR/full.png", ramp8)
     with open(f"{root}/SAR/full.png", "rb") as f:
         data = f.read()
     with open(f"{root}/SAR/truncated.png", "wb") as f:
@@ -139,7 +97,7 @@ def test_bad_inputs_are_logged_and_left_out(tmp_path):
     assert "NaN/Inf" in reasons["nan.tif"]
     assert reasons["truncated.png"].startswith("unreadable image") and "truncated" in reasons["truncated.png"]
     assert reasons["not_an_image.png"].startswith("unreadable image (UnidentifiedImageError")
-    sources = [ex["source"].decode() for ex in records.ShardedRecordSource(out, "train")]
+    sources = [ex["source"].decode() for ex in shard_io.ShardedRecordSource(out, "train")]
     assert sources == ["SAR/good0.png", "SAR/good3.png"]
 
 
@@ -168,7 +126,7 @@ def test_plain_folder_resume_dry_run_and_workers(tmp_path):
     root, out = str(tmp_path / "in"), str(tmp_path / "out")
     rng = np.random.default_rng(0)
     for i in range(6):
-        _save(f"{root}/{'ab'[i % 2]}/img{i}.png", rng.integers(0, 255, (20 + i, 30), dtype=np.uint8))
+        save_image(f"{root}/{'ab'[i % 2]}/img{i}.png", rng.integers(0, 255, (20 + i, 30), dtype=np.uint8))
     summary = sar1m.convert(root, out, settings=SETTINGS, dry_run=True, progress=False)
     assert summary["counts"]["written"] == 6 and summary["layout"] == "folder" and not os.path.exists(out)
 
@@ -185,7 +143,7 @@ def test_plain_folder_resume_dry_run_and_workers(tmp_path):
     # (sha256 may differ for the redone shard: protobuf's map field order depends on the process.)
     assert [s["num_examples"] for s in again["splits"]["train"]["shards"]] == [2, 2, 2]
     assert again["splits"]["train"]["shards"][:2] == shards[:2]
-    assert [ex["source"].decode() for ex in records.ShardedRecordSource(out, "train")] == [
+    assert [ex["source"].decode() for ex in shard_io.ShardedRecordSource(out, "train")] == [
         f"{'ab'[i % 2]}/img{i}.png" for i in (0, 2, 4, 1, 3, 5)]
     # Other settings invalidate every receipt.
     other = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
@@ -194,7 +152,7 @@ def test_plain_folder_resume_dry_run_and_workers(tmp_path):
 
 def test_cli_main(tmp_path, capsys):
     root, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _make_sar1m(root)
+    make_sar1m_folder(root)
     sar1m.main(["--input", root, "--output", out, "--image_size", "32", "--workers", "1", "--sar_dtype", "uint16"])
     assert "8 examples (3 paired) of 8 planned; 0 errors; 1 colour SAR" in capsys.readouterr().out
     assert records.read_manifest(out)["features"]["sar"]["dtype"] == "uint16"

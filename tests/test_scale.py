@@ -10,21 +10,22 @@ import numpy as np
 import optax
 import pytest
 
-from sarmae_jax import flops, optim, train
-from sarmae_jax.models import sarmae, teachers
-from tests.conftest import tiny_config
-from tests.test_train import _batch
+from sarmae_jax import config as config_lib
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.training import flops, loop
+from sarmae_jax.training import state as state_lib
+from sarmae_jax.training import step as step_lib
+from tests.conftest import build_parts, synthetic_batch, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _one_step(c, batch, tx=None):
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=100, steps_per_epoch=10)
-    tx = tx or optim.make_optimizer(c.optim, schedule)
-    state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k))(jax.random.key(0))
-    teacher = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size)
-    step = jax.jit(train.make_train_step(modules, tx, c, schedule))
+    parts = build_parts(c)
+    tx = tx or parts.tx
+    state = jax.jit(lambda k: state_lib.init_train_state(parts.modules, tx, c, k))(jax.random.key(0))
+    teacher = teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher, c.model.image_size)
+    step = jax.jit(step_lib.make_train_step(parts.modules, tx, c, parts.schedule))
     state, m = step(state, batch, teacher)
     return jax.device_get(state), jax.device_get(m)
 
@@ -35,7 +36,7 @@ def test_gradient_accumulation_gives_the_full_batch_update():
     # with a near-zero gradient, e.g. of zero-initialised biases, flip sign on any rounding difference.)
     sgd = optax.sgd(1.0)
     # Paired samples spread unevenly over the strided micro-batches (2 / 1 / 1 / 0 of 4 each).
-    batch = _batch(c, paired=(True, False, True, True, False, True, False, False))
+    batch = synthetic_batch(c, paired=(True, False, True, True, False, True, False, False))
     full_state, full = _one_step(c, batch, sgd)
     for accum in (4,):  # micro-batches of 2 examples, one of them with no paired sample
         c.train.grad_accum_steps = accum
@@ -49,14 +50,14 @@ def test_gradient_accumulation_gives_the_full_batch_update():
 
 def test_micro_batches_are_strided_so_each_device_keeps_a_share():
     x = np.arange(8)
-    np.testing.assert_array_equal(train.micro_batches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+    np.testing.assert_array_equal(step_lib.micro_batches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
 
 
 def test_bfloat16_compute_trains_with_float32_parameters():
     c = tiny_config()
     c.model.dtype = "bfloat16"
     c.model.remat = "dots"
-    state, m = _one_step(c, _batch(c))
+    state, m = _one_step(c, synthetic_batch(c))
     assert np.isfinite(m["loss"]) and float(m["step_finite"]) == 1.0
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
 
@@ -84,7 +85,7 @@ def test_metric_window_reports_mfu_against_the_peak(tmp_path):
             pass
 
     sink = Sink()
-    window = train.MetricWindow(c, sink, sink, flops_per_step=4e12 * jax.device_count())
+    window = loop.MetricWindow(c, sink, sink, flops_per_step=4e12 * jax.device_count())
     out = window.throughput(seconds_per_step=2.0)
     assert out["tflops_per_device"] == pytest.approx(2.0) and out["mfu"] == pytest.approx(1.0)
     assert out["images_per_sec"] == pytest.approx(c.train.batch_size / 2.0)
@@ -93,7 +94,6 @@ def test_metric_window_reports_mfu_against_the_peak(tmp_path):
 def test_grad_accum_must_divide_the_batch():
     c = tiny_config()
     c.train.grad_accum_steps = 3
-    from sarmae_jax import config as config_lib
 
     with pytest.raises(ValueError, match="train.grad_accum_steps=3"):
         config_lib.validate(c)

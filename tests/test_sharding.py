@@ -4,11 +4,12 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
-from sarmae_jax import sharding
-import ml_collections
+from sarmae_jax.models import vit
+from sarmae_jax.runtime import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,6 @@ def test_attention_projections_flatten_unless_heads_are_split(sizes, split):
     # its heads axis is split across devices, which the flattened view could not express.
     import flax.linen as nn
     import jax
-    from sarmae_jax.models import vit
 
     mesh = jax.sharding.AbstractMesh(sizes, sharding.MESH_AXES)
     with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):

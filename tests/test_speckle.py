@@ -1,4 +1,4 @@
-"""Statistical and behavioural tests of the SARE speckle kernels (sarmae_jax.speckle, sarmae_jax.sampling).
+"""Statistical and behavioural tests of the SARE speckle kernels (sarmae_jax.sare.speckle, sarmae_jax.sare.sampling).
 
 Statistical tests use fixed keys, so they are deterministic; thresholds are set several standard
 errors wide (stated next to each) so that a correct sampler passes and a wrong law fails.
@@ -9,10 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
-
 from jax.extend.random import threefry_2x32 as threefry_2x32_reference
 
-from sarmae_jax import sampling, speckle
+from sarmae_jax.sare import quantiles, sampling, speckle
 
 # Every apply_sare call below uses this one shape (compiled once per model, shared by the law,
 # ENL, released-mode, shape and config tests); the fields are per image, shared by the 3 channels,
@@ -209,19 +208,15 @@ def test_validate_config_rejects_missing_and_unknown_keys_and_apply_checks_argum
 
 
 # ------------------------------------------------------------------------------------------------
-# Inverse-CDF tables (sarmae_jax.quantiles): the fast path of the Gamma-based models.
+# Inverse-CDF tables (sarmae_jax.sare.quantiles): the fast path of the Gamma-based models.
 
 
 def _knot_probabilities():
-    from sarmae_jax import quantiles
-
     tails = quantiles.knot_tails()
     return np.concatenate([tails, 1.0 - tails[::-1][1:]]), np.concatenate([tails, tails[::-1][1:]])
 
 
 def test_quantile_knots_cover_both_tails_on_the_float32_bit_grid():
-    from sarmae_jax import quantiles
-
     tails = quantiles.knot_tails()
     assert tails.size == quantiles.HALF + 1 and quantiles.NUM_KNOTS == 2 * quantiles.HALF + 1 == 2945
     assert tails[0] == 2.0**-24 and tails[-1] == 0.5 and np.all(np.diff(tails) > 0)
@@ -234,7 +229,6 @@ def test_quantile_knots_cover_both_tails_on_the_float32_bit_grid():
 def test_table_lookup_decodes_every_uniform_exactly():
     # With the identity quantile table (row = the knots' u), the lookup must return each pixel's own
     # uniform: this checks the folding, the bit-pattern cell index and the in-cell position.
-    from sarmae_jax import quantiles
 
     u, _ = _knot_probabilities()
     rows = jnp.asarray(np.stack([u, u]), jnp.float32)
@@ -249,7 +243,6 @@ def test_gamma_quantile_rows_match_scipy(looks):
     # At every knot the row's value, mapped through the true CDF, is within 5e-5 of the knot's
     # probability (1e-5 typical; a Kolmogorov-Smirnov test on 1e6 pixels resolves ~1e-3). Rows of
     # looks between the table's rows are interpolated; above 2^14 looks they are Wilson-Hilferty.
-    from sarmae_jax import quantiles
 
     row = np.asarray(quantiles.gamma_rows(jnp.asarray([looks])), np.float64)[0]
     law = scipy.stats.gamma(a=looks, scale=1.0 / looks)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import records, synthetic
+from data_pipelines import records, shard_io, synthetic, synthetic_scenes
 
 SMALL = dict(num_examples=96, num_test_examples=32, image_size=32, paired_fraction=0.75, seed=3,
              examples_per_shard=40)
@@ -35,8 +35,8 @@ def test_splits_counts_pairing_and_contents(tmp_path):
     assert manifest["splits"]["train"]["num_paired"] == 72  # round(0.75 * 96)
     assert manifest["splits"]["test"]["num_paired"] == 24
     assert [s["num_examples"] for s in manifest["splits"]["train"]["shards"]] == [32, 32, 32]
-    train = list(records.ShardedRecordSource(str(tmp_path), "train"))
-    test = list(records.ShardedRecordSource(str(tmp_path), "test"))
+    train = list(shard_io.ShardedRecordSource(str(tmp_path), "train"))
+    test = list(shard_io.ShardedRecordSource(str(tmp_path), "test"))
     for i, ex in enumerate(train):
         assert ex["sar"].shape == (32, 32, 1) and ex["sar"].dtype == np.uint8
         assert bool(ex["is_paired"]) == (i < 72)
@@ -49,7 +49,7 @@ def test_splits_counts_pairing_and_contents(tmp_path):
 def test_scenes_clean_intensity_classes_and_not_readable_from_mean():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(5), 200)
-    sar, optical = synthetic.generate_scenes(rng, labels, 48)
+    sar, optical = synthetic_scenes.generate_scenes(rng, labels, 48)
     assert sar.shape == (1000, 48, 48) and sar.dtype == np.float32
     assert sar.min() >= 0 and sar.max() <= 1
     assert optical.shape == (1000, 48, 48, 3) and optical.dtype == np.uint8
@@ -82,7 +82,7 @@ def test_ensure_reuses_matching_and_regenerates_otherwise(tmp_path):
     assert manifest["splits"]["train"]["num_paired"] == 48  # regenerated
     os.remove(shard.replace("00000-of", "00001-of"))  # incomplete -> regenerated
     manifest = synthetic.ensure_synthetic_dataset(out, **{**SMALL, "paired_fraction": 0.5})
-    records.verify_shards(out, "train")
+    shard_io.verify_shards(out, "train")
 
 
 def test_bad_parameters_name_key():

@@ -2,22 +2,24 @@
 import jax
 import numpy as np
 
-from data_pipelines import records, teacher_features
-from sarmae_jax import objective, preprocess
+from data_pipelines import shard_io
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.data import preprocess
 from sarmae_jax.models import sarmae, teachers
+from sarmae_jax.training import loop, objective, teacher_tokens
 from tests.conftest import tiny_config
 
 
 def test_precomputed_tokens_match_the_live_teacher(tmp_path, tiny_dataset):
     c = tiny_config()
     out = str(tmp_path / "with_tokens")
-    manifest = teacher_features.precompute(tiny_dataset, out, c.sarc.teacher, batch_size=16, splits=["test"])
+    manifest = teacher_tokens.precompute(tiny_dataset, out, c.sarc.teacher, batch_size=16, splits=["test"])
     assert manifest["features"]["teacher_tokens"]["teacher"] == teachers.teacher_identity(c.sarc.teacher)
-    src, dst = records.ShardedRecordSource(tiny_dataset, "test"), records.ShardedRecordSource(out, "test")
+    src, dst = shard_io.ShardedRecordSource(tiny_dataset, "test"), shard_io.ShardedRecordSource(out, "test")
     assert len(dst) == len(src) and dst.num_paired == src.num_paired
 
     modules = sarmae.build(c)
-    teacher_params = teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size)
+    teacher_params = teacher_weights.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size)
     batch, errors = dst.read_batch(range(len(dst)))
     original, _ = src.read_batch(range(len(src)))
     assert not errors
@@ -49,18 +51,17 @@ def test_precomputed_tokens_match_the_live_teacher(tmp_path, tiny_dataset):
 def test_training_reads_stored_tokens_and_refuses_another_teachers(tmp_path, tiny_dataset):
     import pytest
 
-    from sarmae_jax import train
 
     c = tiny_config()
     data_dir = str(tmp_path / "with_tokens")
-    teacher_features.precompute(tiny_dataset, data_dir, c.sarc.teacher, batch_size=32)
+    teacher_tokens.precompute(tiny_dataset, data_dir, c.sarc.teacher, batch_size=32)
     c.data.path = data_dir
     c.train.num_steps = 2
-    final = train.train_and_evaluate(c, str(tmp_path / "run"))
+    final = loop.train_and_evaluate(c, str(tmp_path / "run"))
     assert final["loss_align"] > 0 and np.isfinite(final["loss"])
 
     other = tiny_config()
     other.data.path = data_dir
     other.sarc.teacher.kind = "vit"
     with pytest.raises(ValueError, match="stores teacher tokens of 'released/mini/p8:random-init'"):
-        train.train_and_evaluate(other, str(tmp_path / "run_other"))
+        loop.train_and_evaluate(other, str(tmp_path / "run_other"))

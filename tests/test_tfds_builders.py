@@ -9,9 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipelines import records, synthetic
+from data_pipelines import shard_io, synthetic
 from data_pipelines.tfds import build_image_folder, build_sar1m, load_classification_split
-from tests.test_sar1m import _make_sar1m
+from tests.conftest import make_sar1m_folder
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +88,11 @@ def test_image_folder_bad_layouts(folder, tmp_path, breakage, message):
 
 def test_sar1m_builder_readable_by_tfds_and_the_pipeline(tmp_path):
     root = str(tmp_path / "sar1m")
-    _make_sar1m(root)
+    make_sar1m_folder(root)
     dataset_dir = build_sar1m(root, data_dir=str(tmp_path / "tfds"), image_size=224)
     tfds_source = tfds.data_source("sar1m/224", data_dir=str(tmp_path / "tfds"), split="train")
     assert [bool(tfds_source[i]["is_paired"]) for i in range(len(tfds_source))] == [True] * 3 + [False] * 5
-    ours = records.ShardedRecordSource(dataset_dir, "train")
+    ours = shard_io.ShardedRecordSource(dataset_dir, "train")
     assert len(ours) == 8 and ours.num_paired == 3
     batch, errors = ours.read_batch(range(8))
     assert not errors and batch["sar"].shape == (8, 224, 224, 1)

@@ -20,7 +20,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import images, records, sar1m
+from data_pipelines import images, records, sar1m, shard_io
 from data_pipelines.tfds.base import LocalBuilder
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def write_manifest_for_tfds_dir(data_dir: str, dataset_name: str, spec: records.
         for path, length in zip(split.filepaths, split.shard_lengths):
             paired = max(0, min(length, num_paired - start)) if name == "train" else 0
             shards.append({"file": os.path.basename(os.fspath(path)), "num_examples": length, "num_paired": paired,
-                           "num_bytes": os.path.getsize(path), "sha256": records.file_sha256(os.fspath(path))})
+                           "num_bytes": os.path.getsize(path), "sha256": shard_io.file_sha256(os.fspath(path))})
             start += length
         splits[name] = {"num_examples": split.num_examples, "num_paired": sum(s["num_paired"] for s in shards),
                         "shards": shards}

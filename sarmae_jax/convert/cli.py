@@ -15,17 +15,16 @@ import os
 import sys
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-import ml_collections
-
-from sarmae_jax import checkpoint
+from sarmae_jax import config as config_lib
 from sarmae_jax.convert import state_dicts, torch_export, torch_import
-import flax.linen as nn
-
-from sarmae_jax.models import anchor, mae, sarmae, teachers, vit
+from sarmae_jax.models import anchor, mae, param_trees, sarmae, vit
+from sarmae_jax.training import checkpoint
 
 log = logging.getLogger("sarmae_jax")
 EXPORT_FORMATS = ("timm", "hf-vit", "hf-vitmae", "released")
@@ -39,8 +38,6 @@ def import_config(size: str, image_size: int, patch_size: int, decoder: dict, sc
     Written into the export's metadata; compute settings are the neutral ones (float32, no remat or drop-path):
     a run that `init_from`s the export sets its own.
     """
-    from sarmae_jax import config as config_lib
-
     model = config_lib.default_config().model  # the one schema: every key a run config has
     model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=3, drop_path_rate=0.0,
                  dtype="float32", param_dtype="float32", scan_layers=scan, remat="none")
@@ -74,7 +71,7 @@ def run_import(src: str, out_dir: str, *, size: str, image_size: int, parts: Seq
     config = import_config(size, image_size, patch, decoder, scan, teacher_width)
     shapes = model_shapes(config)
     for part, value in params.items():  # the whole model, not just the converter, agrees on every name and shape
-        teachers.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
+        param_trees.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
     meta = checkpoint.run_metadata(config, source=os.path.abspath(src), imported_parts=sorted(params),
                                    teacher_width=teacher_width)
     checkpoint.export_params(out_dir, jax.tree.map(np.asarray, params), meta)
@@ -82,7 +79,7 @@ def run_import(src: str, out_dir: str, *, size: str, image_size: int, parts: Seq
     return out_dir
 
 
-def import_main(argv: Sequence[str] | None = None) -> int:
+def import_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sarmae-import", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help=".pth / .safetensors / HF directory")
     p.add_argument("out_dir", help="params-only export directory to write (config.train.init_from)")
@@ -95,7 +92,11 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decoder-heads", type=int, default=16)
     p.add_argument("--head-prefix", default="align_head.", help="key prefix of the SARC head in the checkpoint")
     p.add_argument("--no-scan", action="store_true", help="write per-block params (model.scan_layers=False)")
-    a = p.parse_args(argv)
+    return p
+
+
+def import_main(argv: Sequence[str] | None = None) -> int:
+    a = import_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     decoder = dict(width=a.decoder_width, depth=a.decoder_depth, num_heads=a.decoder_heads)
     try:
@@ -139,13 +140,17 @@ def _save(path: str, sd: dict, wrap_key: str | None = None) -> str:
     return state_dicts.save(path, sd, wrap_key=wrap_key)
 
 
-def export_main(argv: Sequence[str] | None = None) -> int:
+def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sarmae-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", help="a params-only export (workdir/export, or sarmae-import's output)")
     p.add_argument("out", help="timm/released: a .safetensors or .pth file; hf-*: a directory")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--image-size", type=int, default=None, help="position-table size (default: the run's image size)")
-    a = p.parse_args(argv)
+    return p
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    a = export_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         print(run_export(a.export_dir, a.out, a.format, a.image_size))

@@ -5,9 +5,13 @@ A state dict here is `dict[str, np.ndarray]` (float32 kept bit-exact; bf16/f16 t
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import Iterable, Mapping
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 
 def load(path: str) -> dict[str, np.ndarray]:
@@ -24,9 +28,6 @@ def load(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         try:
             return {k: np.asarray(v) for k, v in load_file(path).items()}
         except (SafetensorError, OSError, ValueError) as e:
@@ -35,9 +36,6 @@ def load(path: str) -> dict[str, np.ndarray]:
 
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
-    import pickle
-    import zipfile
-
     import torch
 
     try:
@@ -86,8 +84,6 @@ def save(path: str, sd: Mapping[str, np.ndarray], wrap_key: str | None = None) -
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in sd.items()}
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
         save_file(arrays, path, metadata={"format": "pt"})
     elif path.endswith((".pth", ".pt", ".bin")):
         import torch

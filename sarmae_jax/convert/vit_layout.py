@@ -6,7 +6,7 @@ Tensor conventions (all exact transposes/reshapes, so conversions are bitwise lo
   fused qkv torch `weight [3D, D]` rows (q|k|v, head, head_dim) <-> Flax `kernel [D, 3, H, Dh]`
   out proj torch `weight [D, D]` columns (head, head_dim)       <-> Flax `kernel [H, Dh, D]`
   LayerNorm `weight`/`bias`                 <-> `scale`/`bias`
-Position embeddings of the student are fixed sin-cos tables (not parameters): exports write `vit.sincos_2d`
+Position embeddings of the student are fixed sin-cos tables (not parameters): exports write `sincos_2d`
 (class row included), imports check the stored table against it. Frozen ViT teachers keep their learned
 table as a parameter (`encoder_from_torch(..., learned_pos=...)`), resampled to the run's grid.
 """
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from sarmae_jax.convert.state_dicts import StrictReader
-from sarmae_jax.models import vit
+
+from sarmae_jax.models.positions import PosResampling, resample_pos_embed, sincos_2d
 
 POS_EMBED_ATOL = 1e-5  # MAE's table is computed in float64 and stored in float32: ours agrees to ~1e-7
 
@@ -245,7 +246,7 @@ def check_pos_embed(r: StrictReader, key: str, width: int, grid: int) -> None:
     stored = r.take(key, (1, 1 + grid * grid, width))
     if not r.has(key) or stored.shape != (1, 1 + grid * grid, width):
         return  # already recorded as missing / mis-shaped
-    expected = vit.sincos_2d(width, grid, with_cls_token=True)[None]
+    expected = sincos_2d(width, grid, with_cls_token=True)[None]
     err = float(np.max(np.abs(stored - expected)))
     if err > POS_EMBED_ATOL:
         raise ValueError(
@@ -254,14 +255,14 @@ def check_pos_embed(r: StrictReader, key: str, width: int, grid: int) -> None:
         )
 
 
-def learned_pos_table(r: StrictReader, key: str, width: int, grid: tuple[int, int], how: vit.PosResampling) -> np.ndarray:
+def learned_pos_table(r: StrictReader, key: str, width: int, grid: tuple[int, int], how: PosResampling) -> np.ndarray:
     """A learned `[1, 1 + M*M, D]` table resampled to `grid`; a mis-shaped or missing one is recorded in `r`."""
     if not r.has(key):
         return r.take(key, (1, 1 + grid[0] * grid[1], width))
     stored = r.sd[key]
     m = int(round((stored.shape[1] - 1) ** 0.5)) if stored.ndim == 3 else 0
     table = r.take(key, (1, 1 + m * m, width))
-    return vit.resample_pos_embed(table, grid, how) if m else np.zeros((1, 1 + grid[0] * grid[1], width), np.float32)
+    return resample_pos_embed(table, grid, how) if m else np.zeros((1, 1 + grid[0] * grid[1], width), np.float32)
 
 
 def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: str = "") -> dict[str, np.ndarray]:
@@ -269,7 +270,7 @@ def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: st
     patch = np.shape(enc["patch_embed"]["proj"]["kernel"])[0]
     grid = image_size // patch
     out = {prefix + names.cls: np.asarray(enc["cls_token"]),
-           prefix + names.pos: vit.sincos_2d(width, grid, with_cls_token=True)[None]}
+           prefix + names.pos: sincos_2d(width, grid, with_cls_token=True)[None]}
     out.update(conv_to_torch(enc["patch_embed"]["proj"], prefix + names.patch + "."))
     for i, block in enumerate(unstack_blocks(enc["stack"])):
         out.update(block_to_torch(block, prefix + names.blocks.format(i=i), names.scheme))
@@ -278,7 +279,7 @@ def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: st
 
 
 def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, image_size: int, channels: int = 3,
-                       scan: bool = True, prefix: str = "", learned_pos: vit.PosResampling | None = None) -> Tree:
+                       scan: bool = True, prefix: str = "", learned_pos: PosResampling | None = None) -> Tree:
     """Read an encoder; width from the class token, depth from the block keys, patch size from the conv kernel.
 
     `learned_pos=None` (the student): the stored position table must be our sin-cos table. Otherwise (a frozen
@@ -324,7 +325,7 @@ def decoder_to_torch(dec: Tree, image_size: int, patch: int, names: DecoderNames
     width = np.shape(dec["mask_token"])[-1]
     grid = image_size // patch
     out = {names.mask_token: np.asarray(dec["mask_token"]),
-           names.pos: vit.sincos_2d(width, grid, with_cls_token=True)[None]}
+           names.pos: sincos_2d(width, grid, with_cls_token=True)[None]}
     out.update(linear_to_torch(dec["embed"], names.embed + "."))
     for i, block in enumerate(unstack_blocks(dec["stack"])):
         out.update(block_to_torch(block, names.blocks.format(i=i), names.scheme))

@@ -7,6 +7,9 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from sarmae_jax.evaluate import pipeline, report
+from sarmae_jax.training import metrics
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval/*.py).", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Params-only export directory (sets config.checkpoint).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for results, figures and the feature cache.")
@@ -18,7 +21,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from sarmae_jax.evaluate import pipeline
 
     cfg = _CONFIG.value
     with cfg.unlocked():
@@ -27,14 +29,11 @@ def main(argv):
         if _RANDOM_INIT.value:
             cfg.random_init = True
     results = pipeline.run(cfg, _WORKDIR.value)
-    from sarmae_jax.evaluate import report
 
     print(report.markdown(results))
 
 
 def run():
-    from sarmae_jax import metrics
-
     app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 

@@ -31,6 +31,8 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import images as image_rules
+from data_pipelines import shard_io, synthetic
+from data_pipelines.tfds import image_folder
 
 log = logging.getLogger("sarmae_jax")
 
@@ -60,9 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     # stratified share of the train split (drawn from the split seed, excluded from the pool).
     c.val_split = ""
     # Generator parameters of kind "synthetic" (see data_pipelines.synthetic).
-    c.synthetic = ml_collections.ConfigDict(dict(
-        num_examples=2048, num_test_examples=512, image_size=64, paired_fraction=0.75, seed=0,
-        examples_per_shard=1024, sar_dtype="uint8"))
+    c.synthetic = ml_collections.ConfigDict(synthetic.DEFAULTS)
     return c
 
 
@@ -76,8 +76,6 @@ def load_split(dataset_cfg: ml_collections.ConfigDict, split: str, image_size: i
         return _read_image_folder(dataset_cfg.path, split, image_size,
                                   dataset_cfg.build_dir or os.path.join(workdir, "datasets"))
     if kind == "synthetic":
-        from data_pipelines import synthetic
-
         synthetic.ensure_synthetic_dataset(dataset_cfg.path, **dataset_cfg.synthetic.to_dict())
     elif kind != "records":
         raise ValueError(f"dataset.kind={kind!r}: expected one of {KINDS}")
@@ -91,8 +89,6 @@ def image_folder_split(folder: str) -> str:
     Raises:
       ValueError: a name the builder has no split for (naming the folders it reads).
     """
-    from data_pipelines.tfds import image_folder
-
     return image_folder.split_of_folder(folder)
 
 
@@ -107,8 +103,6 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def _read_image_folder(path: str, split: str, image_size: int, build_dir: str) -> LabelledImages:
-    from data_pipelines.tfds import image_folder
-
     builder_split = image_folder_split(split)
     dataset_dir = image_folder.build_image_folder(path, data_dir=build_dir, image_size=image_size)
     log.info("image folder %s: split %r from the build %s", path, split, dataset_dir)
@@ -121,9 +115,7 @@ def _read_image_folder(path: str, split: str, image_size: int, build_dir: str) -
 
 
 def _read_records(data_dir: str, split: str) -> LabelledImages:
-    from data_pipelines import records
-
-    source = records.ShardedRecordSource(data_dir, split)
+    source = shard_io.ShardedRecordSource(data_dir, split)
     class_names = tuple(source.manifest.get("class_names") or ())
     if not class_names:
         raise ValueError(f"{data_dir}: the manifest lists no class_names; it is not a classification dataset")

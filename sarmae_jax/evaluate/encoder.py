@@ -21,8 +21,9 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from sarmae_jax import checkpoint, preprocess
-from sarmae_jax.models import sarmae, teachers, vit
+from sarmae_jax.data import preprocess
+from sarmae_jax.models import param_trees, sarmae, vit
+from sarmae_jax.training import checkpoint
 
 log = logging.getLogger("sarmae_jax")
 
@@ -65,7 +66,7 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     if "encoder" not in params:
         raise ValueError(f"{path}: export holds parts {sorted(params)}, no 'encoder'")
     expected = jax.eval_shape(lambda k: init_encoder_params(model_cfg, k), jax.random.key(0))
-    teachers.check_tree_matches(params["encoder"], expected, what=f"{path} encoder (metadata says ViT {model_cfg.size!r})")
+    param_trees.check_tree_matches(params["encoder"], expected, what=f"{path} encoder (metadata says ViT {model_cfg.size!r})")
     if random_init:
         fresh = init_encoder_params(model_cfg, jax.random.key(seed))
         log.warning("evaluating a RANDOMLY INITIALISED encoder (seed %d) with the architecture of %s", seed, path)

@@ -29,13 +29,14 @@ import ml_collections
 import numpy as np
 import optax
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sarmae_jax import optim
 from sarmae_jax.evaluate import encoder as encoder_lib
 from sarmae_jax.evaluate import report
 from sarmae_jax.models import sarmae, vit
+from sarmae_jax.training import optim
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image, ImageDraw
 
-from sarmae_jax import preprocess, speckle
+from sarmae_jax.data import preprocess
 from sarmae_jax.evaluate import encoder as encoder_lib
-from sarmae_jax.models import mae, sarmae, vit
+from sarmae_jax.models import mae, patches, sarmae
+from sarmae_jax.sare import speckle
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -111,8 +113,8 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
         latent = modules.encoder.apply({"params": params["encoder"]}, preprocess.normalize_sar(noisy, m.in_channels),
                                        masking.ids_keep)
         pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)
-        recon = preprocess.denormalize_sar(vit.unpatchify(pred, m.patch_size, m.in_channels))
-        hidden = vit.unpatchify(jnp.repeat(masking.mask[:, :, None], m.patch_size**2, axis=2), m.patch_size, 1)
+        recon = preprocess.denormalize_sar(patches.unpatchify(pred, m.patch_size, m.in_channels))
+        hidden = patches.unpatchify(jnp.repeat(masking.mask[:, :, None], m.patch_size**2, axis=2), m.patch_size, 1)
         masked_mse = jnp.sum(hidden * (recon - clean) ** 2, axis=(1, 2, 3)) / jnp.maximum(hidden.sum(axis=(1, 2, 3)), 1)
         return {"clean": clean, "noisy": noisy, "recon": recon, "hidden": hidden,
                 "psnr_noisy": psnr(jnp.clip(noisy, 0, 1), clean), "psnr_recon": psnr(recon, clean),
@@ -146,8 +148,6 @@ def save_figure(path: str, rows: list[dict], looks, count: int) -> None:
 
     Displayed as amplitude (sqrt of intensity), as SAR viewers do, so dark scenes stay readable.
     """
-    from PIL import Image, ImageDraw
-
     tiles = []
     for level, cat in zip(looks, rows):
         for i in range(min(count, len(cat["clean"]))):

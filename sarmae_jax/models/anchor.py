@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sarmae_jax.models import vit
+from sarmae_jax.models import initializers, vit
 
 Dtype = Any
 _head_init = nn.initializers.normal(0.01)  # as released: N(0, 0.01) weights, zero biases
@@ -29,12 +29,12 @@ class AnchorHead(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         d = tokens.shape[-1]
         x = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=vit._p(_head_init, ("embed", "mlp")),
-                     bias_init=vit._p(nn.initializers.zeros, ("mlp",)), name="fc1")(tokens)
+                     kernel_init=initializers.partitioned(_head_init, ("embed", "mlp")),
+                     bias_init=initializers.partitioned(nn.initializers.zeros, ("mlp",)), name="fc1")(tokens)
         x = nn.relu(x)
         x = nn.Dense(self.teacher_width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=vit._p(_head_init, ("mlp", "embed")),
-                     bias_init=vit._p(nn.initializers.zeros, ("embed",)), name="fc2")(x)
+                     kernel_init=initializers.partitioned(_head_init, ("mlp", "embed")),
+                     bias_init=initializers.partitioned(nn.initializers.zeros, ("embed",)), name="fc2")(x)
         return vit.layer_norm("norm", self.dtype, self.param_dtype)(x).astype(jnp.float32)
 
 

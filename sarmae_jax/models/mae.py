@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sarmae_jax.models import vit
+from sarmae_jax.models import initializers, positions, vit
 
 Dtype = Any
 
@@ -75,18 +75,18 @@ class MAEDecoder(nn.Module):
         grid = int(round(n**0.5))
         x = nn.Dense(
             self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=vit._p(vit._dense_init, ("embed", "decoder_embed")),
-            bias_init=vit._p(nn.initializers.zeros, ("decoder_embed",)), name="embed",
+            kernel_init=initializers.partitioned(initializers.dense_init, ("embed", "decoder_embed")),
+            bias_init=initializers.partitioned(nn.initializers.zeros, ("decoder_embed",)), name="embed",
         )(latent)
         mask_token = self.param(
-            "mask_token", vit._p(nn.initializers.normal(0.02), (None, None, "decoder_embed")), (1, 1, self.width), self.param_dtype
+            "mask_token", initializers.partitioned(nn.initializers.normal(0.02), (None, None, "decoder_embed")), (1, 1, self.width), self.param_dtype
         )
         # Append mask tokens for the N - K removed patches, then unshuffle to patch order.
         fill = jnp.broadcast_to(mask_token.astype(x.dtype), (b, n + 1 - t, self.width))
         x_ = jnp.concatenate([x[:, 1:], fill], axis=1)
         x_ = jnp.take_along_axis(x_, ids_restore[:, :, None], axis=1)
         x = jnp.concatenate([x[:, :1], x_], axis=1)
-        x = x + jnp.asarray(vit.sincos_2d(self.width, grid, with_cls_token=True), x.dtype)[None]
+        x = x + jnp.asarray(positions.sincos_2d(self.width, grid, with_cls_token=True), x.dtype)[None]
         x = vit.BlockStack(
             self.depth, self.num_heads, self.mlp_ratio, 0.0, True, self.dtype, self.param_dtype,
             self.attention_impl, self.stack, name="stack",
@@ -94,8 +94,8 @@ class MAEDecoder(nn.Module):
         x = vit.layer_norm("norm", self.dtype, self.param_dtype)(x)
         x = nn.Dense(
             self.patch_size**2 * self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=vit._p(vit._dense_init, ("decoder_embed", None)),
-            bias_init=vit._p(nn.initializers.zeros, (None,)), name="pred",
+            kernel_init=initializers.partitioned(initializers.dense_init, ("decoder_embed", None)),
+            bias_init=initializers.partitioned(nn.initializers.zeros, (None,)), name="pred",
         )(x)
         return x[:, 1:].astype(jnp.float32)  # drop the class token; loss in f32
 

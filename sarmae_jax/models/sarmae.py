@@ -11,9 +11,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sarmae_jax.models import anchor, mae, teachers, vit
+from sarmae_jax.models import anchor, mae, patches, teachers, vit
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# No float16: its 5 exponent bits underflow small gradients without loss scaling, which this trainer does
+# not do; bfloat16 keeps float32's range.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Modules(NamedTuple):
@@ -63,7 +65,7 @@ def init_params(modules: Modules, config, key: jax.Array) -> dict[str, Any]:
     """Boxed (logically partitioned) parameters; wrap in `jax.eval_shape` for shapes and shardings."""
     m = config.model
     s = m.image_size
-    n = (s // m.patch_size) ** 2
+    n = patches.num_patches(s, m.patch_size)
     k = mae.num_kept(n, m.mask_ratio)
     k_enc, k_dec, k_head = jax.random.split(key, 3)
     images = jnp.zeros((1, s, s, m.in_channels), jnp.float32)
@@ -79,10 +81,6 @@ def init_params(modules: Modules, config, key: jax.Array) -> dict[str, Any]:
     return params
 
 
-def count_params(params: Any) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(nn.unbox(params))))
-
-
 def fixed_position_embedding_count(config) -> int:
     """Entries of the fixed sin-cos tables (encoder and decoder, class position included).
 
@@ -90,5 +88,5 @@ def fixed_position_embedding_count(config) -> int:
     what to add to compare parameter counts with it.
     """
     m = config.model
-    tokens = (m.image_size // m.patch_size) ** 2 + 1
+    tokens = patches.num_patches(m.image_size, m.patch_size) + 1
     return tokens * (vit.VIT_SIZES[m.size]["width"] + m.decoder.width)

@@ -1,7 +1,7 @@
 """Vision Transformer pieces shared by the MAE encoder, the MAE decoder and the ViT teachers.
 
 Flax Linen modules whose parameters carry *logical* axis names (`embed`, `heads`, `mlp`, ...);
-`sarmae_jax.sharding` maps those names to mesh axes, so the model never mentions a mesh.
+`sarmae_jax.runtime.sharding` maps those names to mesh axes, so the model never mentions a mesh.
 
 Layout conventions (chosen so that PyTorch conversion is a transpose, never a re-ordering):
   - images are NHWC, `[B, H, W, C]`;
@@ -11,7 +11,7 @@ Layout conventions (chosen so that PyTorch conversion is a transpose, never a re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sarmae_jax.models import attention
+from sarmae_jax.models.initializers import dense_init, fused_dense_init, partitioned
+from sarmae_jax.models.patches import PatchEmbed
+from sarmae_jax.models.positions import sincos_2d
 
 Dtype = Any
 
@@ -33,167 +36,6 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 LAYER_NORM_EPS = 1e-6
-# Truncated-normal(0.02) is not what MAE uses for Linear layers (xavier_uniform); we follow MAE.
-_dense_init = nn.initializers.xavier_uniform()
-
-
-def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
-    """Attach logical axis names to an initializer."""
-    return nn.with_logical_partitioning(init, names)
-
-
-# ----------------------------------------------------------------------------------------------
-# Fixed 2-D sin-cos position embeddings (MAE / MoCo v3).
-# ----------------------------------------------------------------------------------------------
-def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    """`positions: [M]` -> `[M, dim]`: the first half sines, the second half cosines."""
-    if dim % 2:
-        raise ValueError(f"sin-cos embedding width must be even, got {dim}")
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    angles = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-
-def sincos_2d(dim: int, grid_size: int, with_cls_token: bool = True) -> np.ndarray:
-    """Fixed 2-D sin-cos table `[1 + grid_size**2, dim]` (row 0 zeros for the class token).
-
-    Half the channels encode the column and half the row, exactly as MAE's
-    `get_2d_sincos_pos_embed`, so imported MAE weights see the positions they were trained with.
-    """
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos embedding width must be divisible by 4, got {dim}")
-    coords = np.arange(grid_size, dtype=np.float64)
-    col, row = np.meshgrid(coords, coords)  # MAE meshgrids (w, h): first grid varies along width.
-    table = np.concatenate([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], axis=1)
-    if with_cls_token:
-        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
-    return table.astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class PosResampling:
-    """How a checkpoint's model resamples its learned position table to another grid (all bicubic, in float32).
-
-    `antialias`: PyTorch's antialiased bicubic (Keys a = -0.5, the PIL filter) instead of the plain one (a = -0.75).
-    `offset`: the official DINOv2's `interpolate_offset`: it resamples with `scale_factor = (new + offset) / old`
-    rather than `size=new`, which moves the sample points slightly (0.1 in its models without registers).
-    """
-
-    antialias: bool = False
-    offset: float = 0.0
-
-
-# transformers' ViTModel / Dinov2Model `interpolate_pos_encoding`, timm-free plain bicubic.
-PLAIN_BICUBIC = PosResampling()
-
-
-def _cubic(x: np.ndarray, a: float) -> np.ndarray:
-    """Keys' cubic convolution kernel with parameter `a`, for `|x| < 2` (0 beyond)."""
-    x = np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
-
-
-def bicubic_matrix(n_in: int, n_out: int, how: PosResampling = PLAIN_BICUBIC) -> np.ndarray:
-    """`[n_out, n_in]` float64 weights of PyTorch's 1-D bicubic resampling, `align_corners=False`.
-
-    Plain: `upsample_bicubic2d` (source `(i + 0.5) * scale - 0.5`, a = -0.75, border indices clamped).
-    Antialiased: `_upsample_bicubic2d_aa` (PIL's filter: a = -0.5, support widened by the scale when
-    shrinking, taps outside the input dropped and the rest renormalised).
-    """
-    scale = n_in / (n_out + how.offset) if how.offset else n_in / n_out
-    w = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        if how.antialias:
-            support = 2.0 * max(scale, 1.0)
-            centre = scale * (i + 0.5)
-            lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
-            taps = _cubic((np.arange(lo, hi) - centre + 0.5) / max(scale, 1.0), -0.5)
-            w[i, lo:hi] = taps / taps.sum()
-        else:
-            src = scale * (i + 0.5) - 0.5
-            base = int(np.floor(src))
-            t = src - base
-            for j, dist in zip(range(base - 1, base + 3), (t + 1, t, 1 - t, 2 - t)):
-                w[i, min(max(j, 0), n_in - 1)] += _cubic(np.asarray(dist), -0.75)
-    return w
-
-
-def resample_pos_embed(table: np.ndarray, grid: tuple[int, int], how: PosResampling = PLAIN_BICUBIC) -> np.ndarray:
-    """A learned position table `[1, 1 + M*M, D]` (class row first, square M x M grid, row-major) resampled to
-    `grid = (rows, cols)`: `[1, 1 + rows*cols, D]` float32. The class row is kept; an equal grid is returned as is.
-
-    Computed once when a frozen teacher is loaded (the table is a constant), so the teacher's forward
-    is what DINOv2 / transformers compute at that input size.
-    """
-    table = np.asarray(table)
-    m = int(round((table.shape[1] - 1) ** 0.5))
-    if table.ndim != 3 or table.shape[0] != 1 or m * m != table.shape[1] - 1:
-        raise ValueError(f"position table of shape {table.shape}: expected [1, 1 + M*M, D] (class row + square grid)")
-    if (m, m) == tuple(grid):
-        return table.astype(np.float32)
-    patches = table[0, 1:].astype(np.float64).reshape(m, m, -1)
-    rows, cols = bicubic_matrix(m, grid[0], how), bicubic_matrix(m, grid[1], how)
-    resampled = np.einsum("ym,xn,mnd->yxd", rows, cols, patches).reshape(1, grid[0] * grid[1], -1)
-    return np.concatenate([table[:, :1], resampled], axis=1).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Patches
-# ----------------------------------------------------------------------------------------------
-def patchify(images: jax.Array, patch_size: int) -> jax.Array:
-    """`[B, H, W, C]` -> `[B, (H/p)*(W/p), p*p*C]`, patches row-major, pixels (row, col, channel)."""
-    b, h, w, c = images.shape
-    p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, c)
-    x = jnp.einsum("bhpwqc->bhwpqc", x)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:
-    """Inverse of `patchify` for a square grid: `[B, N, p*p*C]` -> `[B, H, W, C]`."""
-    b, n, _ = patches.shape
-    g = int(round(n**0.5))
-    if g * g != n:
-        raise ValueError(f"unpatchify expects a square patch grid, got {n} patches")
-    p = patch_size
-    x = patches.reshape(b, g, g, p, p, channels)
-    x = jnp.einsum("bhwpqc->bhpwqc", x)
-    return x.reshape(b, g * p, g * p, channels)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping `p x p` patches -> linear projection. `[B, H, W, C]` -> `[B, N, D]`."""
-
-    patch_size: int
-    width: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        p = self.patch_size
-        x = nn.Conv(
-            self.width,
-            (p, p),
-            strides=(p, p),
-            padding="VALID",
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            # MAE initialises the patch projection like a Linear layer (xavier on the flattened kernel).
-            kernel_init=_p(_conv_as_dense_init, (None, None, None, "embed")),
-            bias_init=_p(nn.initializers.zeros, ("embed",)),
-            name="proj",
-        )(images)
-        b, gh, gw, d = x.shape
-        return x.reshape(b, gh * gw, d)
-
-
-def _conv_as_dense_init(key, shape, dtype=jnp.float32):
-    kh, kw, cin, cout = shape
-    w = nn.initializers.xavier_uniform()(key, (kh * kw * cin, cout), dtype)
-    return w.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,8 +112,8 @@ class _Projection(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.in_axes:]
-        kernel = self.param("kernel", _p(_fused_dense_init, self.kernel_axes), in_shape + self.features, self.param_dtype)
-        bias = self.param("bias", _p(nn.initializers.zeros, self.bias_axes), self.features, self.param_dtype)
+        kernel = self.param("kernel", partitioned(fused_dense_init, self.kernel_axes), in_shape + self.features, self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, self.bias_axes), self.features, self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         inner_axes = self.kernel_axes[1:self.in_axes] + self.kernel_axes[self.in_axes + 1:]
         if _split_across_devices(inner_axes):
@@ -280,19 +122,6 @@ class _Projection(nn.Module):
         fan_in, fan_out = int(np.prod(in_shape)), int(np.prod(self.features))
         y = x.reshape(x.shape[:x.ndim - self.in_axes] + (fan_in,)) @ kernel.reshape(fan_in, fan_out)
         return y.reshape(y.shape[:-1] + self.features) + bias
-
-
-def _fused_dense_init(key, shape, dtype=jnp.float32):
-    """Xavier-uniform over the flattened (fan_in, fan_out) matrix, as PyTorch would see the layer.
-
-    For the fused qkv the PyTorch layer is Linear(D, 3D); timm/MAE initialise it as one matrix.
-    """
-    if len(shape) == 4:  # qkv: [D, 3, H, Dh]
-        fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
-    else:  # proj: [H, Dh, D]
-        fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
-    w = nn.initializers.xavier_uniform()(key, (fan_in, fan_out), dtype)
-    return w.reshape(shape)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -315,7 +144,7 @@ class Mlp(nn.Module):
         d = x.shape[-1]
         x = nn.Dense(
             self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=_p(_dense_init, ("embed", "mlp")), bias_init=_p(nn.initializers.zeros, ("mlp",)),
+            kernel_init=partitioned(dense_init, ("embed", "mlp")), bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
             name="fc1",
         )(x)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_mlp"))
@@ -323,7 +152,7 @@ class Mlp(nn.Module):
         x = gelu(x)
         return nn.Dense(
             d, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=_p(_dense_init, ("mlp", "embed")), bias_init=_p(nn.initializers.zeros, ("embed",)),
+            kernel_init=partitioned(dense_init, ("mlp", "embed")), bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             name="fc2",
         )(x)
 
@@ -333,14 +162,14 @@ class LayerScale(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        gamma = self.param("gamma", _p(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
+        gamma = self.param("gamma", partitioned(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
         return x * gamma.astype(x.dtype)
 
 
 def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
-        scale_init=_p(nn.initializers.ones, ("norm",)), bias_init=_p(nn.initializers.zeros, ("norm",)),
+        scale_init=partitioned(nn.initializers.ones, ("norm",)), bias_init=partitioned(nn.initializers.zeros, ("norm",)),
         name=name,
     )
 
@@ -400,7 +229,7 @@ class StackOptions:
 
     `scan_unroll`: scan iterations unrolled per loop trip (`depth` unrolls fully while keeping the
     stacked `[depth, ...]` parameter layout). On GPU a rolled loop keeps XLA from fusing and
-    overlapping across blocks: see the README's GPU table.
+    overlapping across blocks: see docs/benchmarks.md (GPU).
     """
 
     scan: bool = True
@@ -491,17 +320,17 @@ class ViTEncoder(nn.Module):
         grid = h // self.patch_size
         table = sincos_2d(self.width, grid, with_cls_token=True)
         if self.learned_pos_embed:
-            pos = self.param("pos_embed", _p(lambda *_: jnp.asarray(table[None]), (None, None, "embed")),
+            pos = self.param("pos_embed", partitioned(lambda *_: jnp.asarray(table[None]), (None, None, "embed")),
                              (1, 1 + grid * grid, self.width), self.param_dtype)[0].astype(x.dtype)
         else:
             pos = jnp.asarray(table, dtype=x.dtype)
         x = x + pos[None, 1:]
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
-        cls = self.param("cls_token", _p(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), self.param_dtype)
+        cls = self.param("cls_token", partitioned(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), self.param_dtype)
         prefix = [(cls + pos[None, :1]).astype(x.dtype)]
         if self.num_registers:
-            prefix.append(self.param("register_tokens", _p(nn.initializers.normal(0.02), (None, None, "embed")),
+            prefix.append(self.param("register_tokens", partitioned(nn.initializers.normal(0.02), (None, None, "embed")),
                                      (1, self.num_registers, self.width), self.param_dtype).astype(x.dtype))
         prefix = jnp.concatenate(prefix, axis=1)
         x = jnp.concatenate([jnp.broadcast_to(prefix, (b,) + prefix.shape[1:]), x], axis=1)

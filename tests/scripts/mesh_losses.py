@@ -9,33 +9,27 @@ import sys
 import jax
 import numpy as np
 
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.runtime import sharding
+from tests.conftest import build_parts, synthetic_batch, tiny_config
+
 
 def run(mesh_spec: str, steps: int = 3) -> dict:
-    from sarmae_jax import optim, sharding, train
-    from sarmae_jax.models import sarmae, teachers
-    from tests.conftest import tiny_config
-    from tests.test_train import _batch
-
     c = tiny_config()
     c.model.size = "mini"
     d, f, t = (int(x) for x in mesh_spec.split(","))
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
     mesh = sharding.make_mesh(c.mesh, jax.devices()[: d * f * t])
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=100, steps_per_epoch=10)
-    tx = optim.make_optimizer(c.optim, schedule)
-    abstract, shardings = train.state_shardings(modules, tx, c, mesh)
-    teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
-                             sharding.replicated(mesh))
+    parts = build_parts(c, mesh)
+    teacher = jax.device_put(teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher,
+                                                                 c.model.image_size), sharding.replicated(mesh))
     batch_sharding = sharding.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(modules, tx, c, schedule),
-                   in_shardings=(shardings, batch_sharding, sharding.replicated(mesh)),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    step = parts.jit_step()
+    state = parts.init_state(jax.random.key(0))
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k), out_shardings=shardings)(jax.random.key(0))
         losses = []
         for i in range(steps):
-            batch = {k: jax.device_put(v, batch_sharding) for k, v in _batch(c, i).items()}
+            batch = {k: jax.device_put(v, batch_sharding) for k, v in synthetic_batch(c, i).items()}
             state, m = step(state, batch, teacher)
             losses.append(float(m["loss"]))
     qkv = state.params["encoder"]["stack"]["blocks"]["attn"]["qkv"]["kernel"]

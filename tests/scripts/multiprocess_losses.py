@@ -11,46 +11,40 @@ import json
 import sys
 
 import jax
-import numpy as np
+
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.runtime import distributed, sharding
+from sarmae_jax.training import loop, metrics
+from tests.conftest import build_parts, synthetic_batch, tiny_config
+from tests.tiny_train_config import get_config
 
 
 def losses(steps: int = 3) -> list[float]:
-    from sarmae_jax import optim, sharding, train
-    from sarmae_jax.models import sarmae, teachers
-    from tests.conftest import tiny_config
-    from tests.test_train import _batch
-
     c = tiny_config()
     mesh = sharding.make_mesh(c.mesh)
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=c.train.batch_size, total_steps=100, steps_per_epoch=10)
-    tx = optim.make_optimizer(c.optim, schedule)
-    _, shardings = train.state_shardings(modules, tx, c, mesh)
-    teacher = jax.device_put(teachers.load_teacher_params(c.sarc.teacher, modules.teacher, c.model.image_size),
-                             sharding.replicated(mesh))
-    step = train.jit_train_step(modules, tx, c, schedule, mesh, shardings)
+    parts = build_parts(c, mesh)
+    teacher = jax.device_put(teacher_weights.load_teacher_params(c.sarc.teacher, parts.modules.teacher,
+                                                                 c.model.image_size), sharding.replicated(mesh))
+    step = parts.jit_step()
     rows = c.train.batch_size // jax.process_count()
     mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
     out = []
+    state = parts.init_state(jax.random.key(0))
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k), out_shardings=shardings)(jax.random.key(0))
         for i in range(steps):
-            local = {k: v[mine] for k, v in _batch(c, i).items()}  # this process's share only
-            state, m = step(state, train.global_batch(local, sharding.batch_sharding(mesh)), teacher)
+            local = {k: v[mine] for k, v in synthetic_batch(c, i).items()}  # this process's share only
+            state, m = step(state, loop.global_batch(local, sharding.batch_sharding(mesh)), teacher)
             out.append(float(m["loss"]))
     return out
 
 
 if __name__ == "__main__":
-    from sarmae_jax import distributed, metrics, train
-    from tests.tiny_train_config import get_config
-
     distributed.maybe_initialize()
     workdir, data_path = sys.argv[1:3]
     result = {"processes": jax.process_count(), "devices": jax.device_count(), "losses": losses()}
     if "--losses_only" not in sys.argv:
         c = get_config()
         c.data.path, c.train.num_steps = data_path, 2
-        result["trained_loss"] = train.train_and_evaluate(c, workdir)["loss"]
+        result["trained_loss"] = loop.train_and_evaluate(c, workdir)["loss"]
     if metrics.is_main_process():
         print(json.dumps(result), flush=True)

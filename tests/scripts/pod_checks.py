@@ -15,13 +15,15 @@ import signal
 import sys
 
 import jax
+import ml_collections
 import numpy as np
+
+from sarmae_jax.runtime import sharding
+from sarmae_jax.training import checkpoint, dry_run
+from tests.conftest import build_parts, tiny_config
 
 
 def dry_run_check() -> dict:
-    from sarmae_jax import dry_run
-    from tests.conftest import tiny_config
-
     c = tiny_config()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     c.train.batch_size, c.train.grad_accum_steps = 16, 2
@@ -31,30 +33,15 @@ def dry_run_check() -> dict:
 
 
 def _tiny_state(mesh):
-    from sarmae_jax import optim, train
-    from sarmae_jax.models import sarmae
-    from tests.conftest import tiny_config
-
-    c = tiny_config()
-    modules = sarmae.build(c)
-    schedule = optim.make_schedule(c.optim, global_batch=8, total_steps=10, steps_per_epoch=5)
-    tx = optim.make_optimizer(c.optim, schedule)
-    abstract, shardings = train.state_shardings(modules, tx, c, mesh)
-    with jax.set_mesh(mesh):
-        state = jax.jit(lambda k: train.init_train_state(modules, tx, c, k), out_shardings=shardings)(jax.random.key(3))
-    return state, abstract
+    parts = build_parts(tiny_config(), mesh, total_steps=10, steps_per_epoch=5)
+    return parts.init_state(jax.random.key(3)), parts.abstract_state
 
 
 def _mesh(data, fsdp, devices):
-    import ml_collections
-    from sarmae_jax import sharding
-
     return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=1)), devices)
 
 
 def reshard_check(workdir: str) -> dict:
-    from sarmae_jax import checkpoint
-
     state8, _ = _tiny_state(_mesh(1, 8, jax.devices()))
     ckpt = checkpoint.Checkpoints(workdir, keep=2)
     ckpt.save(5, state8, None, {"note": "saved on 8 devices"})
@@ -74,8 +61,6 @@ def reshard_check(workdir: str) -> dict:
 
 
 def full_disk_check(workdir: str) -> dict:
-    from sarmae_jax import checkpoint
-
     state, abstract = _tiny_state(_mesh(8, 1, jax.devices()))
     ckpt = checkpoint.Checkpoints(workdir, keep=3)
     ckpt.save(1, state, None, {})

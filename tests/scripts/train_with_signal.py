@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from sarmae_jax import metrics, train
+from sarmae_jax.training import loop, metrics
 from tests.tiny_train_config import get_config
 
 if __name__ == "__main__":
@@ -23,4 +23,4 @@ if __name__ == "__main__":
         on_step = lambda step: os.kill(os.getpid(), signum) if step == at_step else None
     c = get_config()
     c.data.path = data_path
-    print(json.dumps(train.train_and_evaluate(c, workdir, on_step=on_step)))
+    print(json.dumps(loop.train_and_evaluate(c, workdir, on_step=on_step)))

@@ -31,12 +31,12 @@ import os
 from typing import Any
 
 import grain
-from absl import flags
 import ml_collections
 import numpy as np
+from absl import flags
 
-from data_pipelines import records
-from sarmae_jax import batch_sampling, host_transforms
+from data_pipelines import normalization, records, shard_io, synthetic
+from sarmae_jax.data import batch_sampling, host_transforms
 
 BATCH_KEYS = ("sar", "optical", "is_paired", "label")
 AUGMENTATIONS = ("none", "random_resized_crop")
@@ -52,9 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.path = ml_collections.FieldReference(None, field_type=str)
     cfg.split = "train"
     # Parameters of the synthetic set used when path is None.
-    cfg.synthetic = ml_collections.ConfigDict(dict(
-        num_examples=2048, num_test_examples=512, image_size=64, paired_fraction=0.75, seed=0,
-        examples_per_shard=1024, sar_dtype="uint8"))
+    cfg.synthetic = ml_collections.ConfigDict(synthetic.DEFAULTS)
     # Share of paired examples in every stretch of the stream. A number p: paired and unpaired
     # pools are repeated separately and interleaved at exactly p; an epoch is num_paired / p
     # examples (the released recipe: 0.7, while SAR-1M's natural share is ~0.75). Requires both
@@ -165,7 +163,7 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                                                              "tokens": spec.teacher_tokens},
         "class_names": list(manifest["class_names"]),
         "num_classes": len(manifest["class_names"]),
-        "normalisation": manifest["normalisation"],
+        "normalization": normalization.read(manifest, f"{path}/{records.MANIFEST_FILENAME}"),
         "resize_rule": manifest["resize_rule"],
         "splits": sorted(manifest["splits"]),
     }
@@ -186,8 +184,6 @@ def prepare(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict
     """The trainer's data config: a copy of `cfg` with `path` filled in (the synthetic set,
     generated into <workdir>/data when path is None) and `image_size` set to the model's input
     size when None (so a dataset stored at 256 is resized or cropped to 224 on the host)."""
-    from data_pipelines import synthetic  # the generator is only needed without a dataset
-
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if cfg.path is None:
         out = os.path.join(workdir, "data")
@@ -207,7 +203,7 @@ class _DecodeBatch(grain.transforms.MapWithIndex):
     position), so resumed iterators and worker processes draw the same boxes.
     """
 
-    def __init__(self, source: records.ShardedRecordSource, cfg: ml_collections.ConfigDict, seed: int):
+    def __init__(self, source: shard_io.ShardedRecordSource, cfg: ml_collections.ConfigDict, seed: int):
         self._source = source
         self._size = (cfg.image_size, cfg.image_size) if cfg.image_size else source.spec.image_size
         self._augment = cfg.augment
@@ -254,7 +250,7 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
     if global_batch_size < 1 or global_batch_size % process_count:
         raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
                          f"process_count={process_count}")
-    source = records.ShardedRecordSource(_require_path(cfg), cfg.split)
+    source = shard_io.ShardedRecordSource(_require_path(cfg), cfg.split)
     sampler = batch_sampling.BatchSampler(len(source), source.num_paired, cfg.paired_share,
                                     batch_size=global_batch_size // process_count, seed=seed,
                                     process_index=process_index, process_count=process_count)

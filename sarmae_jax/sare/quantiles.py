@@ -3,7 +3,7 @@
 Why: on a CPU, exact Gamma speckle by Marsaglia-Tsang (`sampling.standard_gamma_rows`) costs a
 normal (erf_inv), a uniform, an acceptance test with logs, and a pool for the rejected pixels, per
 pixel. Inverting the CDF instead costs one random word, integer bit operations, two gathers from
-a small per-image table and a lerp: no transcendental per pixel (benchmarks/speckle.py, README).
+a small per-image table and a lerp: no transcendental per pixel (benchmarks/speckle.py, docs/benchmarks.md).
 
 The grid. A uniform u in (0, 1) is folded to t = min(u, 1 - u) in (0, 1/2]. The float32 bit
 pattern of t indexes the cell: its exponent picks the octave [2^e, 2^(e+1)) (e = -24 ... -2) and
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sarmae_jax import sampling
+from sarmae_jax.sare import sampling
 
 CELL_BITS = 6  # 64 cells per octave
 MIN_EXPONENT = -24  # smallest t = (0 + 1/2) / 2^23 = 2^-24 for sampling.open_unit_interval's uniforms

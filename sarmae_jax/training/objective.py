@@ -1,6 +1,6 @@
 """The SARMAE objective: `mae_weight * MAE + sarc.weight * alignment`, for one batch.
 
-Pure: `(params, teacher_params, batch, key) -> (loss, aux)`; the train step differentiates it.
+Pure: `(params, teacher_params, inputs, is_paired, key) -> (loss, aux)`; the train step differentiates it.
 """
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sarmae_jax import preprocess, speckle
-from sarmae_jax.models import anchor, mae, vit
+from sarmae_jax.data import preprocess
+from sarmae_jax.models import anchor, mae, patches
 from sarmae_jax.models.sarmae import Modules
+from sarmae_jax.sare import speckle
 
 
 def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[str, jax.Array]:
@@ -34,35 +35,58 @@ def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[
     }
 
 
-def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.Array], is_paired: jax.Array,
-            mask_key: jax.Array | None, modules: Modules, config, drop_key: jax.Array | None = None,
-            masking: mae.Masking | None = None):
-    """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction.
+def total_loss(terms: dict[str, jax.Array], config, mae_share: jax.Array | float = 1.0,
+               align_share: jax.Array | float = 1.0) -> jax.Array:
+    """`mae_weight * MAE + sarc.weight * alignment`: the one place the loss terms are weighted.
 
-    The mask is drawn from `mask_key`, unless `masking` is given (gradient accumulation draws the
-    full batch's masks once and hands each micro-batch its slice).
+    With gradient accumulation a micro-batch's means count `mae_share` (its masked patches / the
+    batch's) and `align_share` (its paired samples / the batch's), so the micro-batches' parts sum to
+    the full-batch loss, and so do their gradients. For a whole batch both shares are 1.
     """
-    m = config.model
-    b = inputs["noisy"].shape[0]
-    n = (m.image_size // m.patch_size) ** 2
-    if masking is None:
-        masking = mae.random_masking(mask_key, b, n, m.mask_ratio)
+    loss = config.loss.mae_weight * terms["loss_mae"] * mae_share
+    if "loss_align" in terms:
+        loss = loss + config.sarc.weight * terms["loss_align"] * align_share
+    return loss
+
+
+def reconstruct(params: dict[str, Any], inputs: dict[str, jax.Array], masking: mae.Masking, modules: Modules,
+                drop_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Encoder on the visible patches of the speckled input, decoder back to every patch.
+
+    Returns `(latent [B, 1 + K, D], pred [B, N, p*p*C])`; the loss and the picture grids both use it.
+    """
     rngs = {"drop_path": drop_key} if drop_key is not None else {}
     latent = modules.encoder.apply({"params": params["encoder"]}, inputs["noisy"], masking.ids_keep, rngs=rngs)
     pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)
-    target = vit.patchify(inputs["clean"], m.patch_size)
-    loss_mae = mae.reconstruction_loss(pred, target, masking.mask, m.norm_pix_loss)
-    loss = config.loss.mae_weight * loss_mae
-    aux = {"loss_mae": loss_mae, "pred": pred, "mask": masking.mask}
+    return latent, pred
+
+
+def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.Array], is_paired: jax.Array,
+            mask_key: jax.Array | None, modules: Modules, config, drop_key: jax.Array | None = None,
+            masking: mae.Masking | None = None, shares: tuple[jax.Array, jax.Array] | None = None):
+    """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction.
+
+    The mask is drawn from `mask_key`, unless `masking` is given (gradient accumulation draws the
+    full batch's masks once and hands each micro-batch its slice, with its `shares` of the batch,
+    see `total_loss`).
+    """
+    m = config.model
+    b = inputs["noisy"].shape[0]
+    if masking is None:
+        masking = mae.random_masking(mask_key, b, patches.num_patches(m.image_size, m.patch_size), m.mask_ratio)
+    latent, pred = reconstruct(params, inputs, masking, modules, drop_key)
+    target = patches.patchify(inputs["clean"], m.patch_size)
+    aux = {"loss_mae": mae.reconstruction_loss(pred, target, masking.mask, m.norm_pix_loss),
+           "pred": pred, "mask": masking.mask}
     if modules.anchor_head is not None:
-        if "teacher_tokens" in inputs:  # precomputed offline (data_pipelines/teacher_features.py)
+        if "teacher_tokens" in inputs:  # precomputed offline (sarmae_jax/training/teacher_tokens.py)
             teacher_tokens = inputs["teacher_tokens"].astype(jnp.float32)
         else:
             teacher_tokens = modules.teacher.apply({"params": teacher_params}, inputs["optical"])  # [B, N, Dt]
         teacher_visible = anchor.gather_patches(teacher_tokens, masking.ids_keep)
         student = modules.anchor_head.apply({"params": params["anchor_head"]}, latent[:, 1:])
         loss_align, num_paired = anchor.alignment_loss(student, teacher_visible, is_paired)
-        loss = loss + config.sarc.weight * loss_align
         aux.update(loss_align=loss_align, paired_fraction=num_paired / b)
+    loss = total_loss(aux, config, *(shares or (1.0, 1.0)))
     aux["loss"] = loss
     return loss, aux

@@ -1,6 +1,6 @@
 """A PNG grid of every SARE speckle model at several strengths, on a clean synthetic test scene.
 
-    PYTHONPATH=. python -m sarmae_jax.speckle_gallery --out noise.png
+    PYTHONPATH=. python -m sarmae_jax.sare.gallery --out noise.png
 
 Rows: models; first column: the clean scene; other columns: increasing strength (fewer looks or
 larger sigma). Values above 1 (bright speckle the physical models do not clamp) are shown as white.
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sarmae_jax import speckle
+from sarmae_jax.sare import speckle
 
 # Per model, strengths from weak to strong: looks for the Gamma/Nakagami models, sigma otherwise.
 STRENGTHS = {

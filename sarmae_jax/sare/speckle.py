@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sarmae_jax import quantiles, sampling
+from sarmae_jax.sare import quantiles, sampling
 
 MODELS = ("gamma_intensity", "amplitude", "lognormal", "released")
 LOOKS_MODELS = ("gamma_intensity", "amplitude")  # strength = looks L, config key `looks`

@@ -17,8 +17,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from sarmae_jax import config as config_lib, data, flops, optim, sharding, train
-from sarmae_jax.models import sarmae
+from sarmae_jax import config as config_lib
+from sarmae_jax.data import pipeline
+from sarmae_jax.models import param_trees
+from sarmae_jax.runtime import sharding
+from sarmae_jax.training import flops
+from sarmae_jax.training import state as state_lib
 
 GiB = 1024**3
 
@@ -27,9 +31,9 @@ def data_spec(config) -> tuple[str, int]:
     """(SAR pixel dtype, examples per epoch) from the dataset's manifest only, or the synthetic set's config."""
     if config.data.path is None:
         synthetic = config.data.synthetic
-        return "uint8", data.epoch_size(synthetic.num_examples, int(synthetic.num_examples * synthetic.paired_fraction),
+        return synthetic.sar_dtype, pipeline.epoch_size(synthetic.num_examples, int(synthetic.num_examples * synthetic.paired_fraction),
                                         config.data.paired_share)
-    info = data.dataset_info(config.data)
+    info = pipeline.dataset_info(config.data)
     return info["sar_dtype"], info["epoch_size"]
 
 
@@ -38,17 +42,11 @@ def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[
     mesh, batch split, compile seconds, XLA memory analysis (bytes per device) and FLOPs (analytic and XLA's)."""
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh, devices)
-    train.check_batch_split(config, mesh)
     sar_dtype, epoch_size = data_spec(config)
-    total_steps, steps_per_epoch = train.run_length(config, epoch_size)
-
-    modules = sarmae.build(config)
-    schedule = optim.make_schedule(config.optim, global_batch=config.train.batch_size, total_steps=total_steps,
-                                   steps_per_epoch=steps_per_epoch)
-    tx = optim.make_optimizer(config.optim, schedule)
-    abstract_state, shardings = train.state_shardings(modules, tx, config, mesh)
-    step = train.jit_train_step(modules, tx, config, schedule, mesh, shardings)
-    args = (abstract_state, train.abstract_batch(config, mesh, sar_dtype), train.abstract_teacher_params(modules, config, mesh))
+    parts = state_lib.build(config, mesh, epoch_size=epoch_size)
+    abstract_state = parts.abstract_state
+    step = parts.jit_step()
+    args = (abstract_state, parts.abstract_batch(sar_dtype), parts.abstract_teacher_params())
 
     start = time.perf_counter()
     with jax.set_mesh(mesh):
@@ -68,7 +66,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[
         // (mesh.shape["data"] * mesh.shape["fsdp"]),
         "dtype": config.model.dtype,
         "remat": config.model.remat,
-        "parameters": sarmae.count_params(abstract_state.params),
+        "parameters": param_trees.count_params(abstract_state.params),
         "compile_seconds": compile_s,
         "analytic_flops_per_step": analytic,
         "analytic_flops_per_device": analytic / num_devices,

@@ -1,7 +1,7 @@
 """Frozen-teacher weights from PyTorch checkpoints: `load_teacher_checkpoint(cfg, path, image_size) -> params` (NumPy tree).
 
-Called by `sarmae_jax.models.teachers.load_teacher_params` for every teacher checkpoint path; the result is then
-checked name-by-name and shape-by-shape against the teacher module.
+`load_teacher_params(cfg, module, image_size)` is what the trainer calls: the explicit `random-init`, or a
+checkpoint read here and then checked name-by-name and shape-by-shape against the teacher module.
 
 | kind       | accepted checkpoints                                                                  |
 |------------|----------------------------------------------------------------------------------------|
@@ -20,11 +20,20 @@ here, to `image_size / patch` exactly as the checkpoint's own model does it at t
 """
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sarmae_jax.convert import state_dicts, vit_layout
 from sarmae_jax.convert.state_dicts import StrictReader
-from sarmae_jax.models import teachers, vit
+from sarmae_jax.models import param_trees, positions, teachers, vit
+from sarmae_jax.models.teachers import dinov3, vit_teacher
+
+log = logging.getLogger("sarmae_jax")
 
 # Buffers and heads of DINOv3 checkpoints that carry nothing the patch tokens depend on.
 _DINOV3_OFFICIAL_IGNORED = ("mask_token",)
@@ -44,7 +53,7 @@ def load_teacher_checkpoint(cfg, path: str, image_size: int) -> dict:
         _check_patch_size(sd, prefix + names.patch + ".weight", cfg.patch_size, path)
         r = StrictReader(sd, path)
         params = vit_layout.encoder_from_torch(r, names, num_heads=size["num_heads"], image_size=image_size, scan=True,
-                                               prefix=prefix, learned_pos=vit.PLAIN_BICUBIC)
+                                               prefix=prefix, learned_pos=positions.PLAIN_BICUBIC)
         r.ignore([k for k in sd if k.startswith(("head.", "fc_norm.", "pooler."))])  # classifier heads: not teacher features
         r.finish("a ViT teacher")
         return {"encoder": params}
@@ -72,7 +81,7 @@ def _check_patch_size(sd, key: str, patch_size: int, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ DINOv2
-def _pos_resampling(official: bool, with_registers: bool) -> vit.PosResampling:
+def _pos_resampling(official: bool, with_registers: bool) -> positions.PosResampling:
     """How each DINOv2 resamples its 37 x 37 table at another input size (its `interpolate_pos_encoding`).
 
     transformers' Dinov2Model: plain bicubic to the new size. Dinov2WithRegistersModel and the official hub's
@@ -81,12 +90,12 @@ def _pos_resampling(official: bool, with_registers: bool) -> vit.PosResampling:
     (`interpolate_offset=0.1`), which samples slightly differently from transformers' port.
     """
     if with_registers:
-        return vit.PosResampling(antialias=True)
-    return vit.PosResampling(offset=0.1) if official else vit.PLAIN_BICUBIC
+        return positions.PosResampling(antialias=True)
+    return positions.PosResampling(offset=0.1) if official else positions.PLAIN_BICUBIC
 
 
 def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_size: int, with_registers: bool) -> dict:
-    """Params of `teachers.ViTTeacher(layer_scale=True, num_registers=0 | 4)` from an official or transformers DINOv2."""
+    """Params of `vit_teacher.ViTTeacher(layer_scale=True, num_registers=0 | 4)` from an official or transformers DINOv2."""
     sd = vit_layout.hf_live_names_to_file(sd)
     if "cls_token" in sd:
         names, official = vit_layout.DINOV2_OFFICIAL, True
@@ -96,7 +105,7 @@ def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_s
         raise ValueError(f"{path}: neither an official DINOv2 checkpoint (cls_token, pos_embed, blocks.N.ls1.gamma) nor a "
                          f"transformers Dinov2Model (embeddings.cls_token, encoder.layer.N); first keys: {sorted(sd)[:8]}")
     found = sd[names.registers].shape[1] if names.registers in sd else 0
-    wanted = teachers.DINOV2_REGISTERS if with_registers else 0
+    wanted = vit_teacher.DINOV2_REGISTERS if with_registers else 0
     if found != wanted:
         kind = "dinov2_reg" if found else "dinov2"
         raise ValueError(f"{path}: the checkpoint has {found} register tokens ({names.registers}), the teacher kind "
@@ -122,7 +131,7 @@ def _dinov3_format(sd, path) -> str:
 
 
 def dinov3_from_torch(sd, path: str, num_heads: int) -> dict:
-    """Params of `sarmae_jax.models.dinov3.DINOv3` from an official or a transformers DINOv3 state dict (file
+    """Params of `sarmae_jax.models.teachers.dinov3.DINOv3` from an official or a transformers DINOv3 state dict (file
     names `layer.N.`, or a live 5.x `state_dict()`'s `model.layer.N.`)."""
     sd = vit_layout.hf_live_names_to_file(sd)
     fmt = _dinov3_format(sd, path)
@@ -167,8 +176,6 @@ def dinov3_from_torch(sd, path: str, num_heads: int) -> dict:
 
 
 def _check_rope_periods(r: StrictReader, head_dim: int) -> None:
-    from sarmae_jax.models import dinov3
-
     stored = r.take("rope_embed.periods", (head_dim // 4,))
     expected = dinov3.ROPE_THETA ** (2 * np.arange(head_dim // 4, dtype=np.float64) / (head_dim // 2))
     if np.max(np.abs(stored / expected - 1.0)) > 1e-5:
@@ -231,3 +238,27 @@ def released_from_torch(sd, path: str) -> dict:
     if missing:
         raise ValueError(f"{path}: cannot build the released teacher: " + "; ".join(missing))
     return params
+
+
+def load_teacher_params(cfg, module: nn.Module, image_size: int, seed: int = 0) -> Any:
+    """The teacher's frozen parameters.
+
+    `cfg.checkpoint`:
+      - `"random-init"`: initialise from `seed` and say so loudly (for tests and the synthetic smoke run);
+      - a path: official DINOv3 / DINOv2 `.pth`, transformers or timm files (`load_teacher_checkpoint`).
+    A missing checkpoint is an error, never a silent random teacher.
+    """
+    ckpt = cfg.checkpoint
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))
+    if ckpt is None or ckpt == "":
+        raise ValueError(
+            "config.sarc.teacher.checkpoint is not set: the SARC teacher needs weights (a path), or the explicit "
+            f"value {teachers.RANDOM_INIT!r} for an untrained teacher (tests and synthetic smoke runs only)."
+        )
+    if ckpt == teachers.RANDOM_INIT:
+        log.warning("SARC teacher %r is RANDOMLY INITIALISED (checkpoint=%r), as the config asks.", cfg.kind, ckpt)
+        return jax.jit(lambda: nn.unbox(module.init(jax.random.key(seed), dummy)["params"]))()
+    params = load_teacher_checkpoint(cfg, ckpt, image_size)
+    param_trees.check_tree_matches(params, shapes, what=f"teacher checkpoint {ckpt}")
+    return jax.tree.map(jnp.asarray, params)

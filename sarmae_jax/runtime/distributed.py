@@ -11,6 +11,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 
 log = logging.getLogger("sarmae_jax")
 
@@ -61,6 +62,7 @@ class PreemptionWatch:
     def __init__(self):
         self.signalled = False
         self._previous = None
+        self._service_missing_logged = False
 
     def __enter__(self) -> "PreemptionWatch":
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -80,10 +82,14 @@ class PreemptionWatch:
         if self.signalled:
             return True
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             try:
                 return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+            except RuntimeError as e:
+                # No preemption service (jax_enable_preemption_service=False): this run cannot hear a
+                # notice. Say so once, loudly, rather than on every step or not at all.
+                if not self._service_missing_logged:
+                    log.warning("step %d: JAX's preemption service is not available (%s): this run will not "
+                                "save a checkpoint on a preemption notice", step, e)
+                    self._service_missing_logged = True
                 return False
         return False

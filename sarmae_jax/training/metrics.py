@@ -13,6 +13,11 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from absl import flags
+from absl import logging as absl_logging
+from PIL import Image, ImageDraw, PngImagePlugin
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
 
 log = logging.getLogger("sarmae_jax")
 
@@ -28,7 +33,6 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-        from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 
@@ -57,8 +61,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool = True):
         self._bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
 
     def update(self, step: int, shown: Mapping[str, float]) -> None:
@@ -85,8 +87,6 @@ def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2, min_cell: int = 
     enlarged (nearest neighbour) to at least `min_cell` pixels so that a person can see them.
     Returns `[rows, cols, 3]` uint8 with a white gutter and a header naming each column.
     """
-    from PIL import Image, ImageDraw
-
     arrays = [np.asarray(a, np.float32) for a in columns.values()]
     n, h, w = arrays[0].shape[:3]
     scale = max(1, -(-min_cell // max(h, w)))
@@ -108,8 +108,6 @@ def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2, min_cell: int = 
 
 
 def save_png(path: str, image: np.ndarray, description: str = "") -> None:
-    from PIL import Image, PngImagePlugin
-
     info = PngImagePlugin.PngInfo()
     if description:
         info.add_text("Description", description)
@@ -123,8 +121,6 @@ def is_main_process() -> bool:
 
 def setup_logging() -> None:
     """Our own INFO lines, readable; the libraries' (Orbax, Grain, XLA) only from WARNING up."""
-    from absl import logging as absl_logging
-
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("sarmae_jax")
     ours.setLevel(logging.INFO)
@@ -137,8 +133,6 @@ def setup_logging() -> None:
 
 def parse_flags_with_logging(argv):
     """absl `flags_parser` for the command-line tools: parse the flags, then set up logging."""
-    from absl import flags
-
     parsed = flags.FLAGS(argv)
     setup_logging()
     return parsed

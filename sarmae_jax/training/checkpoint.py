@@ -15,12 +15,12 @@ import os
 from typing import Any
 
 import grain
-from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
-from sarmae_jax import preprocess
+from data_pipelines import normalization
 
 log = logging.getLogger("sarmae_jax")
 
@@ -32,7 +32,7 @@ def run_metadata(config: ml_collections.ConfigDict, **extra) -> dict[str, Any]:
     return {
         "format": "sarmae_jax",
         "version": EXPORT_VERSION,
-        "normalization": preprocess.NORMALIZATION,
+        normalization.KEY: normalization.NORMALIZATION,
         "config": json.loads(config.to_json_best_effort()),
         **extra,
     }

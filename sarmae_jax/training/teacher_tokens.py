@@ -23,8 +23,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from tqdm.auto import tqdm
 
-from data_pipelines import records
+from data_pipelines import records, shard_io
+from sarmae_jax.convert import teacher_weights
+from sarmae_jax.data import preprocess
+from sarmae_jax.models import teachers
 
 log = logging.getLogger("sarmae_jax")
 
@@ -35,11 +39,8 @@ def teacher_config(kind: str, size: str, patch_size: int, checkpoint: str) -> ml
 
 def make_teacher_fn(teacher_cfg, image_size: int):
     """`optical uint8 [B, H, W, 3] -> tokens float16 [B, N, Dt]` (jitted), and the token shape (N, Dt)."""
-    from sarmae_jax import preprocess
-    from sarmae_jax.models import teachers
-
     module, width = teachers.build_teacher(teacher_cfg)
-    params = teachers.load_teacher_params(teacher_cfg, module, image_size)
+    params = teacher_weights.load_teacher_params(teacher_cfg, module, image_size)
 
     @jax.jit
     def tokens(optical):
@@ -50,7 +51,7 @@ def make_teacher_fn(teacher_cfg, image_size: int):
     return tokens, (n, width)
 
 
-def _examples_with_tokens(source: records.ShardedRecordSource, spec: records.RecordSpec, tokens_fn,
+def _examples_with_tokens(source: shard_io.ShardedRecordSource, spec: records.RecordSpec, tokens_fn,
                           batch_size: int, progress) -> Iterator[dict]:
     n = len(source)
     for start in range(0, n, batch_size):
@@ -72,9 +73,6 @@ def _examples_with_tokens(source: records.ShardedRecordSource, spec: records.Rec
 def precompute(data_dir: str, out_dir: str, teacher_cfg, *, batch_size: int = 64, examples_per_shard: int | None = None,
                splits: list[str] | None = None) -> dict:
     """Copy `data_dir` to `out_dir` with the teacher's tokens added to every record. Returns the new manifest."""
-    from tqdm.auto import tqdm
-
-    from sarmae_jax.models import teachers
 
     manifest = records.read_manifest(data_dir)
     spec = records.RecordSpec.from_json(manifest["features"])
@@ -87,18 +85,18 @@ def precompute(data_dir: str, out_dir: str, teacher_cfg, *, batch_size: int = 64
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for split in splits or sorted(manifest["splits"]):
-        source = records.ShardedRecordSource(data_dir, split)
+        source = shard_io.ShardedRecordSource(data_dir, split)
         entry = manifest["splits"][split]
         per_shard = examples_per_shard or max(s["num_examples"] for s in entry["shards"])
         with tqdm(total=len(source), desc=f"teacher tokens [{split}]", unit="img") as progress:
-            written[split] = records.write_split(
+            written[split] = shard_io.write_split(
                 out_dir, split, _examples_with_tokens(source, new_spec, tokens_fn, batch_size, progress),
                 spec=new_spec, num_examples=len(source), examples_per_shard=per_shard,
                 dataset_name=manifest["dataset_name"], writer_options=manifest.get("writer_options",
                                                                                    records.DEFAULT_WRITER_OPTIONS))
     extra = {k: v for k, v in manifest.items() if k not in (
         "class_names", "dataset_name", "features", "format", "format_version", "splits", "resize_rule",
-        "writer_options", "normalisation", "description")}
+        "writer_options", "normalization", "normalisation", "description")}
     extra["teacher_features"] = {"teacher": new_spec.teacher_name, "source_dataset": os.path.abspath(data_dir)}
     return records.write_dataset_metadata(
         out_dir, dataset_name=manifest["dataset_name"], spec=new_spec, splits=written,
@@ -107,8 +105,8 @@ def precompute(data_dir: str, out_dir: str, teacher_cfg, *, batch_size: int = 64
         description=manifest.get("description", ""), extra=extra)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sarmae-precompute-teacher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="records dataset directory (manifest.json inside)")
     parser.add_argument("--out", required=True, help="output dataset directory")
     parser.add_argument("--kind", default="dinov3", help="teacher kind (released | vit | dinov3 | ...)")
@@ -117,7 +115,11 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True, help="teacher weights, or 'random-init' (tests only)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--splits", nargs="*", default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     manifest = precompute(args.data, args.out, teacher_config(args.kind, args.size, args.patch_size, args.checkpoint),
                           batch_size=args.batch_size, splits=args.splits)

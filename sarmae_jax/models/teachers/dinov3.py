@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sarmae_jax.models import teachers, vit
+from sarmae_jax.models import vit
+from sarmae_jax.models.patches import PatchEmbed
 
 Dtype = Any
 NUM_REGISTER_TOKENS = 4  # all released DINOv3 ViTs (S/B/L/H+/7B) carry 4 storage tokens
@@ -124,7 +125,7 @@ class DINOv3(nn.Module):
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} must be divisible by the DINOv3 patch size {p}")
-        x = vit.PatchEmbed(p, self.width, self.dtype, name="patch_embed")(images)
+        x = PatchEmbed(p, self.width, self.dtype, name="patch_embed")(images)
         normal = nn.initializers.normal(0.02)
         cls = self.param("cls_token", normal, (1, 1, self.width), jnp.float32)
         registers = self.param("register_tokens", normal, (1, self.num_registers, self.width), jnp.float32)
@@ -146,8 +147,3 @@ def build(cfg, dtype: Dtype = jnp.float32, num_registers: int = NUM_REGISTER_TOK
     size = vit.VIT_SIZES[cfg.size]
     module = DINOv3(patch_size=cfg.patch_size, num_registers=num_registers, dtype=dtype, **size)
     return module, size["width"]
-
-
-@teachers.register_teacher("dinov3")
-def _dinov3(cfg, dtype):
-    return build(cfg, dtype)

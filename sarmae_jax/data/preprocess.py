@@ -1,7 +1,8 @@
 """On-device preprocessing inside the train step: integer pixels -> [0, 1] -> (SARE) -> normalised.
 
-The normalisation is one rule for the whole project (pre-training, evaluation, export); it is
-written into every checkpoint's metadata as `NORMALIZATION`, so nothing downstream has to guess.
+The normalisation is one rule for the whole project (pre-training, evaluation, export), defined in
+`data_pipelines.normalization` and recorded in every manifest and checkpoint, so nothing downstream
+has to guess.
 """
 from __future__ import annotations
 
@@ -9,15 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SAR_MEAN, SAR_STD = 0.5, 0.5  # [0, 1] intensities -> [-1, 1], as the released pre-training
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-NORMALIZATION = {
-    "sar": {"input": "intensity in [0, 1] (integer pixels / dtype max)", "mean": SAR_MEAN, "std": SAR_STD,
-            "channels": "grayscale repeated to the model's input channels"},
-    "optical": {"input": "RGB in [0, 1] (uint8 / 255)", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-}
+from data_pipelines.normalization import IMAGENET_MEAN, IMAGENET_STD, SAR_MEAN, SAR_STD
 
 
 def to_unit_interval(pixels: jax.Array) -> jax.Array:
