@@ -1,35 +1,39 @@
-"""Which record fills which batch slot: process sharding, per-epoch shuffles and paired mixing,
-as a pure function of the batch position.
+"""Which record fills which row of which global batch: per-epoch shuffles and paired mixing, as a pure
+function of (seed, global batch position) -- the same for any number of processes.
 
-`BatchSampler(position) -> [b] global record indices` is vectorised NumPy, so a batch costs a
-few microseconds (Grain's per-element `shuffle` / `mix` cost ~60 us per index, more than
-decoding the record). Because it is a pure function of (seed, position), a resumed iterator
-that knows its position yields exactly the same batches.
+`BatchSampler(position) -> [len(rows)] record indices` is vectorised NumPy, so a batch costs a few
+microseconds (Grain's per-element `shuffle` / `mix` cost ~60 us per index, more than decoding the
+record). Global batch `position` is a function of the seed and the position alone; each process
+reads only its `rows` of it (those its devices hold in the batch sharding, `sharding.process_batch_rows`).
+So a run saved by P processes and resumed by Q sees exactly the examples it would have seen, and a
+resumed iterator that knows its position yields exactly the batches of an uninterrupted run.
 
-Definitions (per process p of P, paired records first in the split: [0, num_paired)):
+Definitions (global batch size B, paired records first in the split: [0, num_paired)):
 
-* a pool is a range of global indices [start, stop); this process owns its
-  ``[p::P]`` slice (disjoint across processes, together covering the pool);
-* pool ordinal j (0, 1, 2, ...) -> epoch e = j // n, offset j % n, and local element
-  ``perm_e[offset]`` with ``perm_e`` a permutation drawn from (seed, pool id, e);
-* the stream interleaves the paired and unpaired pools at share q: stream position k is
-  paired iff floor((k + 1) q) > floor(k q), i.e. every prefix of the stream holds
-  floor(prefix q) or that + 1 paired examples (exact proportions, no randomness).
+* the stream is an endless sequence of record indices; global batch i holds stream positions
+  [i B, (i + 1) B), row r of it being stream position i B + r;
+* a pool is a range of record indices [start, stop) (all of them, whichever process reads);
+  pool ordinal j (0, 1, 2, ...) -> epoch e = j // n, offset j % n, and record
+  ``start + perm_e[offset]`` with ``perm_e`` a permutation of n = stop - start drawn from
+  (seed, pool id, e);
+* the stream interleaves the paired and unpaired pools at share q: stream position k is paired
+  iff floor((k + 1) q) > floor(k q), i.e. every prefix of the stream holds floor(prefix q) or
+  that + 1 paired examples (exact proportions, no randomness). Without a share (natural mix)
+  stream position k is ordinal k of the one pool of all records.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 
 class _Pool:
-    """This process's slice of the global indices [start, stop), shuffled anew every epoch."""
+    """The record indices [start, stop), shuffled anew every epoch."""
 
-    def __init__(self, start: int, stop: int, *, seed: int, pool_id: int, process_index: int, process_count: int):
-        self.members = np.arange(start + process_index, stop, process_count, dtype=np.int64)
-        if len(self.members) == 0:
-            raise ValueError(f"records [{start}, {stop}) split over {process_count} processes leave process "
-                             f"{process_index} with none; use fewer processes or more data")
+    def __init__(self, start: int, stop: int, *, seed: int, pool_id: int):
+        self.start, self.size = start, stop - start
         self._seed = (seed, pool_id)
         self._perms: dict[int, np.ndarray] = {}
 
@@ -38,13 +42,12 @@ class _Pool:
             if len(self._perms) >= 2:  # a batch spans at most two epochs of a pool in practice
                 self._perms.pop(min(self._perms))
             rng = np.random.default_rng([*self._seed, epoch])
-            self._perms[epoch] = self.members[rng.permutation(len(self.members))]
+            self._perms[epoch] = self.start + rng.permutation(self.size).astype(np.int64)
         return self._perms[epoch]
 
     def take(self, ordinals: np.ndarray) -> np.ndarray:
-        """Pool ordinals [k] int64 -> global record indices [k]."""
-        n = len(self.members)
-        epochs, offsets = np.divmod(ordinals, n)
+        """Pool ordinals [k] int64 -> record indices [k]."""
+        epochs, offsets = np.divmod(ordinals, self.size)
         out = np.empty(len(ordinals), np.int64)
         for epoch in np.unique(epochs):
             sel = epochs == epoch
@@ -55,35 +58,56 @@ class _Pool:
         return {**self.__dict__, "_perms": {}}
 
 
+def contiguous_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """Rows [p B / P, (p + 1) B / P) of a global batch of B: process p's share when the processes'
+    devices hold consecutive blocks of the batch (a mesh made by `jax.make_mesh`, and tests)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index}: expected in [0, process_count={process_count})")
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
+                         f"process_count={process_count}")
+    per = global_batch_size // process_count
+    return np.arange(process_index * per, (process_index + 1) * per, dtype=np.int64)
+
+
 class BatchSampler:
-    """position -> the [batch_size] global record indices of this process's batch `position`.
+    """position -> the record indices of rows `rows` of global batch `position`.
 
     Args:
       num_records: records in the split; num_paired: how many of them (the first) are paired.
       paired_share: None for the natural mix (one pool, each record once per epoch), or q in
         [0, 1]: paired and unpaired pools interleaved at exactly q.
-      batch_size: per-process batch size.
+      batch_size: the GLOBAL batch size B (all processes together).
+      rows: the rows of every global batch this process reads, increasing, in [0, B); None: all.
     """
 
     def __init__(self, num_records: int, num_paired: int, paired_share: float | None, *, batch_size: int,
-                 seed: int, process_index: int, process_count: int):
-        kw = dict(seed=seed, process_index=process_index, process_count=process_count)
+                 seed: int, rows: Sequence[int] | np.ndarray | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected a positive global batch size")
         self.batch_size = batch_size
+        self.rows = np.arange(batch_size, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        if (self.rows.ndim != 1 or not len(self.rows) or self.rows.min() < 0 or self.rows.max() >= batch_size
+                or (np.diff(self.rows) <= 0).any()):
+            raise ValueError(f"rows={self.rows.tolist()[:16]}{'...' if self.rows.size > 16 else ''}: expected "
+                             f"increasing row indices in [0, global batch size {batch_size})")
+        if num_records < 1:
+            raise ValueError(f"num_records={num_records}: the split is empty")
         self.paired_share = paired_share
         if paired_share is None:
-            self._pools = [_Pool(0, num_records, pool_id=0, **kw)]
+            self._pools = [_Pool(0, num_records, seed=seed, pool_id=0)]
             return
         if paired_share > 0 and num_paired == 0:
             raise ValueError(f"paired_share={paired_share} but the split has no paired examples "
                              "(a plain SAR folder: set config.data.paired_share to 0 or None)")
         if paired_share < 1 and num_paired == num_records:
             raise ValueError(f"paired_share={paired_share} but the split has no unpaired examples")
-        paired = _Pool(0, num_paired, pool_id=1, **kw) if paired_share > 0 else None
-        unpaired = _Pool(num_paired, num_records, pool_id=2, **kw) if paired_share < 1 else None
+        paired = _Pool(0, num_paired, seed=seed, pool_id=1) if paired_share > 0 else None
+        unpaired = _Pool(num_paired, num_records, seed=seed, pool_id=2) if paired_share < 1 else None
         self._pools = [paired, unpaired]
 
     def __call__(self, position: int) -> np.ndarray:
-        k = np.arange(position * self.batch_size, (position + 1) * self.batch_size, dtype=np.int64)
+        k = position * self.batch_size + self.rows  # stream positions of this process's rows
         if self.paired_share is None:
             return self._pools[0].take(k)
         paired_before = np.floor(k * self.paired_share).astype(np.int64)  # paired among positions [0, k)

@@ -25,8 +25,11 @@ def vit_forward_flops(tokens: int, width: int, depth: int, patch_pixels: int, pa
     return 2 * patches * patch_pixels * width + depth * block_forward_flops(tokens, width)
 
 
-def train_step_flops_per_image(config) -> float:
-    """Model FLOPs of one training step per image (forward + backward, teacher forward only)."""
+def train_step_flops_per_image(config, live_teacher: bool = True) -> float:
+    """Model FLOPs of one training step per image (forward + backward, teacher forward only).
+
+    `live_teacher=False`: the dataset's precomputed teacher tokens replace the teacher, which then costs 0.
+    """
     m = config.model
     enc = vit.VIT_SIZES[m.size]
     n = (m.image_size // m.patch_size) ** 2
@@ -41,9 +44,10 @@ def train_step_flops_per_image(config) -> float:
     trained = encoder + decoder
     teacher = 0.0
     if config.sarc.enabled:
-        t = config.sarc.teacher
-        tw = vit.VIT_SIZES[t.size]["width"]
+        tw = vit.VIT_SIZES[config.sarc.teacher.size]["width"]
         trained += 2 * k * enc["width"] * enc["width"] + 2 * k * enc["width"] * tw  # anchor head
+    if config.sarc.enabled and live_teacher:
+        t = config.sarc.teacher
         teacher_pixels = t.patch_size**2 * TEACHER_CHANNELS
         if t.kind == "released":
             teacher = 2 * n * teacher_pixels * tw
