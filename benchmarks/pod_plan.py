@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.metadata
 import importlib.util
 import json
 import multiprocessing
@@ -97,7 +98,7 @@ def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool
 
     reports = [compile_cached(config, s, TEACHERS[teacher]) for s in slices]
     search = tpu_plan.find_max_batch(config, slices[-1], teacher_tokens=TEACHERS[teacher], multiple=SEARCH_MULTIPLE,
-                                     max_probes=2 if smoke else 12, compile_fn=compile_cached)
+                                     max_probes=1 if smoke else 12, compile_fn=compile_cached)
     return reports + [{"search": {"slice": slices[-1], "best": search["best"] and search["best"]["batch_per_chip"],
                                   "probes": [r["batch_per_chip"] for r in search["probes"]]}}]
 
@@ -127,7 +128,7 @@ def table(cache: Cache, smoke: bool) -> str:
                         continue
                     hbm = _gib(r["memory"]["total"]) if r["fits"] else f"> {_gib(r.get('compiler_hbm_bytes') or r['hbm_bytes'])}"
                     roof = r.get("roofline")
-                    step = f"{roof['step_seconds'] * 1e3:.0f} ms ({'compute' if roof['bound'] == 'compute' else 'HBM'})" if roof else "-"
+                    step = f"{roof['step_seconds'] * 1e3:.3g} ms ({'compute' if roof['bound'] == 'compute' else 'HBM'})" if roof else "-"
                     ips = f"{roof['images_per_second_per_chip']:.0f}" if roof else "-"
                     largest = f"{best}" if best is not None else "none"
                     there = f"{fits_at[best]['roofline']['images_per_second_per_chip']:.0f}" if best is not None else "-"
@@ -161,9 +162,7 @@ def main() -> None:
             print(f"group {done}/{len(groups)} done: {' | '.join(futures[future])}: largest batch per chip "
                   f"{result[-1]['search']['best']} (probes {result[-1]['search']['probes']}); "
                   f"{(time.time() - started) / 60:.0f} min so far", flush=True)
-    import libtpu
-
-    print(f"\nTPU compiler: libtpu {libtpu.__version__}, jax {__import__('jax').__version__}; host: "
+    print(f"\nTPU compiler: libtpu {importlib.metadata.version('libtpu')}, jax {__import__('jax').__version__}; host: "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {(time.time() - started) / 60:.0f} min\n")
     print(table(Cache(args.cache), args.smoke))
 

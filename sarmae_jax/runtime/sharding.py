@@ -57,9 +57,10 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_cfg, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)  # GSPMD propagation; shardings set by rules
-    if devices == list(jax.devices()):
-        # Topology-aware device order (ICI rings on TPU, NVLink islands on GPU).
-        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    if devices == list(jax.devices()) or all(d.platform == "tpu" for d in devices):
+        # Topology-aware device order (ICI rings on TPU, NVLink islands on GPU); for a whole TPU slice of
+        # compile-only devices (tpu_topology.slice_devices) the order a run on that slice gets.
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 

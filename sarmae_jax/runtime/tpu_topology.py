@@ -10,9 +10,14 @@ A slice name is `<kind>:<chips per axis>`, e.g. `v5e:2x2`, `v5e:16x16`, `v5p:4x4
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
+
+import jax
+from jax._src import hardware_utils  # the PCI scan JAX itself uses to find TPU chips
+from jax.experimental import topologies
 
 GiB = 1024**3
 
@@ -85,8 +90,6 @@ def quiet_libtpu_start() -> None:
     Call before JAX initialises its backends (libtpu reads them when it loads). On a TPU VM nothing is
     changed: there the variables describe the real slice.
     """
-    from jax._src import hardware_utils  # the PCI scan JAX itself uses to find TPU chips
-
     num_chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
     if num_chips:
         return
@@ -95,11 +98,8 @@ def quiet_libtpu_start() -> None:
 
 
 def compiler_available() -> bool:
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether libtpu is installed (found without loading it)."""
+    return importlib.util.find_spec("libtpu") is not None
 
 
 def slice_devices(name: str) -> list:
@@ -109,10 +109,6 @@ def slice_devices(name: str) -> list:
         raise TpuCompilerMissing(f"compiling for TPU slice {name!r} needs the TPU compiler (libtpu), which is not "
                                  f"installed: {INSTALL_HINT}")
     quiet_libtpu_start()
-    from jax.experimental import topologies
-
-    import jax
-
     kwargs = {}
     host = _DEFAULT_HOST_BOUNDS[: len(shape)]
     if all(s <= h for s, h in zip(shape, host)) and tuple(shape) != host:

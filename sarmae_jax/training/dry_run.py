@@ -11,51 +11,97 @@ that would not fit, or not shard, fails here on a laptop with fake devices inste
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from sarmae_jax import config as config_lib
 from sarmae_jax.data import pipeline
-from sarmae_jax.models import param_trees
+from sarmae_jax.models import param_trees, patches
+from sarmae_jax.models.teachers import RANDOM_INIT
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import flops
+from sarmae_jax.training import flops, loop
 from sarmae_jax.training import state as state_lib
 
 GiB = 1024**3
 
 
-def data_spec(config) -> tuple[str, int]:
-    """(SAR pixel dtype, examples per epoch) from the dataset's manifest only, or the synthetic set's config."""
+def data_spec(config) -> tuple[str, int, bool]:
+    """(SAR pixel dtype, examples per epoch, whether the dataset's stored teacher tokens replace the teacher)
+    from the dataset's manifest only, or the synthetic set's config."""
     if config.data.path is None:
         synthetic = config.data.synthetic
         return synthetic.sar_dtype, pipeline.epoch_size(synthetic.num_examples, int(synthetic.num_examples * synthetic.paired_fraction),
-                                        config.data.paired_share)
+                                        config.data.paired_share), False
     info = pipeline.dataset_info(config.data)
-    return info["sar_dtype"], info["epoch_size"]
+    return info["sar_dtype"], info["epoch_size"], loop.stored_teacher_tokens(info, config)
+
+
+@dataclasses.dataclass
+class LoweredStep:
+    """The train step lowered for a mesh, with the abstract arguments it was lowered for."""
+
+    lowered: Any  # jax.stages.Lowered
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    abstract_state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+    abstract_batch: dict[str, jax.ShapeDtypeStruct]
+    abstract_teacher: Any  # the frozen teacher's parameters; None with precomputed tokens or without SARC
+    teacher_tokens: bool  # the batch carries precomputed teacher tokens instead
+
+
+def without_teacher_weights(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A dry run reads no weights: a config without a teacher checkpoint compiles as with one."""
+    if not config.sarc.enabled or config.sarc.teacher.checkpoint:
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.sarc.teacher.checkpoint = RANDOM_INIT
+    return out
+
+
+def lower_train_step(config: ml_collections.ConfigDict, devices=None, *,
+                     teacher_tokens: bool | None = None) -> LoweredStep:
+    """Lower the train step for `config.mesh` over `devices` (default: all), from abstract shapes only.
+
+    `teacher_tokens`: None follows the dataset (its stored teacher tokens replace the live teacher, as in a
+    run); True puts `teacher_tokens [B, N, Dt] float16` in the batch and runs no teacher; False runs it.
+    """
+    config = without_teacher_weights(config)
+    config_lib.validate(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    sar_dtype, epoch_size, stored = data_spec(config)
+    teacher_tokens = bool(config.sarc.enabled and (stored if teacher_tokens is None else teacher_tokens))
+    parts = state_lib.build(config, mesh, epoch_size=epoch_size)
+    batch = parts.abstract_batch(sar_dtype)
+    teacher = None
+    if teacher_tokens:
+        n = patches.num_patches(config.model.image_size, config.model.patch_size)
+        batch["teacher_tokens"] = jax.ShapeDtypeStruct((config.train.batch_size, n, parts.modules.teacher_width),
+                                                       np.float16, sharding=sharding.batch_sharding(mesh))
+    else:
+        teacher = parts.abstract_teacher_params()
+    with jax.set_mesh(mesh):
+        lowered = parts.jit_step().lower(parts.abstract_state, batch, teacher)
+    return LoweredStep(lowered, config, mesh, parts.abstract_state, batch, teacher, teacher_tokens)
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[str, Any]:
     """Lower and compile the train step for `config.mesh` over `devices` (default: all). Returns a report:
     mesh, batch split, compile seconds, XLA memory analysis (bytes per device) and FLOPs (analytic and XLA's)."""
-    config_lib.validate(config)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    sar_dtype, epoch_size = data_spec(config)
-    parts = state_lib.build(config, mesh, epoch_size=epoch_size)
-    abstract_state = parts.abstract_state
-    step = parts.jit_step()
-    args = (abstract_state, parts.abstract_batch(sar_dtype), parts.abstract_teacher_params())
-
+    step = lower_train_step(config, devices)
+    config, mesh, abstract_state = step.config, step.mesh, step.abstract_state
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = step.lower(*args).compile()
+        compiled = step.lowered.compile()
     compile_s = time.perf_counter() - start
 
     num_devices = mesh.devices.size
     device = mesh.devices.flat[0]
-    analytic = flops.train_step_flops_per_image(config) * config.train.batch_size
+    analytic = flops.train_step_flops_per_image(config, live_teacher=not step.teacher_tokens) * config.train.batch_size
     report: dict[str, Any] = {
         "mesh": dict(mesh.shape),
         "device_kind": device.device_kind,

@@ -33,10 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from sarmae_jax import dry_run, flops, sharding
-from sarmae_jax.models import sarmae
-from sarmae_jax.runtime import tpu_topology
-from sarmae_jax.training import hlo_collectives
+from sarmae_jax.models import param_trees
+from sarmae_jax.runtime import sharding, tpu_topology
+from sarmae_jax.training import dry_run, flops, hlo_collectives
 
 log = logging.getLogger("sarmae_jax")
 GiB = 1024**3
@@ -87,7 +86,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         "global_batch": c.train.batch_size, "batch_per_chip": c.train.batch_size // shards,
         "grad_accum_steps": c.train.grad_accum_steps, "dtype": c.model.dtype, "remat": c.model.remat,
         "model": f"ViT-{c.model.size}/{c.model.patch_size}",
-        "teacher": _teacher_name(c, step.teacher_tokens), "parameters": sarmae.count_params(state.params),
+        "teacher": _teacher_name(c, step.teacher_tokens), "parameters": param_trees.count_params(state.params),
         "lower_seconds": lower_s,
         "hbm_bytes": chip.hbm_bytes,
         "state_bytes": {"params": _tree_bytes_per_chip(state.params), "opt_state": _tree_bytes_per_chip(state.opt_state)},
