@@ -22,10 +22,16 @@ RUNTIME = [
 # build: an unpinned `torch` pulls a multi-GB CUDA build.
 TORCH = ["torch==2.13.0", "transformers>=5.0"]
 
+# The TPU compiler (libtpu, 684 MB installed) beside the CPU jaxlib, for `sarmae-train --dry_run --topology
+# v5e:16x16` and benchmarks/pod_plan.py on a machine without a TPU. libtpu must match jaxlib: jax's own
+# `tpu` extra pins the pair; this is the jax the pod plan in docs/scale.md was compiled with. libtpu is
+# built for Linux x86_64 only.
+TPU = ['jax[tpu]==0.10.2; sys_platform == "linux" and platform_machine == "x86_64"']
+
 TEST = [
     "pytest>=8",
     "scipy>=1.11",       # Kolmogorov-Smirnov tests of the speckle laws
-] + TORCH                # parity tests against transformers' ViT, ViTMAE and DINOv3
+] + TORCH + TPU          # parity tests against transformers' ViT, ViTMAE and DINOv3; TPU compiles (test_tpu_plan)
 
 setup(
     name="sarmae-jax",
@@ -34,7 +40,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sarmae_jax", "sarmae_jax.*", "data_pipelines", "data_pipelines.*", "configs", "configs.*"]),
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "torch": TORCH},
+    extras_require={"test": TEST, "torch": TORCH, "tpu": TPU},
     entry_points={
         "console_scripts": [
             "sarmae-train=sarmae_jax.main:run",

@@ -3,17 +3,25 @@ v5e, v5p and v6e slices, on a machine without a TPU (needs the `tpu` extra: pip 
 
     python benchmarks/pod_plan.py [--workers 2] [--cache pod_plan.jsonl] [--smoke]
 
-For each recipe (configs/sarmae_vit_b16.py, configs/sarmae_vit_l16.py; their mesh: data parallel over all
-chips), each teacher mode (the full frozen DINOv3 ViT-B/16 run live, or its tokens precomputed into the
-dataset) and each slice in `SLICES`, one compile at the recipe's global batch (4096) says whether the step
-fits a chip, its HBM per chip and the roofline bound on its step time; then, per chip kind, a search
-(training/tpu_plan.find_max_batch) on the kind's largest slice finds the largest batch per chip that fits.
-Every compile is cached in `--cache` (JSON lines), so an interrupted run resumes where it stopped; the
-table is printed (Markdown) at the end. Groups run in `--workers` processes (the TPU compiler uses about
-one core per compile).
+For each recipe (configs/sarmae_vit_b16.py, configs/sarmae_vit_l16.py: data parallel over all chips, global
+batch 4096), each teacher mode (the full frozen DINOv3 ViT-B/16 run live, or its tokens precomputed into the
+dataset) and each chip kind, on a 256-chip slice (`SLICES`):
 
-These are compiler figures (memory from the compiler's buffer assignment, step time a roofline bound at
-the chip's data-sheet peak), not measured speeds.
+1. one compile at the recipe's global batch (16 per chip): fits or not, HBM per chip, roofline step time;
+2. the largest batch per chip: where the line through the fitting compiles of that kind (HBM per chip
+   against batch per chip) meets the compiler's HBM limit, rounded down to a multiple of 8, compiled to
+   confirm that it fits (one step of 8 down at a time while it does not). `sarmae-train --dry_run
+   --topology ... --find_max_batch` also proves that the next multiple does not fit; the table does not
+   spend that compile.
+
+With data parallelism the per-chip program does not depend on the slice size (only the all-reduce's group
+does), so the largest batch per chip also says which slice sizes hold the global batch 4096: the "4096
+fits on" columns are derived from it, not compiled. Every compile is cached in `--cache` (JSON lines), so an
+interrupted run resumes where it stopped; the table is printed (Markdown) at the end. Groups run in
+`--workers` processes (the TPU compiler uses about one core per compile).
+
+These are compiler figures (memory from the compiler's buffer assignment, step time a roofline bound at the
+chip's data-sheet peak), not measured speeds.
 """
 from __future__ import annotations
 
@@ -33,8 +41,9 @@ sys.path.insert(0, ROOT)
 
 RECIPES = {"ViT-B/16": "configs/sarmae_vit_b16.py", "ViT-L/16": "configs/sarmae_vit_l16.py"}
 TEACHERS = {"DINOv3 live": False, "tokens precomputed": True}
-# Per kind: slices at which the recipe's batch 4096 is checked; the batch search runs on the last one.
-SLICES = {"v5e": ("v5e:8x8", "v5e:16x16"), "v5p": ("v5p:4x4x4", "v5p:4x8x8"), "v6e": ("v6e:8x8", "v6e:16x16")}
+SLICES = {"v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}  # 256 chips each
+SMOKE_SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+DERIVED_CHIPS = (64, 128, 256)  # slice sizes of the "global batch fits on" columns
 SEARCH_MULTIPLE = 8  # batch per chip searched in steps of 8 examples
 RECIPE_BATCH = {"full": 4096, "smoke": 64}
 
@@ -74,8 +83,8 @@ class Cache:
             f.write(json.dumps({"key": list(key), "report": report}) + "\n")
 
 
-def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool) -> list[dict]:
-    """All compiles of one (recipe, teacher mode, chip kind): recipe batch on each slice, then the search."""
+def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool) -> dict:
+    """The compiles of one (recipe, teacher mode, chip kind): the recipe's batch, then the largest batch."""
     from sarmae_jax.runtime import tpu_topology
 
     tpu_topology.quiet_libtpu_start()
@@ -83,59 +92,82 @@ def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool
 
     config = smoke_config() if smoke else load_recipe(RECIPES[recipe])
     cache = Cache(cache_path)
-    slices = SMOKE_SLICES[kind] if smoke else SLICES[kind]
+    slice_name = (SMOKE_SLICES if smoke else SLICES)[kind]
+    devices = tpu_topology.slice_devices(slice_name)
+    tokens = TEACHERS[teacher]
 
-    def compile_cached(cfg, slice_name, teacher_tokens, devices=None):
-        chips = len(devices) if devices is not None else len(tpu_topology.slice_devices(slice_name))
-        key = (recipe, teacher, slice_name, cfg.train.batch_size // tpu_plan.batch_shards(cfg, chips))
+    def compile_cached(cfg, name, teacher_tokens, devs):
+        key = (recipe, teacher, name, cfg.train.batch_size // tpu_plan.batch_shards(cfg, len(devs)))
         if key not in cache.entries:
             started = time.time()
-            report = tpu_plan.plan(cfg, slice_name, teacher_tokens=teacher_tokens, devices=devices)
-            print(f"[{recipe} | {teacher} | {slice_name}] {key[3]} per chip: "
+            report = tpu_plan.plan(cfg, name, teacher_tokens=teacher_tokens, devices=devs)
+            print(f"[{recipe} | {teacher} | {name}] {key[3]} per chip: "
                   f"{'fits' if report['fits'] else 'does not fit'} ({time.time() - started:.0f} s)", flush=True)
             cache.put(key, report)
         return cache.entries[key]
 
-    reports = [compile_cached(config, s, TEACHERS[teacher]) for s in slices]
-    search = tpu_plan.find_max_batch(config, slices[-1], teacher_tokens=TEACHERS[teacher], multiple=SEARCH_MULTIPLE,
-                                     max_probes=1 if smoke else 12, compile_fn=compile_cached)
-    return reports + [{"search": {"slice": slices[-1], "best": search["best"] and search["best"]["batch_per_chip"],
-                                  "probes": [r["batch_per_chip"] for r in search["probes"]]}}]
-
-
-SMOKE_SLICES = {"v5e": ("v5e:2x2",), "v5p": ("v5p:2x2x1",), "v6e": ("v6e:2x2",)}
+    recipe_report = compile_cached(config, slice_name, tokens, devices)
+    if not recipe_report["fits"]:  # not even the recipe's batch: search downwards
+        search = tpu_plan.find_max_batch(config, slice_name, teacher_tokens=tokens, multiple=SEARCH_MULTIPLE,
+                                         compile_fn=compile_cached, known=[recipe_report])
+        return {"best": search["best"] and search["best"]["batch_per_chip"],
+                "probes": [r["batch_per_chip"] for r in search["probes"]]}
+    # Fitting compiles of this kind on any slice lie on one line (data parallelism: one per-chip program).
+    same_kind = [r for k, r in cache.entries.items() if k[:2] == (recipe, teacher) and k[2].split(":")[0] == kind]
+    fit = {r["batch_per_chip"]: r for r in same_kind if r["fits"]}
+    misfit = [r["batch_per_chip"] for r in same_kind if not r["fits"]]
+    chip, _ = tpu_topology.parse_slice(slice_name)
+    available = min([r["compiler_hbm_bytes"] for r in same_kind if r.get("compiler_hbm_bytes")] or [chip.hbm_bytes])
+    guess = tpu_plan.predict_batch(fit, available, SEARCH_MULTIPLE)
+    if misfit:
+        guess = min(guess, min(misfit) - SEARCH_MULTIPLE)
+    if smoke:
+        guess = recipe_report["batch_per_chip"]  # the tiny model fits batches whose compiles take minutes
+    probes = []
+    while guess >= SEARCH_MULTIPLE:
+        report = compile_cached(tpu_plan.with_batch_per_chip(config, guess, len(devices)), slice_name, tokens, devices)
+        probes.append(guess)
+        if report["fits"]:
+            return {"best": guess, "probes": probes}
+        guess -= SEARCH_MULTIPLE
+    return {"best": None, "probes": probes}
 
 
 def _gib(n):
     return f"{n / 1024**3:.1f} GiB"
 
 
+def _roof(r):
+    roof = r["roofline"]
+    bound = "compute" if roof["bound"] == "compute" else "HBM"
+    return f"{roof['step_seconds'] * 1e3:.3g} ms ({bound})", f"{roof['images_per_second_per_chip']:.0f}"
+
+
 def table(cache: Cache, smoke: bool) -> str:
-    rows = ["| recipe | teacher | slice | chips | batch per chip (global 4096) | fits | HBM per chip | roofline step "
-            "| images/s per chip | largest batch per chip | images/s per chip there |".replace(
-                "4096", str(RECIPE_BATCH["smoke" if smoke else "full"])),
-            "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    global_batch = RECIPE_BATCH["smoke" if smoke else "full"]
     slices = SMOKE_SLICES if smoke else SLICES
+    rows = [f"| recipe | teacher | slice | global {global_batch} = per chip | fits | HBM per chip | roofline step "
+            "| images/s per chip | largest batch per chip | HBM per chip there | roofline step there "
+            f"| images/s per chip there | global {global_batch} fits on " + " / ".join(map(str, DERIVED_CHIPS)) + " chips |",
+            "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for recipe in RECIPES:
         for teacher in TEACHERS:
-            for kind, names in slices.items():
-                fits_at = {k[3]: r for k, r in cache.entries.items() if k[:3] == (recipe, teacher, names[-1]) and r["fits"]}
-                best = max(fits_at, default=None)
-                for name in names:
-                    r = next((r for k, r in cache.entries.items() if k[:3] == (recipe, teacher, name)
-                              and r["global_batch"] == RECIPE_BATCH["smoke" if smoke else "full"]), None)
-                    if r is None:
-                        continue
-                    hbm = _gib(r["memory"]["total"]) if r["fits"] else f"> {_gib(r.get('compiler_hbm_bytes') or r['hbm_bytes'])}"
-                    roof = r.get("roofline")
-                    step = f"{roof['step_seconds'] * 1e3:.3g} ms ({'compute' if roof['bound'] == 'compute' else 'HBM'})" if roof else "-"
-                    ips = f"{roof['images_per_second_per_chip']:.0f}" if roof else "-"
-                    largest = f"{best}" if best is not None else "none"
-                    there = f"{fits_at[best]['roofline']['images_per_second_per_chip']:.0f}" if best is not None else "-"
-                    if name != names[-1]:
-                        largest, there = "(see below)", ""
-                    rows.append(f"| {recipe} | {teacher} | {name} | {r['num_chips']} | {r['batch_per_chip']} | "
-                                f"{'yes' if r['fits'] else 'no'} | {hbm} | {step} | {ips} | {largest} | {there} |")
+            for kind, name in slices.items():
+                here = {k[3]: r for k, r in cache.entries.items() if k[:3] == (recipe, teacher, name)}
+                r = next((r for r in here.values() if r["global_batch"] == global_batch), None)
+                if r is None:
+                    continue
+                step, ips = _roof(r) if r["fits"] else ("-", "-")
+                hbm = _gib(r["memory"]["total"]) if r["fits"] else f"> {_gib(r.get('compiler_hbm_bytes') or r['hbm_bytes'])}"
+                best = max((b for b, x in here.items() if x["fits"]), default=None)
+                if best is None:
+                    largest = ["none"] + ["-"] * 3
+                    derived = "no"
+                else:
+                    largest = [str(best), _gib(here[best]["memory"]["total"]), *_roof(here[best])]
+                    derived = " / ".join("yes" if global_batch / chips <= best else "no" for chips in DERIVED_CHIPS)
+                rows.append(f"| {recipe} | {teacher} | {name} | {r['batch_per_chip']} | {'yes' if r['fits'] else 'no'} | "
+                            f"{hbm} | {step} | {ips} | " + " | ".join(largest) + f" | {derived} |")
     return "\n".join(rows)
 
 
@@ -160,8 +192,7 @@ def main() -> None:
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             result = future.result()
             print(f"group {done}/{len(groups)} done: {' | '.join(futures[future])}: largest batch per chip "
-                  f"{result[-1]['search']['best']} (probes {result[-1]['search']['probes']}); "
-                  f"{(time.time() - started) / 60:.0f} min so far", flush=True)
+                  f"{result['best']} (probes {result['probes']}); {(time.time() - started) / 60:.0f} min so far", flush=True)
     print(f"\nTPU compiler: libtpu {importlib.metadata.version('libtpu')}, jax {__import__('jax').__version__}; host: "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {(time.time() - started) / 60:.0f} min\n")
     print(table(Cache(args.cache), args.smoke))

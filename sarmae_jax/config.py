@@ -93,6 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
     # (no MFU is logged for an unknown device unless this is set).
     t.peak_tflops_per_device = ml_collections.FieldReference(None, field_type=float)
     t.max_consecutive_skips = 10  # non-finite steps in a row before the run stops with an error
+    # (first step, number of steps) to trace with jax.profiler into <workdir>/profile/ (TensorBoard's profile
+    # plugin or Perfetto; training/profiling.py). (0, 0): no trace. Skip the first step: it compiles.
+    t.profile = (0, 0)
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
 
     # ----------------------------------------------------------------------------------------- mesh
@@ -186,6 +189,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"a divisor of train.batch_size={t.batch_size}")
     _check(isinstance(t.keep_period, int) and t.keep_period >= 0, "train.keep_period", t.keep_period,
            "a non-negative integer (0 keeps no extra checkpoints)")
+    p = t.profile
+    _check(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, int) for v in p) and p[1] >= 0
+           and (p[1] == 0 or p[0] >= 1), "train.profile", p,
+           "(first step >= 1, number of steps >= 0), e.g. (10, 3) traces steps 10-12; (0, 0) traces nothing")
     if t.peak_tflops_per_device is not None:
         _check(t.peak_tflops_per_device > 0, "train.peak_tflops_per_device", t.peak_tflops_per_device,
                "a positive TFLOP/s figure (or None to look the device up)")

@@ -1,20 +1,26 @@
-"""`sarmae-train --config configs/smoke.py --workdir DIR [--config.key=value ...] [--dry_run]`.
+"""`sarmae-train --config configs/smoke.py --workdir DIR [--config.key=value ...] [--dry_run [--topology SLICE]]`.
 
 `--dry_run` compiles the train step for the configured mesh and prints per-device memory and FLOPs,
-without training or reading data (no --workdir needed); see sarmae_jax/training/dry_run.py.
+without training or reading data (no --workdir needed); see sarmae_jax/training/dry_run.py. With
+`--topology v5e:16x16` it compiles for that TPU slice with the TPU compiler (the `tpu` extra) and prints
+the pod plan of sarmae_jax/training/tpu_plan.py; `--find_max_batch` adds the largest batch per chip.
 """
 from __future__ import annotations
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sarmae_jax.runtime import distributed
-from sarmae_jax.training import dry_run, loop, metrics
+from sarmae_jax.runtime import distributed, tpu_topology
+from sarmae_jax.training import dry_run, loop, metrics, tpu_plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and images.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh (ahead of time) "
                              "and print per-device memory and FLOPs; no training, no data read.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "With --dry_run: compile for this TPU slice (e.g. v5e:16x16, "
+                                "v5p:4x4x4, v6e:8x8) with the TPU compiler on this machine; needs pip install -e \".[tpu]\".")
+_FIND_MAX_BATCH = flags.DEFINE_bool("find_max_batch", False, "With --topology: also search the largest batch per chip "
+                                    "that fits (one compile per probe).")
 flags.mark_flags_as_required(["config"])
 flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_run"].value,
                          message="--workdir is required (except with --dry_run)")
@@ -23,6 +29,9 @@ flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _TOPOLOGY.value or _FIND_MAX_BATCH.value:
+        _plan_for_slice()
+        return
     distributed.maybe_initialize()
     if _DRY_RUN.value:
         report = dry_run.compile_train_step(_CONFIG.value)
@@ -30,6 +39,29 @@ def main(argv):
             print(dry_run.format_report(report), flush=True)
         return
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _plan_for_slice() -> None:
+    """--dry_run --topology SLICE [--find_max_batch]: one process, compile-only TPU devices, nothing run."""
+    if not (_DRY_RUN.value and _TOPOLOGY.value):
+        raise app.UsageError("--topology needs --dry_run, and --find_max_batch needs --topology")
+    tpu_topology.quiet_libtpu_start()  # before JAX loads libtpu
+    try:
+        tpu_topology.parse_slice(_TOPOLOGY.value)
+        if not tpu_topology.compiler_available():
+            raise tpu_topology.TpuCompilerMissing(
+                f"--topology {_TOPOLOGY.value}: compiling for a TPU slice needs the TPU compiler (libtpu), which is "
+                f"not installed: {tpu_topology.INSTALL_HINT}")
+    except (ValueError, tpu_topology.TpuCompilerMissing) as e:
+        raise SystemExit(f"sarmae-train: {e}") from None
+    print(f"compiling the train step for {_TOPOLOGY.value} with the TPU compiler (minutes for ViT-L) ...", flush=True)
+    report = tpu_plan.plan(_CONFIG.value, _TOPOLOGY.value)
+    print(tpu_plan.format_plan(report), flush=True)
+    if _FIND_MAX_BATCH.value:
+        result = tpu_plan.find_max_batch(_CONFIG.value, _TOPOLOGY.value, known=[report], on_probe=lambda r: print(
+            f"  probe: {r['batch_per_chip']} per chip {'fits' if r['fits'] else 'does not fit'} "
+            f"(compiled in {r['compile_seconds']:.0f} s)", flush=True))
+        print(tpu_plan.format_search(result), flush=True)
 
 
 def run():

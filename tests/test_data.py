@@ -1,4 +1,4 @@
-"""The Grain input pipeline: batch contract, exact resume, process sharding, mixing, errors."""
+"""The Grain input pipeline: batch contract, exact resume, process rows of the global stream, mixing, errors."""
 
 import hashlib
 import os
@@ -82,7 +82,7 @@ def test_process_shards_disjoint_and_covering(dataset_dir):
     assert len(everything) == 64
     # 64 records, 2 processes, local batch 4: one epoch = 8 batches per process.
     per_process = [set(_fingerprints(_take(pipeline.make_train_iterator(
-        cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 8))) for p in range(2)]
+        cfg, global_batch_size=8, seed=0, rows=batch_sampling.contiguous_rows(8, p, 2)), 8))) for p in range(2)]
     assert all(len(s) == 32 for s in per_process)  # each record once per epoch
     assert not per_process[0] & per_process[1]
     assert per_process[0] | per_process[1] == everything
@@ -136,7 +136,9 @@ def test_validate_config_names_key_value_and_allowed(key, value, message):
 
 def test_bad_arguments(dataset_dir):
     with pytest.raises(ValueError, match="global_batch_size=7: expected a positive multiple of process_count=2"):
-        pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=7, seed=0, process_count=2)
+        batch_sampling.contiguous_rows(7, 0, 2)
+    with pytest.raises(ValueError, match=r"rows=\[3, 2\]: expected increasing row indices in \[0, global batch size 8\)"):
+        pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0, rows=[3, 2])
     with pytest.raises(ValueError, match="config.data.path is None"):
         pipeline.make_train_iterator(pipeline.default_config(), global_batch_size=8, seed=0)
     with pytest.raises(ValueError, match="no unpaired examples"):
@@ -157,30 +159,36 @@ def test_default_paired_share_is_exact_per_batch(dataset_dir):
 
 
 def test_sampler_interleave_and_pools():
-    sampler = batch_sampling.BatchSampler(100, 30, 0.3, batch_size=7, seed=0, process_index=1, process_count=3)
+    sampler = batch_sampling.BatchSampler(100, 30, 0.3, batch_size=7, seed=0)
     stream = np.concatenate([sampler(i) for i in range(40)])
     paired = stream < 30
     prefix = np.cumsum(paired)
     k = np.arange(1, len(stream) + 1)
     assert (np.abs(prefix - 0.3 * k) <= 1).all()  # every prefix within one example of the share
-    assert set(stream[paired]) == set(range(1, 30, 3)) and set(stream[~paired]) == set(range(31, 100, 3))
-    # Each epoch of a pool is a permutation of its members; epochs differ.
-    first, second = stream[paired][:10], stream[paired][10:20]
-    assert sorted(first) == sorted(second) == list(range(1, 30, 3)) and not np.array_equal(first, second)
+    # Each epoch of a pool is a permutation of all its records; epochs differ.
+    first, second = stream[paired][:30], stream[paired][30:60]
+    assert sorted(first) == sorted(second) == list(range(30)) and not np.array_equal(first, second)
+    assert sorted(stream[~paired][:70]) == list(range(30, 100))
     np.testing.assert_array_equal(sampler(17), batch_sampling.BatchSampler(
-        100, 30, 0.3, batch_size=7, seed=0, process_index=1, process_count=3)(17))  # pure in the position
+        100, 30, 0.3, batch_size=7, seed=0)(17))  # pure in the position
+    # A process's rows are those rows of the global batch, whichever other rows exist.
+    mine = batch_sampling.BatchSampler(100, 30, 0.3, batch_size=7, seed=0, rows=[1, 4, 5])
+    for i in (0, 9, 33):
+        np.testing.assert_array_equal(mine(i), sampler(i)[[1, 4, 5]])
 
 
-def test_process_shards_disjoint_and_covering_with_mixing(dataset_dir):
+def test_processes_together_read_each_paired_record_once_per_epoch(dataset_dir):
     cfg = _cfg(dataset_dir, paired_share=0.7)
     source = shard_io.ShardedRecordSource(dataset_dir, "train")
     fingerprint = lambda img: hashlib.sha1(img.tobytes()).hexdigest()  # noqa: E731
     paired_all = {fingerprint(source.example(i)["sar"]) for i in range(source.num_paired)}
-    seen = []
-    for p in range(2):
-        batches = _take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p, process_count=2), 9)
-        seen.append({fingerprint(img) for b in batches for img, pr in zip(b["sar"], b["is_paired"]) if pr})
-    assert not seen[0] & seen[1] and seen[0] | seen[1] == paired_all  # 24 paired per process: 9 x 4 x 0.7 > 24
+    per_process = [_take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0,
+                                                      rows=batch_sampling.contiguous_rows(8, p, 2)), 9) for p in range(2)]
+    # The global stream, in order: batch i is process 0's rows then process 1's.
+    stream = [fingerprint(img) for b0, b1 in zip(*per_process) for b in (b0, b1)
+              for img, paired in zip(b["sar"], b["is_paired"]) if paired]
+    assert len(stream) == 50  # floor(72 x 0.7): the 48 paired records, then the next epoch begins
+    assert len(set(stream[:48])) == 48 and set(stream[:48]) == paired_all
 
 
 def _aligned_dataset(out, *, n=12, num_paired=8, size=16, teacher=None):
@@ -310,3 +318,62 @@ def test_prepare_fills_path_and_model_size(tmp_path):
     assert info["epoch_size"] == round(12 / 0.7)  # num_paired / paired_share, as released
     batch = next(pipeline.make_train_iterator(prepared, global_batch_size=4, seed=0))
     assert batch["sar"].shape == (4, 8, 8, 1)
+
+
+# ------------------------------------------------------------------- the global stream on P processes
+_LAYOUTS = {  # rows of a global batch of 8 read by each process
+    1: [None],
+    2: [batch_sampling.contiguous_rows(8, p, 2) for p in range(2)],
+    4: [batch_sampling.contiguous_rows(8, p, 4) for p in range(4)],
+    "interleaved": [np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])],  # a TPU pod mesh's order (test_tpu_plan)
+}
+
+
+def _global_batches(cfg, rows_per_process, n, state=None):
+    """n global batches assembled from every process's rows (each process from `state`, if given)."""
+    iterators = [pipeline.make_train_iterator(cfg, global_batch_size=8, seed=3, rows=rows) for rows in rows_per_process]
+    if state is not None:
+        for it in iterators:
+            it.set_state(state)
+    out = []
+    for _ in range(n):
+        parts = [(rows if rows is not None else np.arange(8), next(it)) for rows, it in zip(rows_per_process, iterators)]
+        batch = {k: np.zeros((8, *parts[0][1][k].shape[1:]), parts[0][1][k].dtype) for k in parts[0][1]}
+        for rows, local in parts:
+            for k in batch:
+                batch[k][rows] = local[k]
+        out.append(batch)
+    return out, iterators[0].get_state()
+
+
+def test_global_batches_are_the_same_on_any_number_of_processes(tmp_path):
+    _aligned_dataset(str(tmp_path), n=24, num_paired=16)
+    cfg = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop", flip=True)
+    reference, _ = _global_batches(cfg, _LAYOUTS[1], 5)  # crosses an epoch of both pools
+    for layout, rows in _LAYOUTS.items():
+        got, _ = _global_batches(cfg, rows, 5)
+        for want, batch in zip(reference, got):
+            for key in pipeline.BATCH_KEYS:
+                np.testing.assert_array_equal(want[key], batch[key], err_msg=f"{layout} processes, {key}")
+
+
+def test_a_stream_saved_by_two_processes_resumes_on_one_and_on_four(tmp_path):
+    _aligned_dataset(str(tmp_path), n=24, num_paired=16)
+    cfg = _cfg(str(tmp_path), image_size=12, paired_share=0.5, augment="random_resized_crop")
+    straight, _ = _global_batches(cfg, _LAYOUTS[1], 7)
+    _, state = _global_batches(cfg, _LAYOUTS[2], 3)
+    assert state == {"version": 2, "position": 3, "global_batch_size": 8}
+    for layout in (1, 4, "interleaved"):
+        resumed, _ = _global_batches(cfg, _LAYOUTS[layout], 4, state=state)
+        for want, got in zip(straight[3:], resumed):
+            np.testing.assert_array_equal(want["sar"], got["sar"])
+            np.testing.assert_array_equal(want["label"], got["label"])
+
+
+def test_stream_state_errors_name_what_was_found(dataset_dir):
+    it = pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0)
+    with pytest.raises(ValueError, match=r"ckpt/7/data_stream: \{'next_index': 3\} is not a version-2 data stream state"):
+        it.set_state({"next_index": 3}, source="ckpt/7/data_stream")
+    with pytest.raises(ValueError, match=r"saved with global batch size 16, resumed with 8: .* resume with "
+                                         r"--config.train.batch_size=16"):
+        it.set_state({"version": 2, "position": 3, "global_batch_size": 16})

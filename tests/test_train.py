@@ -151,6 +151,7 @@ def test_all_unpaired_batch_has_zero_alignment_loss():
     ("mesh.data", 0, "mesh.data=0"),
     ("model.remat", "some", "model.remat='some'"),
     ("model.dtype", "float16", "loss scaling"),
+    ("train.profile", (0, 3), "train.profile=(0, 3): expected (first step >= 1"),
 ])
 def test_invalid_config_fails_naming_key_and_value(key, value, fragment):
     c = tiny_config()

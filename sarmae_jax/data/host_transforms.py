@@ -7,13 +7,15 @@ both images. Pixels stay integers (uint8 / uint16): the conversion to [0, 1] run
 
 Resampling is Pillow's bilinear filter with antialiasing when shrinking (``Image.resize`` with
 ``box=`` crops and resizes in one pass). Randomness comes from the caller's
-``np.random.Generator`` -- the pipeline seeds it with (seed, batch position), so a resumed
-iterator draws the same boxes.
+``np.random.Generator``s, one per example -- the pipeline seeds each with (seed, global batch
+position, row of the global batch), so a resumed iterator, on any number of processes, draws the
+same box for the same example.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -72,13 +74,15 @@ def resize_batch(batch: dict[str, np.ndarray], size: tuple[int, int]) -> dict[st
     return _apply(batch, size, boxes=None, flips=None)
 
 
-def crop_flip_batch(batch: dict[str, np.ndarray], size: tuple[int, int], rng: np.random.Generator, *,
+def crop_flip_batch(batch: dict[str, np.ndarray], size: tuple[int, int], rngs: Sequence[np.random.Generator], *,
                     scale: tuple[float, float], ratio: tuple[float, float], flip: bool) -> dict[str, np.ndarray]:
     """Random resized crop to `size` (and a horizontal flip with probability 0.5 if `flip`), one
-    box and flip per example, shared by its SAR and optical images."""
+    box and flip per example, shared by its SAR and optical images; example i draws from `rngs[i]`."""
     b, height, width = batch["sar"].shape[:3]
-    boxes = [random_resized_crop_box(rng, height, width, scale, ratio) for _ in range(b)]
-    flips = rng.random(b) < 0.5 if flip else None
+    if len(rngs) != b:
+        raise ValueError(f"crop_flip_batch: {len(rngs)} generators for a batch of {b}: expected one per example")
+    boxes = [random_resized_crop_box(rng, height, width, scale, ratio) for rng in rngs]
+    flips = np.array([rng.random() < 0.5 for rng in rngs]) if flip else None
     return _apply(batch, size, boxes=boxes, flips=flips)
 
 

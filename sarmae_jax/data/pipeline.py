@@ -2,18 +2,22 @@
 
 Pipeline (Grain dataset API)::
 
-    batch position i (the iterator state)
-      -> batch_sampling.BatchSampler: the i-th batch's global record indices; per pool (paired /
-         unpaired, or one pool for the natural mix) indices[process_index::process_count],
-         permuted anew each epoch from (seed, pool, epoch), pools interleaved at exactly
-         `paired_share` -- vectorised, a pure function of i
+    global batch position i (the iterator state)
+      -> batch_sampling.BatchSampler: the record indices of this process's rows of global batch i;
+         per pool (paired / unpaired, or one pool for the natural mix) all records, permuted
+         anew each epoch from (seed, pool, epoch), pools interleaved at exactly `paired_share`
+         -- vectorised, a pure function of (seed, i), whatever the number of processes
       -> per batch: read + decode all its records into preallocated arrays (zero-copy proto
          parse, one np.frombuffer per image), skip budget for corrupt records, then resize or
-         random-resized-crop + flip on the host -> iterator
+         random-resized-crop + flip on the host (one generator per global row) -> iterator
 
-Every step is an index transformation over a `MapDataset` until the final `to_iter_dataset`, so
-the iterator's state is a single position: `get_state()` / `set_state()` restore exactly the
-batches an uninterrupted run would yield, with or without worker processes. Decoding a whole
+Each process reads only its `rows` of every global batch: those its devices hold in the batch
+sharding (`sharding.process_batch_rows`), in the order `jax.make_array_from_process_local_data`
+expects. Every step is an index transformation over a `MapDataset` until the final
+`to_iter_dataset`, so the iterator's state is a single global position (`TrainIterator`):
+`get_state()` / `set_state()` restore exactly the batches an uninterrupted run would yield, with or
+without worker processes, and on any number of processes (a run saved by 2 processes and resumed by
+4 reads the same global batches). Decoding a whole
 batch in one call (instead of one Grain element per record, then stacking) is what makes the
 pipeline fast: Grain's per-element overhead and TFDS's per-record decoder cost more than reading
 the pixels (docs/data.md has the profile and the numbers).
@@ -195,30 +199,44 @@ def prepare(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict
     return cfg
 
 
-class _DecodeBatch(grain.transforms.MapWithIndex):
-    """(batch position, global record indices [b]) -> a batch (dict of NumPy arrays).
+class _SampleBatch(grain.transforms.Map):
+    """Global batch position i -> (i, record indices of this process's rows of batch i)."""
+
+    def __init__(self, sampler: batch_sampling.BatchSampler):
+        self._sampler = sampler
+
+    def map(self, position: int) -> tuple[int, np.ndarray]:
+        return int(position), self._sampler(int(position))
+
+
+class _DecodeBatch(grain.transforms.Map):
+    """(global batch position, record indices [b]) -> a batch (dict of NumPy arrays).
 
     Reads and decodes all records of the batch in one call, applies the skip budget for corrupt
     records, then the host resize / crop. Augmentation randomness is seeded by (seed, batch
-    position), so resumed iterators and worker processes draw the same boxes.
+    position, global row), so resumed iterators, worker processes and any process count draw the
+    same box for the same example.
     """
 
-    def __init__(self, source: shard_io.ShardedRecordSource, cfg: ml_collections.ConfigDict, seed: int):
+    def __init__(self, source: shard_io.ShardedRecordSource, cfg: ml_collections.ConfigDict, seed: int,
+                 rows: np.ndarray):
         self._source = source
         self._size = (cfg.image_size, cfg.image_size) if cfg.image_size else source.spec.image_size
         self._augment = cfg.augment
         self._crop_scale, self._crop_ratio, self._flip = tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip
         self._max_corrupt = cfg.max_corrupt_records
         self._seed = seed
+        self._rows = rows
         self.num_corrupt = 0  # skipped so far by this process (not part of the iterator state)
 
-    def map_with_index(self, position: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def map(self, element: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+        position, indices = element
         batch, errors = self._source.read_batch(indices)
         if errors:
             self._skip(batch, errors)
         if self._augment == "random_resized_crop":
-            rng = np.random.default_rng([self._seed, 0x5A5, position])
-            return host_transforms.crop_flip_batch(batch, self._size, rng, scale=self._crop_scale,
+            rngs = [np.random.default_rng([self._seed, 0x5A5, position, int(row)]) for row in self._rows]
+            return host_transforms.crop_flip_batch(batch, self._size, rngs, scale=self._crop_scale,
                                                    ratio=self._crop_ratio, flip=self._flip)
         return host_transforms.resize_batch(batch, self._size)
 
@@ -241,27 +259,25 @@ class _DecodeBatch(grain.transforms.MapWithIndex):
                 batch[key][r] = batch[key][donor]
 
 
-def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
-    """The pipeline as a Grain IterDataset of process-local batches (see module docstring)."""
+def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                 rows: np.ndarray | None = None, start: int = 0) -> grain.IterDataset:
+    """The pipeline as a Grain IterDataset of process-local batches from global batch `start` on.
+
+    `rows`: the rows of every global batch this process reads (increasing; default all of them:
+    one process). See the module docstring.
+    """
     validate_config(cfg)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index}: expected in [0, process_count={process_count})")
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
-                         f"process_count={process_count}")
     source = shard_io.ShardedRecordSource(_require_path(cfg), cfg.split)
     sampler = batch_sampling.BatchSampler(len(source), source.num_paired, cfg.paired_share,
-                                    batch_size=global_batch_size // process_count, seed=seed,
-                                    process_index=process_index, process_count=process_count)
+                                          batch_size=global_batch_size, seed=seed, rows=rows)
     if source.spec.teacher_tokens is not None and (cfg.augment != "none" or (
             cfg.image_size and (cfg.image_size, cfg.image_size) != source.spec.image_size)):
         raise ValueError(f"dataset {source.data_dir} stores teacher_tokens computed at {source.spec.image_size}: "
                          f"config.data.image_size={cfg.image_size} / augment={cfg.augment!r} would change the "
                          "geometry they describe; use the stored size and augment='none'")
-    # Element i of this (practically endless) MapDataset is batch i: its position is all the
-    # iterator state there is.
-    batches = grain.MapDataset.range(_ENDLESS).map(sampler).map_with_index(_DecodeBatch(source, cfg, seed))
+    # Element k of this (practically endless) MapDataset is global batch start + k.
+    batches = (grain.MapDataset.range(start, _ENDLESS).map(_SampleBatch(sampler))
+               .map(_DecodeBatch(source, cfg, seed, sampler.rows)))
     dataset = batches.to_iter_dataset(grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches if cfg.read_threads else 0))
     if cfg.num_workers > 0:
@@ -274,12 +290,54 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
     return dataset
 
 
-def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-    """Infinite iterator of process-local batches (dict of NumPy arrays, see module docstring).
+STREAM_STATE_VERSION = 2  # 1 (implicit): Grain's own per-process state, {"next_index": i}, streams split by process
 
-    The iterator has `get_state()` / `set_state(state)` for checkpointing (Orbax: grain's
-    checkpoint handler, or store the state dict as JSON).
+
+class TrainIterator:
+    """Endless iterator of this process's rows of the global batches; its state is the global position.
+
+    `get_state()` -> {"version": 2, "position": i, "global_batch_size": B}: the same on every process,
+    so it is saved once (checkpoint.py) and restored by any number of processes. `set_state` rebuilds
+    the Grain pipeline at that position (worker processes included).
     """
-    return iter(make_dataset(cfg, global_batch_size=global_batch_size, seed=seed,
-                             process_index=process_index, process_count=process_count))
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                 rows: np.ndarray | None = None):
+        self._cfg, self._seed, self.global_batch_size = cfg, seed, global_batch_size
+        self.rows = rows
+        self.position = 0
+        self._iterator = iter(make_dataset(cfg, global_batch_size=global_batch_size, seed=seed, rows=rows))
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"version": STREAM_STATE_VERSION, "position": self.position, "global_batch_size": self.global_batch_size}
+
+    def set_state(self, state: dict[str, Any], source: str = "the iterator state") -> None:
+        """Continue at the state's global position. `source` names where the state came from, for errors."""
+        if not isinstance(state, dict) or state.get("version") != STREAM_STATE_VERSION:
+            raise ValueError(f"{source}: {state!r} is not a version-{STREAM_STATE_VERSION} data stream state "
+                             "({'version': 2, 'position': ..., 'global_batch_size': ...})")
+        if state["global_batch_size"] != self.global_batch_size:
+            raise ValueError(f"{source}: saved with global batch size {state['global_batch_size']}, resumed with "
+                             f"{self.global_batch_size}: its position counts batches of the saved size; resume with "
+                             f"--config.train.batch_size={state['global_batch_size']}")
+        position = int(state["position"])
+        if position < 0:
+            raise ValueError(f"{source}: position {position} is negative")
+        self._iterator = iter(make_dataset(self._cfg, global_batch_size=self.global_batch_size, seed=self._seed,
+                                           rows=self.rows, start=position))
+        self.position = position
+
+
+def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                        rows: np.ndarray | None = None) -> TrainIterator:
+    """Infinite iterator of this process's `rows` of every global batch (dict of NumPy arrays, see the
+    module docstring); `rows=None` reads whole global batches (one process)."""
+    return TrainIterator(cfg, global_batch_size=global_batch_size, seed=seed, rows=rows)

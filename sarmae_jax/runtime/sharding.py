@@ -69,6 +69,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def process_batch_rows(batch: NamedSharding, global_batch_size: int, process_index: int | None = None) -> np.ndarray:
+    """The rows of a global batch `[global_batch_size, ...]` that process `process_index` (default: this
+    one) must feed to `jax.make_array_from_process_local_data(batch, local)`: the rows its devices hold,
+    increasing (the order in which that function lays the local rows out). Replicas share rows."""
+    process = jax.process_index() if process_index is None else process_index
+    rows: set[int] = set()
+    for device, index in batch.devices_indices_map((global_batch_size,)).items():
+        if device.process_index == process:
+            rows.update(range(*index[0].indices(global_batch_size)))
+    if not rows:
+        raise ValueError(f"process {process} holds no device of the batch sharding over mesh {dict(batch.mesh.shape)}")
+    return np.array(sorted(rows), np.int64)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

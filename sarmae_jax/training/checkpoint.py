@@ -2,9 +2,14 @@
 
 Layout of a work directory:
     checkpoints/<step>/state       sharded train state (restorable onto any mesh)
-    checkpoints/<step>/data_iter   Grain iterator state, one file per process
+    checkpoints/<step>/data_stream the data stream's global position (JSON, written once: the same for every
+                                   process, so any number of processes resumes it; pipeline.TrainIterator)
     checkpoints/<step>/metadata    JSON: config, normalisation, model description
     export/params, export/metadata.json   params only, for evaluation and conversion (CPU-restorable)
+
+Checkpoints written before the stream became global hold `checkpoints/<step>/data_iter/process_<p>-of-<P>.json`
+(Grain's per-process state of per-process streams): their position is read, and the run continues the
+global stream from there, with a warning that the examples from there on follow the global order.
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import logging
 import os
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -59,7 +63,7 @@ class Checkpoints:
             max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=async_save, create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data_iter", "metadata"))
+                                             item_names=("state", "data_stream", "metadata"))
         self._pending: int | None = None  # step of the save still being written in the background
 
     def latest_step(self) -> int | None:
@@ -73,7 +77,7 @@ class Checkpoints:
         self.wait()  # Orbax waits for the previous save anyway; waiting here names its step if it failed
         args = {"state": ocp.args.StandardSave(state), "metadata": ocp.args.JsonSave(metadata)}
         if data_iter is not None:
-            args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+            args["data_stream"] = ocp.args.JsonSave(data_iter.get_state())
         with self._failure_names(step):
             self.manager.save(step, args=ocp.args.Composite(**args), force=True)
         self._pending = step
@@ -118,15 +122,52 @@ class Checkpoints:
         step = self.manager.latest_step()
         if step is None:
             return None
+        step_dir = epath.Path(self.directory) / str(step)
         args = {"state": ocp.args.StandardRestore(abstract_state)}
+        stream = data_iter is not None and (step_dir / "data_stream").exists()
         if data_iter is not None:
-            args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+            args["data_stream" if stream else "metadata"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        if stream:
+            data_iter.set_state(dict(restored["data_stream"]), source=str(step_dir / "data_stream"))
+        elif data_iter is not None:  # written before the stream became global
+            saved_batch = restored["metadata"]["config"]["train"]["batch_size"]
+            data_iter.set_state(legacy_stream_state(step_dir / "data_iter", saved_batch),
+                                source=str(step_dir / "data_iter"))
         return step, restored["state"]
 
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def legacy_stream_state(directory: epath.Path, global_batch_size: int) -> dict[str, int]:
+    """The stream state of a checkpoint written before the stream became global (`global_batch_size`: the
+    saved run's, from its metadata).
+
+    Such a checkpoint holds Grain's state of each process's own stream, `process_<p>-of-<P>.json` =
+    {"next_index": i}: i batches were drawn by every process, which is global position i. Raises
+    ValueError naming the file when there is none, or when the files disagree or hold another format.
+    """
+    files = sorted(directory.glob("process_*-of-*.json")) if directory.exists() else []
+    if not files:
+        raise ValueError(f"{directory.parent}: no data stream state (neither data_stream nor "
+                         "data_iter/process_*-of-*.json); this is not a checkpoint of sarmae_jax training")
+    positions = {}
+    for f in files:
+        state = json.loads(f.read_text())
+        if not isinstance(state, dict) or set(state) != {"next_index"}:
+            raise ValueError(f"{f}: {state!r} is not the Grain state this trainer used to write ({{'next_index': i}}; "
+                             "one written with data.num_workers > 0 holds per-worker states and cannot be resumed "
+                             "on the global stream): resume that run with the version of sarmae_jax that wrote it")
+        positions[f.name] = int(state["next_index"])
+    if len(set(positions.values())) != 1:
+        raise ValueError(f"{directory}: the processes' positions disagree ({positions}); expected one step count")
+    position = next(iter(positions.values()))
+    log.warning("%s: iterator state of the earlier per-process format (%d file(s)); continuing the global data "
+                "stream at batch %d: from here on the examples follow the global order (a function of the position "
+                "alone), not the per-process streams the run that wrote it drew from", directory, len(files), position)
+    return {"version": 2, "position": position, "global_batch_size": global_batch_size}
 
 
 def export_params(directory: str, params: Any, metadata: dict) -> str:

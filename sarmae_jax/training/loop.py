@@ -22,7 +22,7 @@ from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, teachers
 from sarmae_jax.runtime import distributed, sharding
-from sarmae_jax.training import checkpoint, flops, metrics
+from sarmae_jax.training import checkpoint, flops, metrics, profiling
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
 
@@ -214,13 +214,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state_lib.check_batch_split(config, mesh)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
-    # 3. Data: each process reads its share; batches become global arrays split over data x fsdp.
+    # 3. Data: global batch i is a function of (seed, i) alone; each process reads the rows its devices
+    #    hold, so any number of processes resumes the same stream. Batches become global arrays.
     data_cfg, info = prepare_data(config, workdir)
+    batch_sharding = sharding.batch_sharding(mesh)
     data_iter = pipeline.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        rows=sharding.process_batch_rows(batch_sharding, config.train.batch_size),
     )
-    batch_sharding = sharding.batch_sharding(mesh)
 
     # 4. Model, optimiser and state shardings (the same builder as the dry run); the frozen teacher.
     parts = state_lib.build(config, mesh, epoch_size=info["epoch_size"])
@@ -259,10 +260,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
-    window = MetricWindow(config, writer, progress, flops.train_step_flops_per_image(config) * config.train.batch_size)
+    step_flops = flops.train_step_flops_per_image(config, live_teacher=not use_stored_tokens) * config.train.batch_size
+    window = MetricWindow(config, writer, progress, step_flops)
     preempted_at = None
+    profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
+            profiler.maybe_start(step)
             local = next(data_iter)
             if not use_stored_tokens:
                 local.pop("teacher_tokens", None)
@@ -270,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             with jax.set_mesh(mesh):
                 state, step_metrics = train_step(state, batch, teacher_params)
             window.add(step_metrics)
+            profiler.maybe_stop(step, step_metrics)
             if on_step is not None:
                 on_step(step)
             if step == start_step + 1:  # the first step compiled: time the others without it
@@ -289,6 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 break
 
     # 8. Finish: wait for the last checkpoint; a complete run exports params for evaluation and conversion.
+    profiler.stop(state)
     checkpoints.close()
     progress.close()
     if preempted_at is None:

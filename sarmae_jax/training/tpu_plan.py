@@ -95,6 +95,9 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         "analytic_flops_per_chip": analytic / len(devices),
     }
     start = time.perf_counter()
+    # Compile-only executables cannot be written to or read from JAX's persistent compilation cache.
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         with jax.set_mesh(mesh):
             compiled = step.lowered.compile()
@@ -105,6 +108,8 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
                       compiler_message=str(e).strip().splitlines()[0], compiler_hbm_bytes=_available_hbm(str(e)))
         report["knobs"] = knobs(report, c)
         return report
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
     report["compile_seconds"] = time.perf_counter() - start
     report["fits"] = True
     report["memory"] = _memory(compiled)
@@ -181,16 +186,18 @@ def knobs(report: dict[str, Any], config) -> list[str]:
 
 def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: bool | None = None,
                    multiple: int = 8, max_probes: int = 12, on_probe: Callable[[dict], None] | None = None,
-                   compile_fn: Callable[..., dict] | None = None) -> dict[str, Any]:
+                   compile_fn: Callable[..., dict] | None = None, known: list[dict] = ()) -> dict[str, Any]:
     """The largest batch per chip (a multiple of `multiple` and of train.grad_accum_steps) whose step fits.
 
     Each probe is one compile. Peak HBM grows about linearly with the batch, so the next probe is where the
     line through the fitting probes (or through one probe and the batch-independent bytes) meets the
     chip's HBM, kept inside the bracket [largest fit, smallest misfit]; it ends when they are one step apart.
     Returns {"best": report of the largest fitting batch or None, "probes": every report, in order}.
-    `compile_fn(config, slice_name, teacher_tokens, devices)` replaces `plan` (a cache, in the plan script).
+    `compile_fn(config, slice_name, teacher_tokens, devices)` replaces `plan` (a cache, in the plan script);
+    `known`: reports of this slice already compiled (e.g. at the config's own batch), not compiled again.
     """
     compile_fn = compile_fn or (lambda cfg, name, tokens, devices: plan(cfg, name, teacher_tokens=tokens, devices=devices))
+    done = {r["batch_per_chip"]: r for r in known if r["slice"] == slice_name}
     chip, _ = tpu_topology.parse_slice(slice_name)
     devices = tpu_topology.slice_devices(slice_name)
     unit = math.lcm(multiple, config.train.grad_accum_steps)
@@ -200,7 +207,8 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
     misfit: set[int] = set()
     available = chip.hbm_bytes
     while len(probes) < max_probes:
-        report = compile_fn(with_batch_per_chip(config, current, len(devices)), slice_name, teacher_tokens, devices)
+        report = done.get(current) or compile_fn(with_batch_per_chip(config, current, len(devices)), slice_name,
+                                                 teacher_tokens, devices)
         probes.append(report)
         if on_probe is not None:
             on_probe(report)
@@ -217,15 +225,20 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
                 break
             current = max(unit, current // 2 // unit * unit)
             continue
-        guess = _predict(fit, available, unit)
+        guess = predict_batch(fit, available, unit)
         upper = hi - unit if hi is not None else max(guess, 2 * lo)
         current = min(max(guess, lo + unit), upper)
     best = fit[max(fit)] if fit else None
     return {"best": best, "probes": probes, "multiple": unit}
 
 
-def _predict(fit: dict[int, dict], available: int, unit: int) -> int:
-    """Batch per chip (a multiple of `unit`) at which the line through the fitting probes reaches `available`."""
+def predict_batch(fit: dict[int, dict], available: int, unit: int) -> int:
+    """Batch per chip (a multiple of `unit`) at which the line through the fitting probes reaches `available`.
+
+    `fit`: batch per chip -> report of a step that fits (of any slice of the chip kind: with data parallelism
+    the per-chip program does not depend on the slice size). One probe: the line through it and the
+    batch-independent bytes (state, teacher, code).
+    """
     points = sorted((b, r["memory"]["total"]) for b, r in fit.items())
     if len(points) >= 2:
         (b0, m0), (b1, m1) = points[-2], points[-1]
