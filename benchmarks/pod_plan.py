@@ -5,20 +5,22 @@ v5e, v5p and v6e slices, on a machine without a TPU (needs the `tpu` extra: pip 
 
 For each recipe (configs/sarmae_vit_b16.py, configs/sarmae_vit_l16.py: data parallel over all chips, global
 batch 4096), each teacher mode (the full frozen DINOv3 ViT-B/16 run live, or its tokens precomputed into the
-dataset) and each chip kind, on a 256-chip slice (`SLICES`):
+dataset) and each chip kind:
 
-1. one compile at the recipe's global batch (16 per chip): fits or not, HBM per chip, roofline step time;
-2. the largest batch per chip: where the line through the fitting compiles of that kind (HBM per chip
-   against batch per chip) meets the compiler's HBM limit, rounded down to a multiple of 8, compiled to
-   confirm that it fits (one step of 8 down at a time while it does not). `sarmae-train --dry_run
-   --topology ... --find_max_batch` also proves that the next multiple does not fit; the table does not
-   spend that compile.
+1. the recipe on a 256-chip slice (`SLICES`, 16 per chip): fits or not, HBM per chip, roofline step time;
+2. a large batch per chip: where the line through the fitting compiles of that kind (HBM per chip against
+   batch per chip) meets the chip's HBM (the compiler's limit where an out-of-memory message told it, else
+   97% of the data sheet's), rounded down to a multiple of 8, compiled on a 16-chip slice of the kind
+   (`SEARCH_SLICES`: with data parallelism the per-chip program does not depend on the slice size, and a
+   16-chip slice keeps the global batch under the speckle sampler's limit of 2**31 pixels per step); when
+   that does not fit, the middle of the bracket, once. The table gives the largest batch compiled that fit
+   and the smallest that did not: `sarmae-train --dry_run --topology ... --find_max_batch` narrows such a
+   bracket to 8 examples, one compile per probe.
 
-With data parallelism the per-chip program does not depend on the slice size (only the all-reduce's group
-does), so the largest batch per chip also says which slice sizes hold the global batch 4096: the "4096
-fits on" columns are derived from it, not compiled. Every compile is cached in `--cache` (JSON lines), so an
-interrupted run resumes where it stopped; the table is printed (Markdown) at the end. Groups run in
-`--workers` processes (the TPU compiler uses about one core per compile).
+Columns "global 4096 fits on N chips" are derived from the largest batch that fit (4096 / N <= it), not
+compiled. Every compile is cached in `--cache` (JSON lines), so an interrupted run resumes where it stopped;
+the table is printed (Markdown) at the end. Groups run in `--workers` processes (the TPU compiler uses about
+one core per compile).
 
 These are compiler figures (memory from the compiler's buffer assignment, step time a roofline bound at the
 chip's data-sheet peak), not measured speeds.
@@ -42,7 +44,9 @@ sys.path.insert(0, ROOT)
 RECIPES = {"ViT-B/16": "configs/sarmae_vit_b16.py", "ViT-L/16": "configs/sarmae_vit_l16.py"}
 TEACHERS = {"DINOv3 live": False, "tokens precomputed": True}
 SLICES = {"v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}  # 256 chips each
+SEARCH_SLICES = {"v5e": "v5e:4x4", "v5p": "v5p:2x2x4", "v6e": "v6e:4x4"}  # 16 chips each
 SMOKE_SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+DATASHEET_SHARE = 0.97  # of the data sheet's HBM, where the compiler has not yet said its limit
 DERIVED_CHIPS = (64, 128, 256)  # slice sizes of the "global batch fits on" columns
 SEARCH_MULTIPLE = 8  # batch per chip searched in steps of 8 examples
 RECIPE_BATCH = {"full": 4096, "smoke": 64}
@@ -84,7 +88,7 @@ class Cache:
 
 
 def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool) -> dict:
-    """The compiles of one (recipe, teacher mode, chip kind): the recipe's batch, then the largest batch."""
+    """The compiles of one (recipe, teacher mode, chip kind): the recipe's batch, then a large batch."""
     from sarmae_jax.runtime import tpu_topology
 
     tpu_topology.quiet_libtpu_start()
@@ -92,45 +96,47 @@ def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool
 
     config = smoke_config() if smoke else load_recipe(RECIPES[recipe])
     cache = Cache(cache_path)
-    slice_name = (SMOKE_SLICES if smoke else SLICES)[kind]
-    devices = tpu_topology.slice_devices(slice_name)
     tokens = TEACHERS[teacher]
 
-    def compile_cached(cfg, name, teacher_tokens, devs):
-        key = (recipe, teacher, name, cfg.train.batch_size // tpu_plan.batch_shards(cfg, len(devs)))
+    def compile_cached(cfg, name, devices):
+        key = (recipe, teacher, name, cfg.train.batch_size // tpu_plan.batch_shards(cfg, len(devices)))
         if key not in cache.entries:
             started = time.time()
-            report = tpu_plan.plan(cfg, name, teacher_tokens=teacher_tokens, devices=devs)
+            report = tpu_plan.plan(cfg, name, teacher_tokens=tokens, devices=devices)
             print(f"[{recipe} | {teacher} | {name}] {key[3]} per chip: "
                   f"{'fits' if report['fits'] else 'does not fit'} ({time.time() - started:.0f} s)", flush=True)
             cache.put(key, report)
         return cache.entries[key]
 
-    recipe_report = compile_cached(config, slice_name, tokens, devices)
-    if not recipe_report["fits"]:  # not even the recipe's batch: search downwards
-        search = tpu_plan.find_max_batch(config, slice_name, teacher_tokens=tokens, multiple=SEARCH_MULTIPLE,
-                                         compile_fn=compile_cached, known=[recipe_report])
-        return {"best": search["best"] and search["best"]["batch_per_chip"],
-                "probes": [r["batch_per_chip"] for r in search["probes"]]}
-    # Fitting compiles of this kind on any slice lie on one line (data parallelism: one per-chip program).
-    same_kind = [r for k, r in cache.entries.items() if k[:2] == (recipe, teacher) and k[2].split(":")[0] == kind]
-    fit = {r["batch_per_chip"]: r for r in same_kind if r["fits"]}
-    misfit = [r["batch_per_chip"] for r in same_kind if not r["fits"]]
-    chip, _ = tpu_topology.parse_slice(slice_name)
-    available = min([r["compiler_hbm_bytes"] for r in same_kind if r.get("compiler_hbm_bytes")] or [chip.hbm_bytes])
-    guess = tpu_plan.predict_batch(fit, available, SEARCH_MULTIPLE)
-    if misfit:
-        guess = min(guess, min(misfit) - SEARCH_MULTIPLE)
-    if smoke:
-        guess = recipe_report["batch_per_chip"]  # the tiny model fits batches whose compiles take minutes
-    probes = []
-    while guess >= SEARCH_MULTIPLE:
-        report = compile_cached(tpu_plan.with_batch_per_chip(config, guess, len(devices)), slice_name, tokens, devices)
-        probes.append(guess)
-        if report["fits"]:
-            return {"best": guess, "probes": probes}
-        guess -= SEARCH_MULTIPLE
-    return {"best": None, "probes": probes}
+    slice_name = (SMOKE_SLICES if smoke else SLICES)[kind]
+    compile_cached(config, slice_name, tpu_topology.slice_devices(slice_name))
+    if smoke:  # the tiny model fits batches whose compiles take minutes: the script's path is checked
+        return {"largest_fit": None, "smallest_misfit": None}
+    search = SEARCH_SLICES[kind]
+    devices = tpu_topology.slice_devices(search)
+    chip, _ = tpu_topology.parse_slice(search)
+
+    def known():  # this kind's compiles on any slice: one per-chip program (data parallelism)
+        same = [r for k, r in cache.entries.items() if k[:2] == (recipe, teacher) and k[2].split(":")[0] == kind]
+        fit = {r["batch_per_chip"]: r for r in same if r["fits"]}
+        misfit = min((r["batch_per_chip"] for r in same if not r["fits"]), default=None)
+        limit = min([r["compiler_hbm_bytes"] for r in same if r.get("compiler_hbm_bytes")]
+                    or [int(DATASHEET_SHARE * chip.hbm_bytes)])
+        return fit, misfit, limit
+
+    fit, misfit, limit = known()
+    if fit:
+        guess = tpu_plan.predict_batch(fit, limit, SEARCH_MULTIPLE)
+        if misfit is not None:
+            guess = min(guess, misfit - SEARCH_MULTIPLE)
+        if guess > max(fit):
+            r = compile_cached(tpu_plan.with_batch_per_chip(config, guess, len(devices)), search, devices)
+            if not r["fits"]:  # the line overshot: the middle of the bracket, once
+                middle = (max(fit) + guess) // 2 // SEARCH_MULTIPLE * SEARCH_MULTIPLE
+                if middle > max(fit):
+                    compile_cached(tpu_plan.with_batch_per_chip(config, middle, len(devices)), search, devices)
+    fit, misfit, _ = known()
+    return {"largest_fit": max(fit, default=None), "smallest_misfit": misfit}
 
 
 def _gib(n):
@@ -144,30 +150,36 @@ def _roof(r):
 
 
 def table(cache: Cache, smoke: bool) -> str:
+    from sarmae_jax.training import tpu_plan
+
     global_batch = RECIPE_BATCH["smoke" if smoke else "full"]
     slices = SMOKE_SLICES if smoke else SLICES
-    rows = [f"| recipe | teacher | slice | global {global_batch} = per chip | fits | HBM per chip | roofline step "
-            "| images/s per chip | largest batch per chip | HBM per chip there | roofline step there "
-            f"| images/s per chip there | global {global_batch} fits on " + " / ".join(map(str, DERIVED_CHIPS)) + " chips |",
-            "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [f"| recipe | teacher | chip | HBM per chip at {global_batch // 256 if not smoke else 16} per chip "
+            f"(global {global_batch}, {'256' if not smoke else '4'} chips) | roofline step | images/s per chip "
+            "| largest batch per chip that fit | HBM per chip there | roofline step there | images/s per chip there "
+            f"| smallest that did not fit | global {global_batch} fits on " + " / ".join(map(str, DERIVED_CHIPS)) + " chips |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for recipe in RECIPES:
         for teacher in TEACHERS:
             for kind, name in slices.items():
-                here = {k[3]: r for k, r in cache.entries.items() if k[:3] == (recipe, teacher, name)}
-                r = next((r for r in here.values() if r["global_batch"] == global_batch), None)
+                same = {k: r for k, r in cache.entries.items() if k[:2] == (recipe, teacher) and k[2].split(":")[0] == kind}
+                r = same.get((recipe, teacher, name, global_batch // len(tpu_plan.tpu_topology.slice_devices(name))))
                 if r is None:
                     continue
-                step, ips = _roof(r) if r["fits"] else ("-", "-")
-                hbm = _gib(r["memory"]["total"]) if r["fits"] else f"> {_gib(r.get('compiler_hbm_bytes') or r['hbm_bytes'])}"
-                best = max((b for b, x in here.items() if x["fits"]), default=None)
+                recipe_cells = ([_gib(tpu_plan.hbm_total(r["memory"])), *_roof(r)] if r["fits"] else
+                                [f"does not fit (> {_gib(r.get('compiler_hbm_bytes') or r['hbm_bytes'])})", "-", "-"])
+                fits = {x["batch_per_chip"]: x for x in same.values() if x["fits"]}
+                misfits = [x["batch_per_chip"] for x in same.values() if not x["fits"]]
+                best = max(fits, default=None)
                 if best is None:
-                    largest = ["none"] + ["-"] * 3
-                    derived = "no"
+                    best_cells, derived = ["none", "-", "-", "-"], "no"
                 else:
-                    largest = [str(best), _gib(here[best]["memory"]["total"]), *_roof(here[best])]
+                    b = fits[best]
+                    best_cells = [f"{best} ({b['slice']})", _gib(tpu_plan.hbm_total(b["memory"])), *_roof(b)]
                     derived = " / ".join("yes" if global_batch / chips <= best else "no" for chips in DERIVED_CHIPS)
-                rows.append(f"| {recipe} | {teacher} | {name} | {r['batch_per_chip']} | {'yes' if r['fits'] else 'no'} | "
-                            f"{hbm} | {step} | {ips} | " + " | ".join(largest) + f" | {derived} |")
+                worst = f"{min(misfits)}" if misfits else "-"
+                rows.append(f"| {recipe} | {teacher} | {kind} | " + " | ".join(recipe_cells + best_cells)
+                            + f" | {worst} | {derived} |")
     return "\n".join(rows)
 
 
@@ -184,15 +196,16 @@ def main() -> None:
     if args.smoke:
         global RECIPES
         RECIPES = {"smoke": None}
-    groups = [(r, t, k) for r in RECIPES for t in TEACHERS for k in (SMOKE_SLICES if args.smoke else SLICES)]
+    groups = [(r, t, k) for k in (SMOKE_SLICES if args.smoke else SLICES) for t in TEACHERS for r in reversed(RECIPES)]
     started = time.time()
     context = multiprocessing.get_context("spawn")  # libtpu and JAX start afresh in each worker
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         futures = {pool.submit(run_group, *g, args.cache, args.smoke): g for g in groups}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             result = future.result()
-            print(f"group {done}/{len(groups)} done: {' | '.join(futures[future])}: largest batch per chip "
-                  f"{result['best']} (probes {result['probes']}); {(time.time() - started) / 60:.0f} min so far", flush=True)
+            print(f"group {done}/{len(groups)} done: {' | '.join(futures[future])}: largest batch per chip that fit "
+                  f"{result['largest_fit']}, smallest that did not {result['smallest_misfit']}; "
+                  f"{(time.time() - started) / 60:.0f} min so far", flush=True)
     print(f"\nTPU compiler: libtpu {importlib.metadata.version('libtpu')}, jax {__import__('jax').__version__}; host: "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {(time.time() - started) / 60:.0f} min\n")
     print(table(Cache(args.cache), args.smoke))

@@ -55,7 +55,10 @@ def _plan_for_slice() -> None:
     except (ValueError, tpu_topology.TpuCompilerMissing) as e:
         raise SystemExit(f"sarmae-train: {e}") from None
     print(f"compiling the train step for {_TOPOLOGY.value} with the TPU compiler (minutes for ViT-L) ...", flush=True)
-    report = tpu_plan.plan(_CONFIG.value, _TOPOLOGY.value)
+    try:
+        report = tpu_plan.plan(_CONFIG.value, _TOPOLOGY.value)
+    except ValueError as e:  # a config the step cannot be built for (validation, batch split, sampler limits)
+        raise SystemExit(f"sarmae-train --topology {_TOPOLOGY.value}: {e}") from None
     print(tpu_plan.format_plan(report), flush=True)
     if _FIND_MAX_BATCH.value:
         result = tpu_plan.find_max_batch(_CONFIG.value, _TOPOLOGY.value, known=[report], on_probe=lambda r: print(

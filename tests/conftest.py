@@ -60,6 +60,26 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+def six_step_config(data_path: str):
+    """tests/tiny_train_config.py for 6 steps on `data_path`, losses logged every step, no periodic checkpoint."""
+    from tests.tiny_train_config import get_config
+
+    c = get_config()
+    c.data.path, c.train.num_steps, c.train.log_every, c.train.checkpoint_every = data_path, 6, 1, 1000
+    return c
+
+
+@pytest.fixture(scope="session")
+def six_step_run(tmp_path_factory, tiny_dataset):
+    """The workdir of an uninterrupted `six_step_config` run in this process (one device): the reference of the
+    elastic-resume and profiling tests."""
+    from sarmae_jax.training import loop
+
+    workdir = str(tmp_path_factory.mktemp("six_step_run"))
+    loop.train_and_evaluate(six_step_config(tiny_dataset), workdir)
+    return workdir
+
+
 def synthetic_batch(c, seed=0, paired=(True, False)):
     """One global batch for config `c`: smooth uint8 SAR scenes, their inverted optical rendering, `paired` cycled."""
     rng = np.random.default_rng(seed)

@@ -139,10 +139,15 @@ def _available_hbm(message: str) -> int | None:
 def _memory(compiled) -> dict[str, int]:
     m = compiled.memory_analysis()
     out = {f: int(getattr(m, f"{f}_size_in_bytes")) for f in ("argument", "output", "alias", "temp", "generated_code")}
-    # The compiler's peak of live buffers over the program; code is held beside it.
-    out["peak"] = int(getattr(m, "peak_memory_in_bytes", 0)) or out["argument"] + out["output"] - out["alias"] + out["temp"]
-    out["total"] = out["peak"] + out["generated_code"]
+    out["peak_live"] = int(getattr(m, "peak_memory_in_bytes", 0))  # the compiler's peak of live buffers
+    out["total"] = hbm_total(out)
     return out
+
+
+def hbm_total(memory: dict[str, int]) -> int:
+    """HBM a chip holds for the step: arguments, outputs not donated back into them, the temporaries'
+    allocation and the program code (the donated state aliases its output and counts once)."""
+    return memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
 
 
 def roofline(report: dict[str, Any], chip: tpu_topology.Chip) -> dict[str, float]:
@@ -189,9 +194,11 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
                    compile_fn: Callable[..., dict] | None = None, known: list[dict] = ()) -> dict[str, Any]:
     """The largest batch per chip (a multiple of `multiple` and of train.grad_accum_steps) whose step fits.
 
-    Each probe is one compile. Peak HBM grows about linearly with the batch, so the next probe is where the
+    Each probe is one compile. HBM grows about linearly with the batch, so the next probe is where the
     line through the fitting probes (or through one probe and the batch-independent bytes) meets the
-    chip's HBM, kept inside the bracket [largest fit, smallest misfit]; it ends when they are one step apart.
+    chip's HBM, kept inside the bracket [largest fit, smallest misfit]; after a probe that does not fit
+    (the line overshot, or the step cannot be built for that batch) the bracket is halved instead. It ends
+    when the bracket is one step wide.
     Returns {"best": report of the largest fitting batch or None, "probes": every report, in order}.
     `compile_fn(config, slice_name, teacher_tokens, devices)` replaces `plan` (a cache, in the plan script);
     `known`: reports of this slice already compiled (e.g. at the config's own batch), not compiled again.
@@ -207,8 +214,12 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
     misfit: set[int] = set()
     available = chip.hbm_bytes
     while len(probes) < max_probes:
-        report = done.get(current) or compile_fn(with_batch_per_chip(config, current, len(devices)), slice_name,
-                                                 teacher_tokens, devices)
+        cfg = with_batch_per_chip(config, current, len(devices))
+        try:
+            report = done.get(current) or compile_fn(cfg, slice_name, teacher_tokens, devices)
+        except ValueError as e:  # refused before compiling, e.g. a global batch the speckle sampler cannot draw
+            report = {"slice": slice_name, "batch_per_chip": current, "global_batch": cfg.train.batch_size,
+                      "fits": False, "compile_seconds": 0.0, "compiler_message": f"refused before compiling: {e}"}
         probes.append(report)
         if on_probe is not None:
             on_probe(report)
@@ -226,6 +237,8 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
             current = max(unit, current // 2 // unit * unit)
             continue
         guess = predict_batch(fit, available, unit)
+        if hi is not None and (not report["fits"] or not lo < guess < hi):
+            guess = (lo + hi) // 2 // unit * unit  # the line overshot (or cannot say): bisect the bracket
         upper = hi - unit if hi is not None else max(guess, 2 * lo)
         current = min(max(guess, lo + unit), upper)
     best = fit[max(fit)] if fit else None
@@ -239,7 +252,7 @@ def predict_batch(fit: dict[int, dict], available: int, unit: int) -> int:
     the per-chip program does not depend on the slice size). One probe: the line through it and the
     batch-independent bytes (state, teacher, code).
     """
-    points = sorted((b, r["memory"]["total"]) for b, r in fit.items())
+    points = sorted((b, hbm_total(r["memory"])) for b, r in fit.items())
     if len(points) >= 2:
         (b0, m0), (b1, m1) = points[-2], points[-1]
         slope = (m1 - m0) / (b1 - b0)
@@ -286,11 +299,14 @@ def format_plan(r: dict[str, Any]) -> str:
         lines += [f"    - {k}" for k in r["knobs"]]
         return "\n".join(lines)
     mem = r["memory"]
+    total = hbm_total(mem)
     lines += [
-        f"    activations / temporaries    {_gib(mem['temp'])}",
-        f"    program code                 {_gib(mem['generated_code'])}",
-        f"    total (compiler's peak + code) {_gib(mem['total'])} of {_gib(chip.hbm_bytes)}: fits "
-        f"({_gib(chip.hbm_bytes - mem['total'])} to spare)",
+        f"    activations / temporaries     {_gib(mem['temp'])}" + (
+            f" (at most {_gib(mem['peak_live'] - mem['argument'])} of them live at once)"
+            if mem.get("peak_live", 0) > mem["argument"] else ""),
+        f"    program code                  {_gib(mem['generated_code'])}",
+        f"    total                         {_gib(total)} of {_gib(chip.hbm_bytes)}: fits "
+        f"({_gib(chip.hbm_bytes - total)} to spare)",
         f"  per step per chip (compiler's cost analysis): {r['compiler_flops_per_chip'] / 1e12:.3f} TFLOP, "
         f"{r['bytes_accessed_per_chip'] / 1e9:.2f} GB of HBM traffic; model FLOPs (analytic) "
         f"{r['analytic_flops_per_chip'] / 1e12:.3f} TFLOP",
@@ -316,7 +332,7 @@ def format_plan(r: dict[str, Any]) -> str:
 def format_search(result: dict[str, Any]) -> str:
     lines = [f"largest batch per chip (multiples of {result['multiple']}):"]
     for r in result["probes"]:
-        verdict = f"fits, {_gib(r['memory']['total'])}" if r["fits"] else "does not fit"
+        verdict = f"fits, {_gib(hbm_total(r['memory']))}" if r["fits"] else f"does not fit ({r['compiler_message']})"
         lines.append(f"  {r['batch_per_chip']:>6} per chip (global {r['global_batch']}): {verdict} "
                      f"[compiled in {r['compile_seconds']:.0f} s]")
     best = result["best"]
