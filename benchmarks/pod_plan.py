@@ -12,8 +12,10 @@ dataset) and each chip kind:
    batch per chip) meets the chip's HBM (the compiler's limit where an out-of-memory message told it, else
    97% of the data sheet's), rounded down to a multiple of 8, compiled on a 16-chip slice of the kind
    (`SEARCH_SLICES`: with data parallelism the per-chip program does not depend on the slice size, and a
-   16-chip slice keeps the global batch under the speckle sampler's limit of 2**31 pixels per step); when
-   that does not fit, the middle of the bracket, once. The table gives the largest batch compiled that fit
+   16-chip slice keeps the global batch under the speckle sampler's limit of 2**31 pixels per step), at
+   most `SEARCH_CAP` = 512 per chip (the compiler's host memory grows with the batch); when that does not
+   fit, the middle of the bracket, once. Running the script again with the same cache refines each row by
+   one more prediction through its fitting compiles. The table gives the largest batch compiled that fit
    and the smallest that did not: `sarmae-train --dry_run --topology ... --find_max_batch` narrows such a
    bracket to 8 examples, one compile per probe.
 
@@ -47,6 +49,9 @@ SLICES = {"v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}  # 256 chi
 SEARCH_SLICES = {"v5e": "v5e:4x4", "v5p": "v5p:2x2x4", "v6e": "v6e:4x4"}  # 16 chips each
 SMOKE_SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 DATASHEET_SHARE = 0.97  # of the data sheet's HBM, where the compiler has not yet said its limit
+# The compiler's host memory grows with the batch (B/16 at 1,176 per chip took more than 9 GB of this 24 GB
+# machine): larger batches per chip are not compiled here. Global batch 4096 needs 16 per chip on 256 chips.
+SEARCH_CAP = 512
 DERIVED_CHIPS = (64, 128, 256)  # slice sizes of the "global batch fits on" columns
 SEARCH_MULTIPLE = 8  # batch per chip searched in steps of 8 examples
 RECIPE_BATCH = {"full": 4096, "smoke": 64}
@@ -129,6 +134,7 @@ def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool
         guess = tpu_plan.predict_batch(fit, limit, SEARCH_MULTIPLE)
         if misfit is not None:
             guess = min(guess, misfit - SEARCH_MULTIPLE)
+        guess = min(guess, SEARCH_CAP)
         if guess > max(fit):
             r = compile_cached(tpu_plan.with_batch_per_chip(config, guess, len(devices)), search, devices)
             if not r["fits"]:  # the line overshot: the middle of the bracket, once

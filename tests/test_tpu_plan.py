@@ -92,8 +92,8 @@ def test_the_compiled_programs_hold_the_expected_collectives(data_parallel, full
 def test_memory_cost_and_roofline_of_a_step_that_fits(data_parallel):
     r = data_parallel
     mem = r["memory"]
-    assert 0 < mem["peak_live"] < mem["total"] < r["hbm_bytes"] == 16 * 2**30
-    assert mem["total"] == mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
+    allocated = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
+    assert 0 < mem["peak_live"] and mem["total"] == max(allocated, mem["peak_live"]) < r["hbm_bytes"] == 16 * 2**30
     assert mem["argument"] >= sum(r["state_bytes"].values()) + r["input_bytes"]["batch"]
     assert r["compiler_flops_per_chip"] > 0 and r["bytes_accessed_per_chip"] > 0
     roof = r["roofline"]

@@ -95,9 +95,10 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         "analytic_flops_per_chip": analytic / len(devices),
     }
     start = time.perf_counter()
-    # Compile-only executables cannot be written to or read from JAX's persistent compilation cache.
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
+    # A compile-only executable written to JAX's persistent compilation cache cannot be loaded back (no
+    # TPU client): keep it out of the cache.
+    min_compile_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
     try:
         with jax.set_mesh(mesh):
             compiled = step.lowered.compile()
@@ -109,7 +110,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         report["knobs"] = knobs(report, c)
         return report
     finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
     report["compile_seconds"] = time.perf_counter() - start
     report["fits"] = True
     report["memory"] = _memory(compiled)
@@ -145,9 +146,10 @@ def _memory(compiled) -> dict[str, int]:
 
 
 def hbm_total(memory: dict[str, int]) -> int:
-    """HBM a chip holds for the step: arguments, outputs not donated back into them, the temporaries'
-    allocation and the program code (the donated state aliases its output and counts once)."""
-    return memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
+    """HBM a chip holds for the step: the larger of its allocations (arguments, outputs not donated back into
+    them, the temporaries' buffer, the program code) and the compiler's peak of live buffers."""
+    allocated = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
+    return max(allocated, memory.get("peak_live", memory.get("peak", 0)))
 
 
 def roofline(report: dict[str, Any], chip: tpu_topology.Chip) -> dict[str, float]:
@@ -301,12 +303,10 @@ def format_plan(r: dict[str, Any]) -> str:
     mem = r["memory"]
     total = hbm_total(mem)
     lines += [
-        f"    activations / temporaries     {_gib(mem['temp'])}" + (
-            f" (at most {_gib(mem['peak_live'] - mem['argument'])} of them live at once)"
-            if mem.get("peak_live", 0) > mem["argument"] else ""),
+        f"    activations / temporaries     {_gib(mem['temp'])}",
         f"    program code                  {_gib(mem['generated_code'])}",
         f"    total                         {_gib(total)} of {_gib(chip.hbm_bytes)}: fits "
-        f"({_gib(chip.hbm_bytes - total)} to spare)",
+        f"({_gib(chip.hbm_bytes - total)} to spare; the compiler's peak of live buffers {_gib(mem['peak_live'])})",
         f"  per step per chip (compiler's cost analysis): {r['compiler_flops_per_chip'] / 1e12:.3f} TFLOP, "
         f"{r['bytes_accessed_per_chip'] / 1e9:.2f} GB of HBM traffic; model FLOPs (analytic) "
         f"{r['analytic_flops_per_chip'] / 1e12:.3f} TFLOP",
