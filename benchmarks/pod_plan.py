@@ -14,8 +14,8 @@ dataset) and each chip kind:
    (`SEARCH_SLICES`: with data parallelism the per-chip program does not depend on the slice size, and a
    16-chip slice keeps the global batch under the speckle sampler's limit of 2**31 pixels per step), at
    most `SEARCH_CAP` = 512 per chip (the compiler's host memory grows with the batch); when that does not
-   fit, the middle of the bracket, once. Running the script again with the same cache refines each row by
-   one more prediction through its fitting compiles. The table gives the largest batch compiled that fit
+   fit, the middle of the bracket, once. With `--refine`, a run over the same cache refines each row by one
+   more prediction through its fitting compiles. The table gives the largest batch compiled that fit
    and the smallest that did not: `sarmae-train --dry_run --topology ... --find_max_batch` narrows such a
    bracket to 8 examples, one compile per probe.
 
@@ -92,7 +92,7 @@ class Cache:
             f.write(json.dumps({"key": list(key), "report": report}) + "\n")
 
 
-def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool) -> dict:
+def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool, refine: bool) -> dict:
     """The compiles of one (recipe, teacher mode, chip kind): the recipe's batch, then a large batch."""
     from sarmae_jax.runtime import tpu_topology
 
@@ -130,7 +130,8 @@ def run_group(recipe: str, teacher: str, kind: str, cache_path: str, smoke: bool
         return fit, misfit, limit
 
     fit, misfit, limit = known()
-    if fit:
+    searched = any(k[:3] == (recipe, teacher, search) for k in cache.entries)
+    if fit and (refine or not searched):
         guess = tpu_plan.predict_batch(fit, limit, SEARCH_MULTIPLE)
         if misfit is not None:
             guess = min(guess, misfit - SEARCH_MULTIPLE)
@@ -193,6 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="groups compiled at once (one core each)")
     parser.add_argument("--cache", default="pod_plan.jsonl", help="JSON-lines file of compile reports (resumable)")
+    parser.add_argument("--refine", action="store_true",
+                        help="one more batch search per row even where the cache holds one")
     parser.add_argument("--smoke", action="store_true", help="the tiny test model on 4-chip slices: checks the script")
     args = parser.parse_args()
     from sarmae_jax.runtime import tpu_topology
@@ -206,7 +209,7 @@ def main() -> None:
     started = time.time()
     context = multiprocessing.get_context("spawn")  # libtpu and JAX start afresh in each worker
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        futures = {pool.submit(run_group, *g, args.cache, args.smoke): g for g in groups}
+        futures = {pool.submit(run_group, *g, args.cache, args.smoke, args.refine): g for g in groups}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             result = future.result()
             print(f"group {done}/{len(groups)} done: {' | '.join(futures[future])}: largest batch per chip that fit "
