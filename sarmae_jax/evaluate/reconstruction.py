@@ -101,7 +101,7 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
     modules = _mae_modules(encoder)
     m = encoder.model_cfg
     mask_ratio = m.mask_ratio if cfg.mask_ratio < 0 else cfg.mask_ratio
-    n_patches = (m.image_size // m.patch_size) ** 2
+    n_patches = patches.num_patches(m.image_size, m.patch_size)
     clean_pixels = clean_pixels[: cfg.num_images]
 
     @jax.jit

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from data_pipelines import records, shard_io
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import preprocess
-from sarmae_jax.models import teachers
+from sarmae_jax.models import patches, teachers
 
 log = logging.getLogger("sarmae_jax")
 
@@ -47,7 +47,7 @@ def make_teacher_fn(teacher_cfg, image_size: int):
         x = preprocess.normalize_optical(preprocess.to_unit_interval(optical))
         return module.apply({"params": params}, x).astype(jnp.float16)
 
-    n = (image_size // teacher_cfg.patch_size) ** 2
+    n = patches.num_patches(image_size, teacher_cfg.patch_size)
     return tokens, (n, width)
 
 
