@@ -4,7 +4,8 @@ Layout of a work directory:
     checkpoints/<step>/state       sharded train state (restorable onto any mesh)
     checkpoints/<step>/data_iter   Grain iterator state, one file per process
     checkpoints/<step>/metadata    JSON: config, normalisation, model description
-    export/params, export/metadata.json   params only, for evaluation and conversion (CPU-restorable)
+    export/params, export/metadata.json, export/README.md   params only (+ model card), for evaluation and
+                                   conversion (CPU-restorable)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from data_pipelines import normalization
+from sarmae_jax.convert import model_card  # plain Python: no torch
 
 log = logging.getLogger("sarmae_jax")
 
@@ -130,7 +132,8 @@ class Checkpoints:
 
 
 def export_params(directory: str, params: Any, metadata: dict) -> str:
-    """Params-only export: `directory/params` (Orbax) + `directory/metadata.json`. Returns the directory."""
+    """Params-only export: `directory/params` (Orbax) + `directory/metadata.json` + `directory/README.md` (the model
+    card). Returns the directory."""
     directory = os.path.abspath(directory)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(directory, "params"), params, force=True)
@@ -138,6 +141,7 @@ def export_params(directory: str, params: Any, metadata: dict) -> str:
     if jax.process_index() == 0:
         with open(os.path.join(directory, "metadata.json"), "w") as f:
             json.dump(metadata, f, indent=2)
+        model_card.write(directory, metadata, "params")
     return directory
 
 
