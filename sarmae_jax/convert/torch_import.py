@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from sarmae_jax.convert import released, vit_layout
 from sarmae_jax.convert.state_dicts import StrictReader, strip_prefixes
-from sarmae_jax.models import vit
+from sarmae_jax.models import positions
 
 log = logging.getLogger("sarmae_jax")
 
@@ -98,7 +98,7 @@ def import_mae_family(sd, source: str, *, num_heads: int, image_size: int, decod
     out: dict[str, Any] = {}
     out["encoder"] = vit_layout.encoder_from_torch(
         r, enc_names, num_heads=num_heads, image_size=image_size, scan=scan, prefix=enc_prefix,
-        learned_pos=vit.PLAIN_BICUBIC if finetuned else None, final_norm=final_norm)
+        learned_pos=positions.PLAIN_BICUBIC if finetuned else None, final_norm=final_norm)
     width = out["encoder"]["cls_token"].shape[-1]
     patch = out["encoder"]["patch_embed"]["proj"]["kernel"].shape[0]
     channels = out["encoder"]["patch_embed"]["proj"]["kernel"].shape[2]
