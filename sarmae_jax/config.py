@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     s.weight = 0.8  # total loss = mae_weight * MAE + sarc.weight * alignment
     s.teacher = ml_collections.ConfigDict()
     # dinov3 (the paper's frozen DINOv3) | released (patch embedding + norm only, what the public code ran)
-    # | vit | dinov2 | dinov2_reg; see models/teachers.py
+    # | vit | dinov2 | dinov2_reg; see sarmae_jax/models/teachers/
     s.teacher.kind = "dinov3"
     s.teacher.size = "base"  # teacher width/depth from vit.VIT_SIZES
     s.teacher.patch_size = 16  # must equal model.patch_size: teacher and student patches are the same pixels
