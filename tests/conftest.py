@@ -3,6 +3,8 @@ session, batches, train steps built by the trainer's builder, params-only export
 PyTorch reference of timm's ViT forward for the conversion tests."""
 import json
 import os
+import sys
+import uuid
 
 import flax.linen as nn
 import jax
@@ -18,6 +20,7 @@ from sarmae_jax.models import sarmae
 from sarmae_jax.runtime import sharding
 from sarmae_jax.training import checkpoint
 from sarmae_jax.training import state as state_lib
+from tests import gcs_emulator
 
 
 def tiny_config():
@@ -178,3 +181,24 @@ def timm_reference_forward(sd, images_nhwc, num_heads, prefix=""):
         x = x + f.linear(h, t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
         i += 1
     return ln(x, "norm").numpy() if "norm.weight" in t else x.numpy()  # timm's average-pooling ViTs have no norm
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A Cloud Storage emulator on loopback for the whole session (tests/gcs_emulator.py): bucket `sarmae-test`,
+    and `sarmae-readonly` whose writes get 403. Its client environment is put into os.environ, so this process
+    and every subprocess it starts send gs:// requests to it (gcsfs reads one of the variables at import)."""
+    if "gcsfs" in sys.modules and os.environ.get("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT") != "false":
+        raise RuntimeError("gcsfs was imported before the emulator's environment was set")
+    emulator = gcs_emulator.Emulator("sarmae-test", read_only_bucket="sarmae-readonly")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in emulator.env.items():
+            env.setenv(key, value)
+        yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def gcs_dir(gcs, request):
+    """A gs:// prefix of its own for one test (the bucket lives for the session)."""
+    return gcs.url(f"{request.node.name}-{uuid.uuid4().hex[:8]}")

@@ -11,14 +11,14 @@
           sarmae-pretrain   OUT.pth: the released pre-training code's `SAROpticalPatchAlignment` (resume there)
           sarmae-finetune   OUT.pth: the encoder file the released fine-tuning, detection and segmentation code reads
 Every export gets a model card (`README.md` in directories, `OUT.README.md` beside files). Both commands run on CPU
-in one process, whatever mesh saved the export.
+in one process, whatever mesh saved the export. Every path may be local or gs://BUCKET/PATH; the output location
+is checked for write access before any conversion.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any, Sequence
 
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from sarmae_jax import config as config_lib
 from sarmae_jax.convert import model_card, released, state_dicts, teacher_weights, torch_export, torch_import
 from sarmae_jax.models import anchor, mae, param_trees, sarmae, teachers, vit
+from sarmae_jax.runtime import paths
 from sarmae_jax.training import checkpoint
 
 log = logging.getLogger("sarmae_jax")
@@ -99,13 +100,16 @@ def released_teacher_config(sd: dict, src: str) -> dict | None:
     params = released.teacher_from_torch(teacher, src)
     width = int(params["cls_token"].shape[-1])
     return {"kind": "released", "size": size_for_width(width, src + " optical_encoder"),
-            "patch_size": int(params["patch_embed"]["proj"]["kernel"].shape[0]), "checkpoint": os.path.abspath(src)}
+            "patch_size": int(params["patch_embed"]["proj"]["kernel"].shape[0]), "checkpoint": str(src)}
 
 
 def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: int = 224,
                parts: Sequence[str] | None = None, decoder: dict, scan: bool = True,
                head_prefix: str | None = None) -> str:
-    """Convert `src` to a params-only export in `out_dir`; returns `out_dir`. `size=None`: read off the width."""
+    """Convert `src` to a params-only export in `out_dir` (either local or gs://); returns `out_dir`.
+    `size=None`: read off the width."""
+    src, out_dir = paths.resolve(src, "checkpoint"), paths.resolve(out_dir, "out_dir")
+    paths.check_writable(out_dir, "out_dir")
     sd, info = state_dicts.load_with_info(src)
     width = torch_import.encoder_width(torch_import.student_state_dict(sd)[0], src)
     found = size_for_width(width, src)
@@ -125,12 +129,12 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
     shapes = model_shapes(config)
     for part, value in params.items():  # the whole model, not just the converter, agrees on every name and shape
         param_trees.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
-    meta = checkpoint.run_metadata(config, source=os.path.abspath(src), imported_parts=sorted(params),
+    meta = checkpoint.run_metadata(config, source=str(src), imported_parts=sorted(params),
                                    teacher_width=teacher_width, source_checkpoint=info)
     checkpoint.export_params(out_dir, jax.tree.map(np.asarray, params), meta)
     log.info("imported %s (ViT-%s) from %s into %s%s", sorted(params), size, src, out_dir,
              f"; its released teacher is recorded as sarc.teacher={teacher}" if teacher else "")
-    return out_dir
+    return str(out_dir)
 
 
 def import_parser() -> argparse.ArgumentParser:
@@ -158,7 +162,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     try:
         run_import(a.checkpoint, a.out_dir, size=a.size, image_size=a.image_size, parts=a.parts, decoder=decoder,
                    scan=not a.no_scan, head_prefix=a.head_prefix)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, paths.StorageAccessError) as e:
         print(f"sarmae-import: {e}", file=sys.stderr)
         return 1
     return 0
@@ -172,6 +176,8 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         raise ValueError(RENAMED_FORMATS[fmt])
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
+    export_dir, out = paths.resolve(export_dir, "export_dir"), paths.resolve(out, "out")
+    paths.check_writable(out if fmt.startswith("hf-") else out.parent, "out", arrays=False)
     params, meta = checkpoint.load_export(export_dir)
     params = jax.tree.map(np.asarray, params)
     model_cfg = meta.get("config", {}).get("model", {})
@@ -179,7 +185,7 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
     if not image_size:
         raise ValueError(f"{export_dir}: metadata has no config.model.image_size; pass --image-size")
     absent: list[str] = []
-    if fmt in ("sarmae-pretrain", "sarmae-finetune") and not out.endswith(".pth"):
+    if fmt in ("sarmae-pretrain", "sarmae-finetune") and not out.name.endswith(".pth"):
         raise ValueError(f"{out}: the released code reads .pth files (torch.load); name the output *.pth")
     if fmt == "timm":
         _save(out, torch_export.to_timm(params, image_size))
@@ -197,15 +203,14 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         else:
             sd, hf_config = torch_export.to_hf_vitmae(params, image_size, model_cfg.get("mask_ratio", 0.75),
                                                       model_cfg.get("norm_pix_loss", False))
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
-        with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
-            json.dump(torch_export.hf_preprocessor_config(image_size, model_card.sar_normalization(meta)), f, indent=2)
-        _save(os.path.join(out, "model.safetensors"), sd)
+        preprocessor = torch_export.hf_preprocessor_config(image_size, model_card.sar_normalization(meta))
+        paths.write_atomic(out / "config.json", json.dumps(hf_config, indent=2).encode())
+        paths.write_atomic(out / "preprocessor_config.json", json.dumps(preprocessor, indent=2).encode())
+        _save(out / "model.safetensors", sd)
     card_meta = dict(meta, config=dict(meta.get("config", {}), model=dict(model_cfg, image_size=image_size)))
-    log.info("model card: %s", model_card.write(out, card_meta, fmt, torch_export.encoder_arch(params["encoder"]), absent))
-    return out
+    card = model_card.write(str(out), card_meta, fmt, torch_export.encoder_arch(params["encoder"]), absent)
+    log.info("model card: %s", card)
+    return str(out)
 
 
 def released_teacher_params(meta: dict, export_dir: str, override: str | None, image_size: int) -> dict | None:
@@ -224,7 +229,7 @@ def released_teacher_params(meta: dict, export_dir: str, override: str | None, i
         log.warning("%s: the run's released teacher was randomly initialised (checkpoint=%r): optical_encoder.* "
                     "is not written", export_dir, path)
         return None
-    if not path or not os.path.exists(path):
+    if not path or not paths.as_path(path).exists():
         raise ValueError(f"{export_dir}: the run's teacher is sarc.teacher.kind=released from {path!r}, which is not "
                          "there; pass --teacher-checkpoint PATH (that file: a released SARMAE pre-training checkpoint "
                          "or the DINOv3 checkpoint the teacher was built from)")
@@ -233,9 +238,10 @@ def released_teacher_params(meta: dict, export_dir: str, override: str | None, i
     return jax.tree.map(np.asarray, teacher_weights.load_teacher_params(cfg, module, image_size))
 
 
-def _save(path: str, sd: dict, wrap_key: str | None = None) -> str:
+def _save(path, sd: dict, wrap_key: str | None = None) -> str:
     # Materialise each tensor once (contiguous float32) under a progress bar: big models take a while.
-    sd = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tqdm(sd.items(), desc=os.path.basename(path), unit="tensor")}
+    path = paths.as_path(path)
+    sd = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tqdm(sd.items(), desc=path.name, unit="tensor")}
     return state_dicts.save(path, sd, wrap_key=wrap_key)
 
 
@@ -255,7 +261,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         print(run_export(a.export_dir, a.out, a.format, a.image_size, a.teacher_checkpoint))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, paths.StorageAccessError) as e:
         print(f"sarmae-export: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,23 +1,28 @@
 """State-dict files in and out, and a strict reader that reports every missing, unexpected or mis-shaped tensor.
 
 A state dict here is `dict[str, np.ndarray]` (float32 kept bit-exact; bf16/f16 tensors are widened to float32).
+Files are local paths or gs:// URIs (etils.epath): a file in a bucket is read into memory whole, and a file
+written anywhere is built in memory and then written in one piece (locally: a temporary file renamed over it).
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import pickle
 from typing import Iterable, Mapping
 
 import numpy as np
+import safetensors.numpy
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+
+from sarmae_jax.runtime import paths
 
 log = logging.getLogger("sarmae_jax")
 
 
-def load(path: str) -> dict[str, np.ndarray]:
+def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read `.pth`/`.pt`/`.bin` (torch, `weights_only`), `.safetensors`, or a directory holding `model.safetensors`.
 
     A torch checkpoint wrapping its weights in `model` / `state_dict` / `teacher` is unwrapped; the other
@@ -27,19 +32,22 @@ def load(path: str) -> dict[str, np.ndarray]:
     return load_with_info(path)[0]
 
 
-def load_with_info(path: str) -> tuple[dict[str, np.ndarray], dict]:
+def load_with_info(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """`load`, plus what a training checkpoint held beside its weights: `{"entry": "model", "read_past": [...],
     "epoch": 299, "args": {...}}` (`args`: the plain values of a pickled `argparse.Namespace`); `{}` otherwise."""
-    if os.path.isdir(path):
-        candidate = os.path.join(path, "model.safetensors")
-        if not os.path.exists(candidate):
+    path = paths.as_path(path)
+    if path.is_dir():
+        candidate = path / "model.safetensors"
+        if not candidate.exists():
             raise FileNotFoundError(f"{path}: a directory without model.safetensors (expected a Hugging Face model directory)")
         path = candidate
-    if not os.path.exists(path):
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.endswith(".safetensors"):
-        try:
-            return {k: np.asarray(v) for k, v in load_file(path).items()}, {}
+    if path.name.endswith(".safetensors"):
+        try:  # a local file is memory-mapped; a bucket's is read whole
+            tensors = (safetensors.numpy.load(path.read_bytes()) if paths.is_gcs(path)
+                       else safetensors.numpy.load_file(os.fspath(path)))
+            return {k: np.asarray(v) for k, v in tensors.items()}, {}
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{path}: not a readable .safetensors file (truncated or another format?): {e}") from e
     return _load_torch(path)
@@ -52,7 +60,7 @@ def torch_safe_globals() -> list:
     return [argparse.Namespace]
 
 
-def _load_torch(path: str) -> tuple[dict[str, np.ndarray], dict]:
+def _load_torch(path) -> tuple[dict[str, np.ndarray], dict]:
     import torch
 
     obj = read_torch_file(path)
@@ -83,13 +91,19 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def read_torch_file(path: str):
+def read_torch_file(path: str | os.PathLike):
     """`torch.load(path, weights_only=True)` with `torch_safe_globals()` allowed; a ValueError saying what the
-    file holds when it cannot be read that way."""
+    file holds when it cannot be read that way. A file in a bucket is read into memory first."""
     import torch
 
-    with open(path, "rb") as f:
-        head = f.read(8)
+    path = paths.as_path(path)
+    if paths.is_gcs(path):
+        data = path.read_bytes()
+        head, size, source = data[:8], len(data), lambda: io.BytesIO(data)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        size, source = os.path.getsize(path), lambda: os.fspath(path)
     zipped, legacy = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
     if not (zipped or legacy):
         raise ValueError(f"{path}: not a torch.save file: it starts with {head!r}, while torch.save writes a zip "
@@ -97,11 +111,11 @@ def read_torch_file(path: str):
     allowed = torch_safe_globals()
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source(), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         names = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
         try:
-            found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in names]
+            found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(source()) if g not in names]
         except (RuntimeError, ValueError):  # legacy files: torch cannot list them
             found = []
         what = f"pickled objects of {found}" if found else "pickled objects outside the allowlist"
@@ -111,7 +125,6 @@ def read_torch_file(path: str):
             f"state dict alone (torch.save(ckpt['model'], 'weights.pth')) and read that. torch said: "
             f"{str(e).splitlines()[-1].strip()}") from e
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
-        size = os.path.getsize(path)
         kind = "a zip archive (torch.save's format)" if zipped else "a legacy torch.save pickle"
         cause = (str(e).splitlines() or [""])[0].split(". ")[0].strip() or type(e).__name__
         if "central directory" in cause:
@@ -161,20 +174,23 @@ def strip_prefixes(sd: Mapping[str, np.ndarray], prefixes: Iterable[str]) -> dic
     return out
 
 
-def save(path: str, sd: Mapping[str, np.ndarray], wrap_key: str | None = None) -> str:
-    """Write `.safetensors` (numpy, no torch needed) or `.pth` (torch; `{wrap_key: sd}` when given)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def save(path: str | os.PathLike, sd: Mapping[str, np.ndarray], wrap_key: str | None = None) -> str:
+    """Write `.safetensors` (numpy, no torch needed) or `.pth` (torch; `{wrap_key: sd}` when given), local or gs://."""
+    path = paths.as_path(path)
+    if not path.name.endswith((".safetensors", ".pth", ".pt", ".bin")):
+        raise ValueError(f"{path}: unknown state-dict extension (expected .safetensors or .pth)")
     arrays = {k: np.ascontiguousarray(v) for k, v in sd.items()}
-    if path.endswith(".safetensors"):
-        save_file(arrays, path, metadata={"format": "pt"})
-    elif path.endswith((".pth", ".pt", ".bin")):
+    if path.name.endswith(".safetensors"):
+        data = safetensors.numpy.save(arrays, metadata={"format": "pt"})
+    else:
         import torch
 
         tensors = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-        torch.save({wrap_key: tensors} if wrap_key else tensors, path)
-    else:
-        raise ValueError(f"{path}: unknown state-dict extension (expected .safetensors or .pth)")
-    return path
+        buffer = io.BytesIO()
+        torch.save({wrap_key: tensors} if wrap_key else tensors, buffer)
+        data = buffer.getvalue()
+    paths.write_atomic(path, data)
+    return str(path)
 
 
 class StrictReader:
