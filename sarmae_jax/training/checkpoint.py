@@ -139,8 +139,8 @@ class Checkpoints:
         return step, restored["state"]
 
     def _check_compatible(self, step: int, abstract_state: Any, metadata: dict | None) -> None:
-        saved_tree = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
-        saved_tree = getattr(saved_tree, "item_metadata", saved_tree)
+        # The handler reads the item's own array metadata (the checkpointer would look for step-level files).
+        saved_tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
         saved_tree = getattr(saved_tree, "tree", saved_tree)
         saved = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(saved_tree)}
         wanted = {array_name(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
