@@ -53,12 +53,14 @@ def test_write_probe_on_buckets(gcs, gcs_dir):
     assert time.monotonic() - t0 < 10
 
 
-def test_write_probe_unreachable_endpoint_fails_at_once(gcs, monkeypatch):
+@pytest.mark.parametrize("client, variable", [("gcsfs", "STORAGE_EMULATOR_HOST"),
+                                              ("tensorstore", "TENSORSTORE_GCS_HTTP_URL")])
+def test_write_probe_unreachable_endpoint_fails_at_once(gcs, monkeypatch, client, variable):
     dead = f"http://127.0.0.1:{gcs_emulator.free_port()}"
-    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", dead)  # gcsfs reaches the emulator, tensorstore nothing
+    monkeypatch.setenv(variable, dead)  # the other client still reaches the emulator
     t0 = time.monotonic()
     with pytest.raises(paths.StorageAccessError, match=f"--workdir=gs://sarmae-test/x: cannot reach the Cloud Storage "
-                       f"endpoint {dead} used by tensorstore \\(TENSORSTORE_GCS_HTTP_URL\\): ConnectionRefusedError"):
+                       f"endpoint {dead} used by {client} \\({variable}\\): ConnectionRefusedError"):
         paths.check_writable(epath.Path("gs://sarmae-test/x"), "--workdir")
     assert time.monotonic() - t0 < 5
 
