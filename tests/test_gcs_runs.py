@@ -124,8 +124,10 @@ def test_export_import_and_evaluation_on_a_bucket(gcs, gcs_dir, tmp_path):
     export = checkpoint.export_params(f"{gcs_dir}/export", state.params, meta)
     assert export == f"{gcs_dir}/export"
     # sarmae-export reads the bucket's export and writes a bucket file; sarmae-import reads that and writes an export.
-    released = f"{gcs_dir}/torch/sarmae_released.pth"
-    assert cli.export_main([export, released, "--format", "released"]) == 0
+    released = f"{gcs_dir}/torch/sarmae_pretrain.pth"
+    assert cli.export_main([export, released, "--format", "sarmae-pretrain"]) == 0
+    assert epath.Path(f"{released}.README.md").read_text().startswith("# sarmae_pretrain.pth")  # its model card
+    assert epath.Path(export, "README.md").exists()
     imported = f"{gcs_dir}/imported"
     d = c.model.decoder
     assert cli.import_main([released, imported, "--size", c.model.size, "--image-size", str(c.model.image_size),
