@@ -108,7 +108,8 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
                head_prefix: str | None = None) -> str:
     """Convert `src` to a params-only export in `out_dir` (either local or gs://); returns `out_dir`.
     `size=None`: read off the width."""
-    src, out_dir = paths.resolve(src, "checkpoint"), paths.resolve(out_dir, "out_dir")
+    src = str(paths.resolve(src, "checkpoint"))  # a string: the converters name it in their messages
+    out_dir = paths.resolve(out_dir, "out_dir")
     paths.check_writable(out_dir, "out_dir")
     sd, info = state_dicts.load_with_info(src)
     width = torch_import.encoder_width(torch_import.student_state_dict(sd)[0], src)
@@ -176,7 +177,7 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         raise ValueError(RENAMED_FORMATS[fmt])
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
-    export_dir, out = paths.resolve(export_dir, "export_dir"), paths.resolve(out, "out")
+    export_dir, out = str(paths.resolve(export_dir, "export_dir")), paths.resolve(out, "out")
     paths.check_writable(out if fmt.startswith("hf-") else out.parent, "out", arrays=False)
     params, meta = checkpoint.load_export(export_dir)
     params = jax.tree.map(np.asarray, params)
