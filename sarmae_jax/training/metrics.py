@@ -18,7 +18,6 @@ import numpy as np
 from absl import flags
 from absl import logging as absl_logging
 from PIL import Image, ImageDraw, PngImagePlugin
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from sarmae_jax.runtime import paths
@@ -46,6 +45,10 @@ class MetricWriter:
         workdir = paths.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = metrics_file.MetricsFile(workdir / "metrics.jsonl", resume_step, flush_secs=flush_secs)
+        # Imported here, by the one process that writes: tensorboardX imports torch when it is installed
+        # (1.6 s), which the other processes, the dry run and the evaluation never need.
+        from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=flush_secs, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
