@@ -16,6 +16,11 @@ RUNTIME = [
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",      # PNG grids and image decoding in the converters
     "safetensors>=0.4",  # PyTorch-interop weight files without importing torch
+    # gs:// run directories, exports and weights: etils.epath over gcsfs; tensorboardX's gs:// event
+    # writer uses google-cloud-storage (Orbax's arrays go through tensorstore, already a dependency).
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.2",
+    "google-cloud-storage>=2.10",
 ]
 
 # PyTorch interop (.pth files, parity tests, the PyTorch benchmark). torch is pinned to the CPU
@@ -31,6 +36,8 @@ TPU = ['jax[tpu]==0.10.2; sys_platform == "linux" and platform_machine == "x86_6
 TEST = [
     "pytest>=8",
     "scipy>=1.11",       # Kolmogorov-Smirnov tests of the speckle laws
+    # Cloud Storage JSON API on loopback for the gs:// tests (tests/gcs_emulator.py uses its handlers).
+    "gcp-storage-emulator>=2026.7.19,<2027",
 ] + TORCH + TPU          # parity tests against transformers' ViT, ViTMAE and DINOv3; TPU compiles (test_tpu_plan)
 
 setup(

@@ -2,10 +2,14 @@
 
 Command (a pod; see launch/ for TPU and SLURM launchers):
 
-    sarmae-train --config configs/sarmae_vit_b16.py --workdir gs://BUCKET/sarmae_b16 \
-        --config.data.path=/data/sar1m_shards \
-        --config.sarc.teacher.checkpoint=/weights/dinov3_vitb16_pretrain_lvd1689m.pth \
-        --config.train.init_from=/weights/mae_pretrain_vit_base_export
+    sarmae-train --config configs/sarmae_vit_b16.py --workdir gs://my-bucket/sarmae_b16 \
+        --config.data.path=/mnt/my-bucket/sar1m_shards \
+        --config.sarc.teacher.checkpoint=gs://my-bucket/weights/dinov3_vitb16_pretrain_lvd1689m.pth \
+        --config.train.init_from=gs://my-bucket/weights/mae_pretrain_vit_base_export
+
+The run directory, the teacher weights and `init_from` may be local paths or gs:// URIs; the dataset is read
+from a local path or a Cloud Storage FUSE mount (`gcsfuse --implicit-dirs my-bucket /mnt/my-bucket` on every
+host). docs/scale.md, "Run directories on Cloud Storage", says what goes where.
 
 What to expect: global batch 4096, 300 epochs of (paired count / 0.7) examples, AdamW (0.9, 0.95),
 wd 0.05, absolute lr 1e-4 with 1 warm-up epoch and a half-cycle cosine, gradient clipping 1.0, bf16

@@ -4,7 +4,7 @@ The input pipeline only needs a few fields of each record, and two of them are l
 buffers (TFDS ``encoding='bytes'`` tensors). The protobuf runtime copies every bytes field into
 a new Python object (~55 us for a paired 224x224 record); this reader walks the wire format and
 returns ``memoryview`` slices into the record, so ``np.frombuffer`` gets the pixels without a copy
-(~10 us per record, measured in docs/data.md).
+(~20 us per record, profiled in docs/data.md).
 
 Wire format handled (proto3 ``Example``)::
 

@@ -5,17 +5,19 @@
 #
 # Example (v5p-64, 8 hosts):
 #   launch/tpu_pod.sh sarmae-v5p-64 us-east5-a my-project -- --config configs/sarmae_vit_b16.py \
-#       --workdir gs://my-bucket/sarmae_b16 --config.data.path=/mnt/sar1m \
-#       --config.sarc.teacher.checkpoint=/mnt/weights/dinov3_vitb16.pth
+#       --workdir gs://my-bucket/sarmae_b16 --config.data.path=/mnt/my-bucket/sar1m \
+#       --config.sarc.teacher.checkpoint=gs://my-bucket/weights/dinov3_vitb16.pth
 # --dry_run prints the gcloud command instead of running it. The repository must already be at
 # $SARMAE_DIR (default ~/sarmae-jax) on every worker (e.g. `... ssh --worker=all --command="git clone ..."`);
-# the workdir should be a bucket every host can write (Orbax writes one shard per host).
+# the workdir should be a bucket every host can write (Orbax writes one shard per host; every host probes
+# it at start-up). The data is read through a Cloud Storage FUSE mount on every worker
+# (`gcsfuse --implicit-dirs my-bucket /mnt/my-bucket`), weights and the run directory as gs:// URIs.
 # On each host, jax.distributed.initialize() detects the TPU pod (TPU_WORKER_HOSTNAMES), so no
 # coordinator address is needed. SIGTERM from a maintenance event makes every host save and exit 0.
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
-if [[ $# -lt 2 ]]; then sed -n '2,14p' "$0"; exit 2; fi
+if [[ $# -lt 2 ]]; then sed -n '2,16p' "$0"; exit 2; fi
 tpu=$1 zone=$2; shift 2
 project_flag=()
 if [[ $# -gt 0 && "$1" != "--" ]]; then project_flag=(--project="$1"); shift; fi

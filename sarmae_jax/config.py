@@ -26,6 +26,13 @@ def default_config() -> ml_collections.ConfigDict:
     m.mask_ratio = 0.75
     m.norm_pix_loss = False  # per-patch normalised targets; off in the released SARMAE recipe
     m.drop_path_rate = 0.0  # stochastic depth in the encoder; MAE pre-training uses none
+    # Encoder positions: "sincos" (MAE's fixed 2-D table, not a parameter) | "learned" (a `pos_embed`
+    # parameter initialised to that table; set by `sarmae-import` for fine-tuned timm classifiers, whose table
+    # was trained). Pre-training keeps "sincos": MAE fixes its positions.
+    m.pos_embed = "sincos"
+    # LayerNorm after the last encoder block. False only for encoders imported from timm's average-pooling
+    # classifiers (released main_finetune.py checkpoints), which have none.
+    m.final_norm = True
     m.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16))
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay in param_dtype)
     m.param_dtype = "float32"  # bf16 parameters lose AdamW updates below their precision: keep f32
@@ -45,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     s.weight = 0.8  # total loss = mae_weight * MAE + sarc.weight * alignment
     s.teacher = ml_collections.ConfigDict()
     # dinov3 (the paper's frozen DINOv3) | released (patch embedding + norm only, what the public code ran)
-    # | vit | dinov2 | dinov2_reg; see models/teachers.py
+    # | vit | dinov2 | dinov2_reg; see sarmae_jax/models/teachers/
     s.teacher.kind = "dinov3"
     s.teacher.size = "base"  # teacher width/depth from vit.VIT_SIZES
     s.teacher.patch_size = 16  # must equal model.patch_size: teacher and student patches are the same pixels
@@ -124,6 +131,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(m.image_size, int) and m.image_size > 0 and m.image_size % m.patch_size == 0,
            "model.image_size", m.image_size, f"a positive multiple of model.patch_size={m.patch_size}")
     _check(m.in_channels in (1, 3), "model.in_channels", m.in_channels, "1 or 3")
+    _check(m.pos_embed in ("sincos", "learned"), "model.pos_embed", m.pos_embed, "'sincos' or 'learned'")
+    _check(isinstance(m.final_norm, bool), "model.final_norm", m.final_norm, "True or False")
     _check(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "a value in (0, 1)")
     n = patches.num_patches(m.image_size, m.patch_size)
     _check(int(n * (1 - m.mask_ratio)) >= 1, "model.mask_ratio", m.mask_ratio,

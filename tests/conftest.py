@@ -1,7 +1,10 @@
 """Shared fixtures and helpers: a tiny, fast SARMAE config, a small synthetic dataset built once per
-session, batches, train steps built by the trainer's builder, params-only exports, SAR-1M folders."""
+session, batches, train steps built by the trainer's builder, params-only exports, SAR-1M folders, and a
+PyTorch reference of timm's ViT forward for the conversion tests."""
 import json
 import os
+import sys
+import uuid
 
 import flax.linen as nn
 import jax
@@ -17,6 +20,7 @@ from sarmae_jax.models import sarmae
 from sarmae_jax.runtime import sharding
 from sarmae_jax.training import checkpoint
 from sarmae_jax.training import state as state_lib
+from tests import gcs_emulator
 
 
 def tiny_config():
@@ -172,3 +176,49 @@ def make_sar1m_folder(root):
     with open(f"{root}/unpaired.json", "w") as f:
         json.dump(unpaired, f)
     return sar
+
+
+def timm_reference_forward(sd, images_nhwc, num_heads, prefix=""):
+    """timm `VisionTransformer.forward_features` (pre-norm blocks, fused qkv, exact GELU, eps 1e-6), in torch; the
+    final norm only where `sd` has one."""
+    import torch  # the torch extra: only the tests that compare with PyTorch need it
+
+    f = torch.nn.functional
+    t = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in sd.items() if k.startswith(prefix)}
+    x = f.conv2d(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()), t["patch_embed.proj.weight"],
+                 t["patch_embed.proj.bias"], stride=t["patch_embed.proj.weight"].shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([t["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + t["pos_embed"]
+    d = x.shape[-1]
+    ln = lambda y, p: f.layer_norm(y, (d,), t[p + ".weight"], t[p + ".bias"], eps=1e-6)  # noqa: E731
+    i = 0
+    while f"blocks.{i}.norm1.weight" in t:
+        p = f"blocks.{i}."
+        qkv = f.linear(ln(x, p + "norm1"), t[p + "attn.qkv.weight"], t[p + "attn.qkv.bias"])
+        q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
+        a = f.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+        x = x + f.linear(a, t[p + "attn.proj.weight"], t[p + "attn.proj.bias"])
+        h = f.gelu(f.linear(ln(x, p + "norm2"), t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"]))
+        x = x + f.linear(h, t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
+        i += 1
+    return ln(x, "norm").numpy() if "norm.weight" in t else x.numpy()  # timm's average-pooling ViTs have no norm
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A Cloud Storage emulator on loopback for the whole session (tests/gcs_emulator.py): bucket `sarmae-test`,
+    and `sarmae-readonly` whose writes get 403. Its client environment is put into os.environ, so this process
+    and every subprocess it starts send gs:// requests to it (gcsfs reads one of the variables at import)."""
+    if "gcsfs" in sys.modules and os.environ.get("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT") != "false":
+        raise RuntimeError("gcsfs was imported before the emulator's environment was set")
+    emulator = gcs_emulator.Emulator("sarmae-test", read_only_bucket="sarmae-readonly")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in emulator.env.items():
+            env.setenv(key, value)
+        yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def gcs_dir(gcs, request):
+    """A gs:// prefix of its own for one test (the bucket lives for the session)."""
+    return gcs.url(f"{request.node.name}-{uuid.uuid4().hex[:8]}")

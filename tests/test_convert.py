@@ -7,9 +7,10 @@ import pytest
 import torch
 import transformers
 
-from sarmae_jax.convert import cli, state_dicts, teacher_weights, torch_export, torch_import, vit_layout  # noqa: E402
+from sarmae_jax.convert import cli, released, state_dicts, teacher_weights, torch_export, torch_import, vit_layout  # noqa: E402
 from sarmae_jax.models import anchor, mae, param_trees, patches, positions, sarmae, teachers, vit  # noqa: E402
 from sarmae_jax.training import checkpoint  # noqa: E402
+from tests.conftest import timm_reference_forward  # noqa: E402
 
 W, DEPTH, HEADS, DEC = 64, 2, 4, dict(width=32, depth=1, num_heads=4)
 IMAGE, PATCH, TEACHER_W = 32, 16, 48
@@ -51,28 +52,6 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))
 
 
-def timm_reference_forward(sd, images_nhwc, num_heads, prefix=""):
-    """timm `VisionTransformer.forward_features` (pre-norm blocks, fused qkv, exact GELU, eps 1e-6), in torch."""
-    f = torch.nn.functional
-    t = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in sd.items() if k.startswith(prefix)}
-    x = f.conv2d(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()), t["patch_embed.proj.weight"],
-                 t["patch_embed.proj.bias"], stride=t["patch_embed.proj.weight"].shape[-1]).flatten(2).transpose(1, 2)
-    x = torch.cat([t["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + t["pos_embed"]
-    d = x.shape[-1]
-    ln = lambda y, p: f.layer_norm(y, (d,), t[p + ".weight"], t[p + ".bias"], eps=1e-6)  # noqa: E731
-    i = 0
-    while f"blocks.{i}.norm1.weight" in t:
-        p = f"blocks.{i}."
-        qkv = f.linear(ln(x, p + "norm1"), t[p + "attn.qkv.weight"], t[p + "attn.qkv.bias"])
-        q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
-        a = f.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
-        x = x + f.linear(a, t[p + "attn.proj.weight"], t[p + "attn.proj.bias"])
-        h = f.gelu(f.linear(ln(x, p + "norm2"), t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"]))
-        x = x + f.linear(h, t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
-        i += 1
-    return ln(x, "norm").numpy()
-
-
 def timm_vit_keys(depth):
     """The state-dict keys of timm `vit_base_patch16_224(num_classes=0)` (from timm's VisionTransformer), any depth."""
     block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
@@ -84,7 +63,7 @@ def timm_vit_keys(depth):
 @pytest.mark.parametrize("scan", [True, False])
 def test_released_format_round_trip_is_bitwise_lossless(tmp_path, scan):
     params = _params(scan)
-    path = state_dicts.save(str(tmp_path / "sarmae.pth"), torch_export.to_released(params, IMAGE), wrap_key="model")
+    path = state_dicts.save(str(tmp_path / "sarmae.pth"), released.to_pretraining(params, IMAGE), wrap_key="model")
     back = torch_import.import_mae_family(state_dicts.load(path), path, num_heads=HEADS, image_size=IMAGE,
                                           decoder=DEC, scan=scan)
     _assert_trees_equal(params, back)
@@ -188,7 +167,8 @@ def test_hf_live_names_map_to_the_file_names_save_pretrained_writes(tmp_path, fa
 
 
 def _fake_released_checkpoint(path, size="tiny", seed=0):
-    """A released-format SARMAE `.pth` from random torch weights: `{"model": {"module.sar_encoder.*": ...}}`."""
+    """A released-format SARMAE `.pth` from random torch weights: `{"model": {"module.sar_encoder.*": ...}}`, with the
+    SARC head under this project's earlier name `align_head.` (still read)."""
     arch = vit.VIT_SIZES[size]
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: 0.2 * torch.randn(*s, generator=g)  # noqa: E731
@@ -237,10 +217,11 @@ def test_import_cli_released_checkpoint_reproduces_its_encoder_and_feeds_init_fr
     encoder_only, meta = checkpoint.load_export(enc_only)
     assert sorted(encoder_only) == ["encoder"] and meta["imported_parts"] == ["encoder"]
     _assert_trees_equal(encoder_only["encoder"], params["encoder"])
-    # Export back to the released format: the same tensors, with MAE names.
-    back = state_dicts.load(cli.run_export(out, str(tmp_path / "again.pth"), "released"))
-    _assert_trees_equal({k: sd[k] for k in sorted(sd)}, {k: back[k] for k in sorted(sd)})
-    assert set(back) == set(sd)
+    # Export back to the released pre-training layout: the same tensors, under the released names.
+    back = state_dicts.load(cli.run_export(out, str(tmp_path / "again.pth"), "sarmae-pretrain"))
+    renamed = {(k.replace("align_head.", released.HEAD) if k.startswith("align_head.") else released.STUDENT + k): v
+               for k, v in sd.items()}
+    _assert_trees_equal(renamed, back)
 
 
 def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys):
@@ -249,7 +230,7 @@ def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys)
     args = ["--image-size", str(IMAGE), "--decoder-width", "32", "--decoder-depth", "1", "--decoder-heads", "4"]
     assert cli.import_main([src, str(tmp_path / "o1"), "--size", "small"] + args) == 1
     err = capsys.readouterr().err
-    assert "part 'encoder'" in err and "cls_token has (1, 1, 192), model expects (1, 1, 384)" in err
+    assert "the encoder is 192 wide, a ViT-tiny, not the ViT-small --size asks for" in err
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(open(src, "rb").read()[:5000])
     with pytest.raises(ValueError, match="truncated.pth: not a readable PyTorch checkpoint"):
@@ -258,7 +239,7 @@ def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys)
     foreign.write_text("not weights")
     with pytest.raises(ValueError, match="notes.safetensors: not a readable .safetensors"):
         state_dicts.load(str(foreign))
-    sd = state_dicts.strip_prefixes(state_dicts.load(src), torch_import.PREFIXES)
+    sd = torch_import.student_state_dict(state_dicts.load(src))[0]
     sd["pos_embed"] = sd["pos_embed"] + 0.01  # a learned table cannot live in a fixed sin-cos model
     del sd["blocks.3.mlp.fc2.bias"]
     with pytest.raises(ValueError, match="pos_embed differs from the fixed 2-D sin-cos table"):

@@ -10,7 +10,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARIES = ("sarmae_jax", "data_pipelines")
-OPTIONAL_HEAVY = ("torch", "transformers")  # the `torch` extra; everything else is a normal dependency
+# The `torch` extra, and tensorboardX, which imports torch whenever it is installed (1.6 s per process).
+# Everything else is imported at the top of its module.
+OPTIONAL_HEAVY = ("torch", "transformers", "tensorboardX")
 
 # (importer prefix, imported prefix): edges that would run against the data's way.
 FORBIDDEN = [

@@ -7,8 +7,9 @@ checkpoint read here and then checked name-by-name and shape-by-shape against th
 |------------|----------------------------------------------------------------------------------------|
 | `dinov3`   | official DINOv3 `.pth` (`dinov3_vitb16_pretrain_lvd1689m-*.pth`), transformers         |
 |            | `DINOv3ViTModel` directory / `.safetensors`                                             |
-| `released` | the same DINOv3 files; only `patch_embed` and the final `norm` are read (the released  |
-|            | SARMAE code's simplified teacher); the blocks are deliberately left out                |
+| `released` | a released SARMAE pre-training checkpoint (its `optical_encoder.*`), or the same DINOv3 |
+|            | files, of which only `patch_embed`, the final `norm` and `cls_token` are read (the     |
+|            | released code's simplified teacher); the blocks are deliberately left out              |
 | `vit`      | timm/MAE-named ViT (`.pth`/`.safetensors`, e.g. our `sarmae-export --format timm`) or   |
 |            | a Hugging Face `ViTModel`; learned or sin-cos position table (kept as a parameter)     |
 | `dinov2`   | official DINOv2 `.pth` (`dinov2_vitb14_pretrain.pth`), transformers `Dinov2Model`      |
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sarmae_jax.convert import state_dicts, vit_layout
+from sarmae_jax.convert import released, state_dicts, vit_layout
 from sarmae_jax.convert.state_dicts import StrictReader
 from sarmae_jax.models import param_trees, positions, teachers, vit
 from sarmae_jax.models.teachers import dinov3, vit_teacher
@@ -122,6 +123,9 @@ def dinov2_from_torch(sd, path: str, *, num_heads: int, patch_size: int, image_s
 
 
 def _dinov3_format(sd, path) -> str:
+    if any(k.startswith(released.TEACHER) for k in sd):
+        raise ValueError(f"{path}: a released SARMAE pre-training checkpoint: its teacher ({released.TEACHER}*) is only "
+                         "DINOv3's patch embedding and norm, not a DINOv3; read it with sarc.teacher.kind=released")
     if "storage_tokens" in sd or "blocks.0.ls1.gamma" in sd:
         return "official"
     if "embeddings.register_tokens" in sd or "layer.0.norm1.weight" in sd:
@@ -224,7 +228,10 @@ def _dinov3_block(norm1, qkv, proj, ls1, norm2, fc1, fc2, ls2, h) -> dict:
 
 
 def released_from_torch(sd, path: str) -> dict:
-    """The released SARMAE teacher: DINOv3's patch embedding and final norm only (what its code ran)."""
+    """The released SARMAE teacher (SimplifiedDINOv3: patch embedding, final norm, class token): the
+    `optical_encoder.*` of a released pre-training checkpoint, or copied out of a DINOv3 file as its code does."""
+    if any(k.startswith(released.TEACHER) for k in sd):
+        return released.teacher_from_torch(sd, path)
     sd = vit_layout.hf_live_names_to_file(sd)
     fmt = _dinov3_format(sd, path)
     patch_prefix = "patch_embed.proj." if fmt == "official" else "embeddings.patch_embeddings."
@@ -233,7 +240,8 @@ def released_from_torch(sd, path: str) -> dict:
         raise ValueError(f"{path}: no {patch_prefix}weight")
     d, c, p, _ = r.sd[patch_prefix + "weight"].shape
     params = {"patch_embed": {"proj": vit_layout.conv_from_torch(r, patch_prefix, d, c, p)},
-              "norm": vit_layout.norm_from_torch(r, "norm.", d)}
+              "norm": vit_layout.norm_from_torch(r, "norm.", d),
+              "cls_token": r.take("cls_token" if fmt == "official" else "embeddings.cls_token", (1, 1, d))}
     missing = r.missing + r.wrong
     if missing:
         raise ValueError(f"{path}: cannot build the released teacher: " + "; ".join(missing))

@@ -6,12 +6,13 @@
   to_hf_vitmae(params, ...)        transformers `ViTMAEForPreTraining` (encoder + decoder)
 The Hugging Face dicts hold exactly the keys `save_pretrained` writes (`encoder.layer.N.attention.attention.query`,
 ...): the file names every transformers version loads, not transformers 5.x's in-memory names.
-  to_released(params, image_size)  the released SARMAE `.pth` layout: MAE names + `align_head.{0,2,3}`
-Position tables are written from the fixed sin-cos table (class row zeros), as MAE stores them.
+  hf_preprocessor_config(...)      the matching `preprocessor_config.json` (pre-training resize and normalisation)
+The released SARMAE code's layouts are written by `released.py`. Position tables are written from the fixed sin-cos
+table (class row zeros), as MAE stores them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -38,19 +39,28 @@ def decoder_arch(dec: Any) -> dict[str, int]:
                 mlp=int(np.shape(blocks[0]["mlp"]["fc1"]["kernel"])[-1]))
 
 
+def _require_final_norm(params: Any, fmt: str) -> None:
+    if "norm" not in params["encoder"]:
+        raise ValueError(f"this encoder has no final norm (imported from an average-pooling classifier), and {fmt} "
+                         "models have one; use --format sarmae-finetune")
+
+
 def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
+    _require_final_norm(params, "timm's VisionTransformer(num_classes=0)")
     return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
 
 
-def to_released(params: Any, image_size: int) -> dict[str, np.ndarray]:
-    """Encoder, decoder and (when trained) the SARC head, in MAE's `models_mae.py` names."""
-    out = vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
-    if "decoder" in params:
-        patch = encoder_arch(params["encoder"])["patch_size"]
-        out.update(vit_layout.decoder_to_torch(params["decoder"], image_size, patch, vit_layout.MAE_DECODER))
-    if "anchor_head" in params:
-        out.update(vit_layout.anchor_head_to_torch(params["anchor_head"]))
-    return out
+def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any]) -> dict:
+    """`preprocessor_config.json` for `AutoImageProcessor`: the pre-training input rule (8-bit pixels / 255, the
+    SAR mean / std of `data_pipelines.normalization`, grayscale repeated to RGB, Pillow bilinear resize)."""
+    sar = sar_normalization
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,  # PIL.Image.BILINEAR
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [float(sar["mean"])] * 3, "image_std": [float(sar["std"])] * 3,
+    }
 
 
 def _hf_common(arch: dict, image_size: int) -> dict:
@@ -64,6 +74,7 @@ def _hf_common(arch: dict, image_size: int) -> dict:
 
 
 def to_hf_vit(params: Any, image_size: int) -> tuple[dict[str, np.ndarray], dict]:
+    _require_final_norm(params, "Hugging Face ViTModel")
     arch = encoder_arch(params["encoder"])
     config = {"model_type": "vit", "architectures": ["ViTModel"], **_hf_common(arch, image_size)}
     return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.HF_ENCODER), config
@@ -73,6 +84,7 @@ def to_hf_vitmae(params: Any, image_size: int, mask_ratio: float, norm_pix_loss:
     if "decoder" not in params:
         raise ValueError("ViTMAEForPreTraining needs a decoder; this export holds only "
                          f"{sorted(params)} (use --format hf-vit or timm for an encoder)")
+    _require_final_norm(params, "Hugging Face ViTMAEForPreTraining")
     enc, dec = encoder_arch(params["encoder"]), decoder_arch(params["decoder"])
     config = {
         "model_type": "vit_mae", "architectures": ["ViTMAEForPreTraining"], **_hf_common(enc, image_size),

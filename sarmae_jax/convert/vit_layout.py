@@ -121,7 +121,9 @@ _HF_QKV = ("query", "key", "value")  # under `attention.attention.`
 _HF_OUT = "attention.output.dense."
 _MLP_NAMES = {"timm": ("mlp.fc1.", "mlp.fc2."), "hf": ("intermediate.dense.", "output.dense."),
               "hf_dinov2": ("mlp.fc1.", "mlp.fc2.")}
-# Our choice for the SARC projection head in the released format (nn.Sequential(Linear, ReLU, Linear, LayerNorm)).
+# The SARC projection head (nn.Sequential(Linear, ReLU, Linear, LayerNorm)) as the released code names it
+# (`SAROpticalPatchAlignment.sar_alignment_ffn`), and as exports of earlier versions of this project named it.
+RELEASED_HEAD = "sar_alignment_ffn."
 ALIGN_HEAD = "align_head."
 
 
@@ -269,22 +271,32 @@ def encoder_to_torch(enc: Tree, image_size: int, names: EncoderNames, prefix: st
     width = np.shape(enc["cls_token"])[-1]
     patch = np.shape(enc["patch_embed"]["proj"]["kernel"])[0]
     grid = image_size // patch
-    out = {prefix + names.cls: np.asarray(enc["cls_token"]),
-           prefix + names.pos: sincos_2d(width, grid, with_cls_token=True)[None]}
+    if "pos_embed" in enc:  # a learned table (an encoder imported from a fine-tuned ViT): written as stored
+        table = np.asarray(enc["pos_embed"])
+        if table.shape[1] != 1 + grid * grid:
+            m = int(round((table.shape[1] - 1) ** 0.5))
+            raise ValueError(f"the encoder's learned position table covers a {m} x {m} grid (image size {m * patch}); "
+                             f"it is written as stored, so export at image size {m * patch}, not {image_size}")
+    else:
+        table = sincos_2d(width, grid, with_cls_token=True)[None]
+    out = {prefix + names.cls: np.asarray(enc["cls_token"]), prefix + names.pos: table}
     out.update(conv_to_torch(enc["patch_embed"]["proj"], prefix + names.patch + "."))
     for i, block in enumerate(unstack_blocks(enc["stack"])):
         out.update(block_to_torch(block, prefix + names.blocks.format(i=i), names.scheme))
-    out.update(norm_to_torch(enc["norm"], prefix + names.norm + "."))
+    if "norm" in enc:  # absent only in encoders imported from average-pooling classifiers
+        out.update(norm_to_torch(enc["norm"], prefix + names.norm + "."))
     return out
 
 
 def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, image_size: int, channels: int = 3,
-                       scan: bool = True, prefix: str = "", learned_pos: PosResampling | None = None) -> Tree:
+                       scan: bool = True, prefix: str = "", learned_pos: PosResampling | None = None,
+                       final_norm: bool = True) -> Tree:
     """Read an encoder; width from the class token, depth from the block keys, patch size from the conv kernel.
 
-    `learned_pos=None` (the student): the stored position table must be our sin-cos table. Otherwise (a frozen
-    teacher) the table becomes the `pos_embed` parameter, resampled the checkpoint's model's way to
-    `image_size / patch` if its grid differs. Register tokens and LayerScale are read where `names` has them.
+    `learned_pos=None` (a pre-trained student): the stored position table must be our sin-cos table. Otherwise (a
+    frozen teacher, a fine-tuned ViT) the table becomes the `pos_embed` parameter, resampled the checkpoint's model's
+    way to `image_size / patch` if its grid differs. Register tokens and LayerScale are read where `names` has them;
+    `final_norm=False`: the checkpoint has no norm after the last block (timm's average-pooling classifiers).
     """
     cls_key = prefix + names.cls
     if not r.has(cls_key):
@@ -312,13 +324,15 @@ def encoder_from_torch(r: StrictReader, names: EncoderNames, *, num_heads: int, 
         extra["register_tokens"] = r.take(prefix + names.registers, (1, r.sd[prefix + names.registers].shape[1], width))
     blocks = [block_from_torch(r, prefix + names.blocks.format(i=i), width, num_heads, hidden, names.scheme, names.layer_scale)
               for i in range(depth)]
-    return {
+    out = {
         **extra,
         "cls_token": r.take(cls_key, (1, 1, width)),
         "patch_embed": {"proj": conv_from_torch(r, prefix + names.patch + ".", width, channels, patch)},
         "stack": stack_blocks(blocks, scan),
-        "norm": norm_from_torch(r, prefix + names.norm + ".", width),
     }
+    if final_norm:
+        out["norm"] = norm_from_torch(r, prefix + names.norm + ".", width)
+    return out
 
 
 def decoder_to_torch(dec: Tree, image_size: int, patch: int, names: DecoderNames) -> dict[str, np.ndarray]:
@@ -352,14 +366,14 @@ def decoder_from_torch(r: StrictReader, names: DecoderNames, *, enc_width: int, 
     }
 
 
-def anchor_head_to_torch(head: Tree, prefix: str = ALIGN_HEAD) -> dict[str, np.ndarray]:
+def anchor_head_to_torch(head: Tree, prefix: str = RELEASED_HEAD) -> dict[str, np.ndarray]:
     out = linear_to_torch(head["fc1"], prefix + "0.")
     out.update(linear_to_torch(head["fc2"], prefix + "2."))
     out.update(norm_to_torch(head["norm"], prefix + "3."))
     return out
 
 
-def anchor_head_from_torch(r: StrictReader, width: int, teacher_width: int, prefix: str = ALIGN_HEAD) -> Tree:
+def anchor_head_from_torch(r: StrictReader, width: int, teacher_width: int, prefix: str = RELEASED_HEAD) -> Tree:
     return {"fc1": linear_from_torch(r, prefix + "0.", width, width),
             "fc2": linear_from_torch(r, prefix + "2.", width, teacher_width),
             "norm": norm_from_torch(r, prefix + "3.", teacher_width)}

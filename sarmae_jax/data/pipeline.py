@@ -30,6 +30,8 @@ Batches follow the contract in docs/architecture.md:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -41,6 +43,7 @@ from absl import flags
 
 from data_pipelines import normalization, records, shard_io, synthetic
 from sarmae_jax.data import batch_sampling, host_transforms
+from sarmae_jax.runtime import paths
 
 BATCH_KEYS = ("sar", "optical", "is_paired", "label")
 AUGMENTATIONS = ("none", "random_resized_crop")
@@ -51,8 +54,11 @@ _ENDLESS = 2**62  # batches
 def default_config() -> ml_collections.ConfigDict:
     """The `data` section of a training config; every key is documented here."""
     cfg = ml_collections.ConfigDict()
-    # Dataset directory (a records.py dataset). None: the trainer generates the synthetic set
-    # into <workdir>/data (data_pipelines.synthetic.ensure_synthetic_dataset) and fills this in.
+    # Dataset directory (a records.py dataset) on a local or FUSE-mounted file system (ArrayRecord
+    # reads files by path: a bucket is mounted with Cloud Storage FUSE, not given as gs://). None: the
+    # trainer generates the synthetic set (data_pipelines.synthetic.ensure_synthetic_dataset) into
+    # <workdir>/data, or, when the workdir is a gs:// bucket, into this host's cache directory
+    # ($SARMAE_CACHE_DIR, else ~/.cache/sarmae_jax)/synthetic/<digest>, and fills this in.
     cfg.path = ml_collections.FieldReference(None, field_type=str)
     cfg.split = "train"
     # Parameters of the synthetic set used when path is None.
@@ -102,6 +108,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 
     if cfg.path is not None and not isinstance(cfg.path, str):
         fail("path", cfg.path, "a dataset directory or None")
+    if cfg.path is not None:
+        paths.require_local(cfg.path, "config.data.path", "the Grain pipeline")
     if not isinstance(cfg.split, str) or not cfg.split:
         fail("split", cfg.split, "a split name such as 'train' or 'test'")
     if cfg.paired_share is not None and not 0.0 <= cfg.paired_share <= 1.0:
@@ -183,15 +191,30 @@ def epoch_size(num_examples: int, num_paired: int, paired_share: float | None) -
     return max(1, round(num_paired / paired_share))
 
 
+def synthetic_cache_dir(cfg: ml_collections.ConfigDict) -> str:
+    """This host's directory for the synthetic set of `cfg.synthetic` (a digest of its parameters)."""
+    digest = hashlib.sha256(json.dumps(cfg.synthetic.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return paths.local_cache_dir("synthetic", digest)
+
+
 def prepare(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
-            workdir: str) -> ml_collections.ConfigDict:
-    """The trainer's data config: a copy of `cfg` with `path` filled in (the synthetic set,
-    generated into <workdir>/data when path is None) and `image_size` set to the model's input
-    size when None (so a dataset stored at 256 is resized or cropped to 224 on the host)."""
+            workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The trainer's data config: a copy of `cfg` with `path` filled in and `image_size` set to the
+    model's input size when None (so a dataset stored at 256 is resized or cropped to 224 on the host).
+
+    With path None the synthetic set is generated (or reused) in <workdir>/data; for a gs:// workdir in
+    `synthetic_cache_dir(cfg)` on this host instead, under a lock shared by this host's processes.
+    """
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if cfg.path is None:
-        out = os.path.join(workdir, "data")
-        synthetic.ensure_synthetic_dataset(out, **cfg.synthetic.to_dict())
+        if paths.is_gcs(workdir):
+            out = synthetic_cache_dir(cfg)
+            with paths.host_lock(out):
+                synthetic.ensure_synthetic_dataset(out, **cfg.synthetic.to_dict())
+            log.info("synthetic dataset in this host's cache %s (ArrayRecord cannot read %s)", out, workdir)
+        else:
+            out = os.path.join(workdir, "data")
+            synthetic.ensure_synthetic_dataset(out, **cfg.synthetic.to_dict())
         cfg.path = out
     if cfg.image_size is None:
         cfg.image_size = int(model_cfg.image_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_collections
 
 from sarmae_jax.evaluate import datasets, finetune, linear_probe, reconstruction
+from sarmae_jax.runtime import paths
 
 PROTOCOLS = ("linear_probe", "knn", "finetune", "reconstruction")
 
@@ -43,6 +44,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.protocols: unknown {unknown}; expected a subset of {PROTOCOLS}")
     if c.dataset.kind not in datasets.KINDS:
         raise ValueError(f"config.dataset.kind={c.dataset.kind!r}: expected one of {datasets.KINDS}")
+    paths.require_local(c.dataset.path, "config.dataset.path", "the evaluation's dataset reader")
+    if c.dataset.build_dir:
+        paths.require_local(c.dataset.build_dir, "config.dataset.build_dir", "the image-folder build (TFDS)")
     if c.dataset.kind == "image_folder":  # split names are folder names the builder reads
         for key in ("train_split", "test_split", "val_split"):
             name = c.dataset[key]

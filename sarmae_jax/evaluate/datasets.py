@@ -33,6 +33,7 @@ import numpy as np
 from data_pipelines import images as image_rules
 from data_pipelines import shard_io, synthetic
 from data_pipelines.tfds import image_folder
+from sarmae_jax.runtime import paths
 
 log = logging.getLogger("sarmae_jax")
 
@@ -50,7 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.kind = "synthetic"  # synthetic | records | image_folder
     c.path = "/tmp/sarmae_eval/synthetic"  # dataset directory (synthetic: where it is generated)
-    # Kind "image_folder": where the TFDS builder writes its build of `path` ("": <workdir>/datasets).
+    # Kind "image_folder": where the TFDS builder writes its build of `path` ("": <workdir>/datasets, or
+    # with a gs:// workdir this host's cache directory $SARMAE_CACHE_DIR or ~/.cache/sarmae_jax/datasets).
     # Built on first use at the model's input size and reused while the folder's files and the
     # builder settings are unchanged (rebuilt otherwise). Point the evaluations of several
     # checkpoints at one directory (e.g. /data/tfds) to build a dataset once for all of them.
@@ -69,12 +71,15 @@ def default_config() -> ml_collections.ConfigDict:
 def load_split(dataset_cfg: ml_collections.ConfigDict, split: str, image_size: int, *, workdir: str) -> LabelledImages:
     """Images `[N, image_size, image_size, 1]`, labels `[N]` int32 and class names of one split.
 
-    `workdir` is the evaluation's output directory (the default home of image-folder builds).
+    `workdir` is the evaluation's output directory, the default home of image-folder builds; when it is a
+    gs:// bucket they go to this host's cache directory instead (`paths.local_cache_dir("datasets")`),
+    since ArrayRecord reads local files only.
     """
     kind = dataset_cfg.kind
     if kind == "image_folder":
-        return _read_image_folder(dataset_cfg.path, split, image_size,
-                                  dataset_cfg.build_dir or os.path.join(workdir, "datasets"))
+        build_dir = dataset_cfg.build_dir or (paths.local_cache_dir("datasets") if paths.is_gcs(workdir)
+                                              else os.path.join(workdir, "datasets"))
+        return _read_image_folder(dataset_cfg.path, split, image_size, build_dir)
     if kind == "synthetic":
         synthetic.ensure_synthetic_dataset(dataset_cfg.path, **dataset_cfg.synthetic.to_dict())
     elif kind != "records":

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
-import os
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from sarmae_jax.data import preprocess
 from sarmae_jax.models import param_trees, sarmae, vit
+from sarmae_jax.runtime import paths
 from sarmae_jax.training import checkpoint
 
 log = logging.getLogger("sarmae_jax")
@@ -138,9 +139,9 @@ def params_digest(params: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_features(encoder: Encoder, images: np.ndarray, *, pooling: str, batch_size: int, cache_dir: str,
+def cached_features(encoder: Encoder, images: np.ndarray, *, pooling: str, batch_size: int, cache_dir,
                     key: str) -> np.ndarray:
-    """`extract_features`, memoised on disk under `cache_dir/<digest>.npy`.
+    """`extract_features`, memoised under `cache_dir/<digest>.npy` (a local directory or gs://).
 
     The digest covers the encoder's weights, the pooling, the images' bytes and `key` (a readable
     tag such as "synthetic/train"), so a changed checkpoint or dataset can never hit a stale entry.
@@ -149,13 +150,12 @@ def cached_features(encoder: Encoder, images: np.ndarray, *, pooling: str, batch
     h.update(params_digest(encoder.params["encoder"]).encode())
     h.update(f"{pooling}|{key}|{images.shape}|{images.dtype}".encode())
     h.update(images.tobytes())
-    path = os.path.join(cache_dir, f"{key.replace('/', '_')}-{h.hexdigest()[:16]}.npy")
-    if os.path.exists(path):
+    path = paths.as_path(cache_dir) / f"{key.replace('/', '_')}-{h.hexdigest()[:16]}.npy"
+    if path.exists():
         log.info("features: %s (cached)", path)
-        return np.load(path)
+        return np.load(io.BytesIO(path.read_bytes()))
     feats = extract_features(encoder, images, pooling=pooling, batch_size=batch_size, desc=f"features {key}")
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, path)  # atomic: an interrupted run never leaves a truncated cache entry
+    buffer = io.BytesIO()
+    np.save(buffer, feats)
+    paths.write_atomic(path, buffer.getvalue())  # an interrupted run never leaves a truncated cache entry
     return feats

@@ -6,10 +6,10 @@ the pooled tokens are already normalised once before `fc_norm` (MAE drops its fi
 pools; the extra affine-free-at-init LayerNorm changes nothing the fine-tuning cannot undo).
 
 Optimisation: AdamW (0.9, 0.999), weight decay 0.05 (not on biases, norms, class token), layer-wise
-lr decay: parameters of layer i (0 = patch embedding and class token, 1..depth = blocks,
-depth + 1 = final norms and head) get lr x decay^(depth + 1 - i), weight decay included (PyTorch
-parameter groups scale both). Scanned blocks store their parameters stacked `[depth, ...]`, so
-their scale is an array `[depth, 1, ...]`, one factor per slice. Peak lr = base_lr x batch / 256,
+lr decay: parameters of layer i (0 = patch embedding, class token and a learned position table,
+1..depth = blocks, depth + 1 = final norms and head) get lr x decay^(depth + 1 - i), weight decay
+included (PyTorch parameter groups scale both). Scanned blocks store their parameters stacked
+`[depth, ...]`, so their scale is an array `[depth, 1, ...]`, one factor per slice. Peak lr = base_lr x batch / 256,
 warm-up then half-cycle cosine to min_lr, per step. Label smoothing 0.1, drop path 0.1 (linearly
 rising over depth). No augmentation beyond the resize (as the release's evaluation: plain resize).
 
@@ -75,7 +75,7 @@ def layer_ids(params: dict[str, Any], depth: int) -> dict[str, Any]:
     def layer_of(path: tuple[str, ...], leaf) -> Any:
         if path[0] != "encoder":
             return depth + 1  # fc_norm, head
-        if path[1] in ("patch_embed", "cls_token"):
+        if path[1] in ("patch_embed", "cls_token", "pos_embed"):
             return 0
         if path[1] == "stack":
             if path[2] == "blocks":  # scanned: leading axis is the layer

@@ -17,6 +17,7 @@ import numpy as np
 from sarmae_jax.evaluate import config as config_lib
 from sarmae_jax.evaluate import datasets, finetune, knn, linear_probe, reconstruction, report, splits
 from sarmae_jax.evaluate import encoder as encoder_lib
+from sarmae_jax.runtime import paths
 
 log = logging.getLogger("sarmae_jax")
 
@@ -40,11 +41,14 @@ def _check_same_classes(train, other, split: str) -> None:
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluate `cfg.checkpoint` (an export, local or gs://) into `workdir` (local or gs://)."""
     config_lib.validate(cfg)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.resolve(workdir, "--workdir")
+    paths.check_writable(workdir, "--workdir", arrays=False)
 
     # 1. Encoder ---------------------------------------------------------------------------------
-    enc = encoder_lib.load(cfg.checkpoint, random_init=cfg.random_init, seed=cfg.random_init_seed,
+    checkpoint = str(paths.resolve(cfg.checkpoint, "config.checkpoint")) if cfg.checkpoint else ""
+    enc = encoder_lib.load(checkpoint, random_init=cfg.random_init, seed=cfg.random_init_seed,
                            expected_size=cfg.model_size)
     image_size = cfg.image_size or enc.model_cfg.image_size
     if image_size != enc.model_cfg.image_size:
@@ -73,7 +77,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # 3. Frozen features -------------------------------------------------------------------------
     probe_protocols = [p for p in ("linear_probe", "knn") if p in cfg.protocols]
     if probe_protocols:
-        cache = cfg.features.cache_dir or os.path.join(workdir, "features")
+        cache = paths.resolve(cfg.features.cache_dir, "config.features.cache_dir") if cfg.features.cache_dir \
+            else workdir / "features"
         tag = f"{cfg.dataset.kind}-{os.path.basename(os.path.normpath(cfg.dataset.path))}"
 
         def feats(data, split):
@@ -126,7 +131,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             results["reconstruction_skipped"] = "random-init encoder: no decoder"
         else:
             results["reconstruction"] = reconstruction.evaluate(
-                enc, test.images, cfg.reconstruction, os.path.join(workdir, "reconstruction.png"))
+                enc, test.images, cfg.reconstruction, workdir / "reconstruction.png")
 
     # 7. Report ----------------------------------------------------------------------------------
     json_path, md_path = report.write(results, workdir)

@@ -12,7 +12,7 @@ Writes a PNG figure (per level: clean | speckled | visible | prediction) for a f
 """
 from __future__ import annotations
 
-import os
+import io
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from sarmae_jax.data import preprocess
 from sarmae_jax.evaluate import encoder as encoder_lib
 from sarmae_jax.models import mae, patches, sarmae
+from sarmae_jax.runtime import paths
 from sarmae_jax.sare import speckle
 
 
@@ -101,7 +102,7 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
     modules = _mae_modules(encoder)
     m = encoder.model_cfg
     mask_ratio = m.mask_ratio if cfg.mask_ratio < 0 else cfg.mask_ratio
-    n_patches = (m.image_size // m.patch_size) ** 2
+    n_patches = patches.num_patches(m.image_size, m.patch_size)
     clean_pixels = clean_pixels[: cfg.num_images]
 
     @jax.jit
@@ -139,7 +140,7 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
         figure_rows.append(cat)
     save_figure(figure_path, figure_rows, cfg.looks, cfg.figure_images)
     return {"levels": levels, "num_images": len(clean_pixels), "mask_ratio": mask_ratio, "window": cfg.window,
-            "flat_cv": cfg.flat_cv, "flat_windows": int(flat.sum()), "figure": figure_path,
+            "flat_cv": cfg.flat_cv, "flat_windows": int(flat.sum()), "figure": str(figure_path),
             "speckle_model": "gamma_intensity"}
 
 
@@ -166,5 +167,6 @@ def save_figure(path: str, rows: list[dict], looks, count: int) -> None:
         img = Image.fromarray((tile * 255).astype(np.uint8)).resize((4 * s * scale, s * scale), Image.NEAREST)
         canvas.paste(img, (label_w, header + r * s * scale))
         draw.text((4, header + r * s * scale + 4), f"L={level:g}", fill=0)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    paths.write_atomic(paths.as_path(path), buffer.getvalue())

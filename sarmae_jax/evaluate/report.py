@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sarmae_jax.runtime import paths
+
 
 def summarise_curves(curves: dict[str, Sequence[float]]) -> dict[str, Any]:
     """Per-epoch accuracy curves (fractions) -> the reported numbers (percent).
@@ -80,12 +82,10 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(results: dict[str, Any], out_dir: str) -> tuple[str, str]:
-    """`out_dir/results.json` and `out_dir/results.md`; returns both paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    json_path, md_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=2)
-    with open(md_path, "w") as f:
-        f.write(markdown(results))
-    return json_path, md_path
+def write(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[str, str]:
+    """`out_dir/results.json` and `out_dir/results.md` (local or gs://); returns both paths."""
+    out_dir = paths.as_path(out_dir)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    paths.write_atomic(json_path, json.dumps(results, indent=2).encode())
+    paths.write_atomic(md_path, markdown(results).encode())
+    return str(json_path), str(md_path)

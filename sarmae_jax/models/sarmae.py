@@ -42,6 +42,9 @@ def build_encoder(model_cfg, *, deterministic: bool = True, drop_path_rate: floa
         param_dtype=DTYPES[model_cfg.param_dtype],
         attention_impl=model_cfg.attention_impl or None,
         stack=stack_options(model_cfg),
+        # Exports written before these keys existed describe the default encoder.
+        learned_pos_embed=model_cfg.get("pos_embed", "sincos") == "learned",
+        final_norm=bool(model_cfg.get("final_norm", True)),
     )
 
 

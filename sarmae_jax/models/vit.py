@@ -293,7 +293,8 @@ class ViTEncoder(nn.Module):
     The student is the default (sin-cos, no registers, no LayerScale). Frozen teachers loaded from other
     ViTs use the rest: `learned_pos_embed` (a `pos_embed [1, 1 + N, D]` parameter at this input's grid,
     initialised to the sin-cos table), `num_registers` (`register_tokens [1, R, D]`, inserted after the
-    class token without positions, as DINOv2) and `layer_scale`.
+    class token without positions, as DINOv2) and `layer_scale`. Encoders imported from fine-tuned timm
+    classifiers (`model.pos_embed="learned"`, `model.final_norm=False`) use `learned_pos_embed` and `final_norm`.
     """
 
     patch_size: int = 16
@@ -310,6 +311,7 @@ class ViTEncoder(nn.Module):
     learned_pos_embed: bool = False
     num_registers: int = 0
     layer_scale: bool = False
+    final_norm: bool = True  # False: no norm after the last block (encoders of timm's average-pooling classifiers)
 
     @nn.compact
     def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None) -> jax.Array:
@@ -338,4 +340,4 @@ class ViTEncoder(nn.Module):
             self.depth, self.num_heads, self.mlp_ratio, self.drop_path_rate, self.deterministic,
             self.dtype, self.param_dtype, self.attention_impl, self.stack, self.layer_scale, name="stack",
         )(x)
-        return layer_norm("norm", self.dtype, self.param_dtype)(x)
+        return layer_norm("norm", self.dtype, self.param_dtype)(x) if self.final_norm else x

@@ -11,7 +11,7 @@ Why this module exists: on a CPU the speckle kernels are bound by random-number 
 - Both output words of a hash are used where a draw needs two values: a Marsaglia-Tsang candidate
   (normal, uniform) costs one hash.
 - `jax.random.gamma` with a per-pixel shape runs a `while_loop` rejection sampler per element
-  (about 13 images/s for 224x224 on a 2-core CPU). Here Marsaglia-Tsang runs as ONE vectorised
+  (17-21 images/s for 224x224 on a 2-core CPU in benchmarks/speckle.py). Here Marsaglia-Tsang runs as ONE vectorised
   round over every pixel, materialised once as one array (rejected = -1); the few rejected pixels
   (at most 4.9%, at shape 1) take accepted candidates from a small per-row pool drawn with the
   same shape, located by ranks built from packed mask words (no full-size cumsum or scatter).

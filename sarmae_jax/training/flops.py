@@ -9,7 +9,7 @@ Per transformer block over T tokens, width D, MLP width M = 4D:
 """
 from __future__ import annotations
 
-from sarmae_jax.models import mae, teachers, vit
+from sarmae_jax.models import mae, patches, teachers, vit
 
 TEACHER_CHANNELS = 3  # the teacher sees the optical RGB image, whatever `model.in_channels` the SAR student has
 
@@ -32,7 +32,7 @@ def train_step_flops_per_image(config, live_teacher: bool = True) -> float:
     """
     m = config.model
     enc = vit.VIT_SIZES[m.size]
-    n = (m.image_size // m.patch_size) ** 2
+    n = patches.num_patches(m.image_size, m.patch_size)
     k = mae.num_kept(n, m.mask_ratio)
     patch_pixels = m.patch_size**2 * m.in_channels
     dec = m.decoder

@@ -7,7 +7,6 @@ in `state.py`; this file is orchestration.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable
 
@@ -15,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from sarmae_jax import config as config_lib
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, teachers
-from sarmae_jax.runtime import distributed, sharding
+from sarmae_jax.runtime import distributed, paths, sharding
 from sarmae_jax.training import checkpoint, flops, metrics, profiling
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
@@ -37,7 +37,7 @@ def maybe_init_from(params: dict, path: str) -> dict:
     """
     if not path:
         return params
-    loaded, _ = checkpoint.load_export(path)
+    loaded, _ = checkpoint.load_export(paths.resolve(path, "config.train.init_from"))
     unknown = sorted(set(loaded) - set(params))
     if unknown:
         raise ValueError(f"{path}: parts {unknown} are not in this model (model parts: {sorted(params)})")
@@ -49,18 +49,35 @@ def maybe_init_from(params: dict, path: str) -> dict:
     return out
 
 
+def resolve_paths(config, workdir) -> epath.Path:
+    """The run directory as an `epath.Path` (local or gs://); the config's other path keys are checked too, so
+    that a malformed one fails here, naming its key, rather than when it is read."""
+    if config.train.init_from:
+        paths.resolve(config.train.init_from, "config.train.init_from")
+    teacher = config.sarc.teacher.checkpoint
+    if config.sarc.enabled and teacher and teacher != teachers.RANDOM_INIT:
+        paths.resolve(teacher, "config.sarc.teacher.checkpoint")
+    return paths.resolve(workdir, "--workdir")
+
+
 # ------------------------------------------------------------------------------------------ data
-def prepare_data(config, workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+def prepare_data(config, workdir: epath.Path) -> tuple[ml_collections.ConfigDict, dict]:
     """The data config with a dataset path (`pipeline.prepare`), and the dataset's facts.
 
-    With `data.path=None` the embedded synthetic SAR set is generated into `workdir/data` by process 0
-    (or reused when one with the same parameters is there); the other processes wait, then read it.
+    With `data.path=None` the embedded synthetic SAR set is generated (or reused when one with the same
+    parameters is there). A local workdir holds it in `workdir/data`, written by process 0 while the
+    others wait, then read by all. With a bucket workdir it goes to this host's disk
+    (`pipeline.synthetic_cache_dir`; ArrayRecord reads local files only): every process prepares it, so
+    every host has its copy; processes of one host take turns through a file lock.
     """
+    if config.data.path is None and paths.is_gcs(workdir):
+        data_cfg = pipeline.prepare(config.data, config.model, str(workdir))
+        return data_cfg, pipeline.dataset_info(data_cfg)
     if metrics.is_main_process():
-        data_cfg = pipeline.prepare(config.data, config.model, workdir)
+        data_cfg = pipeline.prepare(config.data, config.model, str(workdir))
     _sync_processes("synthetic dataset")
     if not metrics.is_main_process():
-        data_cfg = pipeline.prepare(config.data, config.model, workdir)
+        data_cfg = pipeline.prepare(config.data, config.model, str(workdir))
     return data_cfg, pipeline.dataset_info(data_cfg)
 
 
@@ -159,14 +176,18 @@ def maybe_write_images(step, config, params, batch, visualize, writer, workdir, 
         return
     columns = {name: np.asarray(v)[:n] for name, v in zip(step_lib.PICTURE_COLUMNS, pictures)}
     grid = metrics.image_grid(columns)
-    path = os.path.join(workdir, "images", f"step_{step:07d}.png")
+    path = workdir / "images" / f"step_{step:07d}.png"
     metrics.save_png(path, grid, description=" | ".join(columns))
     writer.write_image(step, "reconstructions", grid)
     log.info("wrote %s (columns: %s)", path, " | ".join(columns))
 
 
-def maybe_save(checkpoints: checkpoint.Checkpoints, step, state, data_iter, meta, config, force=False) -> None:
+def maybe_save(checkpoints: checkpoint.Checkpoints, step, state, data_iter, meta, config, writer,
+               force=False) -> None:
+    """Checkpoint every `train.checkpoint_every` steps; the metrics logged so far are made durable first
+    (a resume from this step keeps them, and logs the later ones again)."""
     if force or step % config.train.checkpoint_every == 0:
+        writer.flush()
         checkpoints.save(step, state, data_iter, meta)
 
 
@@ -199,14 +220,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
 
+    `workdir`: a local directory or a gs://BUCKET/PATH URI; process 0 writes metrics, TensorBoard events,
+    images, metadata and the export, every process its own checkpoint shards. A write probe fails
+    within seconds, before anything is compiled, if the directory cannot be written.
     Stops early, after saving a checkpoint, on SIGTERM or a JAX preemption notice (the returned
     metrics then hold `preempted_at_step`); a later call with the same workdir resumes exactly.
     `on_step(step)` is called after each step is dispatched (profiling hooks, tests).
     """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = resolve_paths(config, workdir)
+    paths.check_writable(workdir, "--workdir")
     main = metrics.is_main_process()
 
     # 2. Mesh.
@@ -241,7 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 5. State: restore the latest checkpoint (onto this mesh, whatever mesh saved it), else initialise.
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints,
                                          keep_period=config.train.keep_period)
-    restored = checkpoints.restore_latest(parts.abstract_state, data_iter)
+    meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
+    restored = checkpoints.restore_latest(parts.abstract_state, data_iter, meta)
     if restored is not None:
         start_step, state = restored
         log.info("resumed from step %d", start_step)
@@ -250,7 +275,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = state.replace(params=maybe_init_from(state.params, config.train.init_from))
         start_step = 0
     log.info("parameters: %s trainable", f"{param_trees.count_params(state.params):,}")
-    meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
 
     # 6. Compile the step: state donated, shardings explicit.
     train_step = parts.jit_step()
@@ -258,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     visualize = jax.jit(step_lib.make_visualize(parts.modules, config), out_shardings=sharding.replicated(mesh))
 
     # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
-    writer = metrics.MetricWriter(workdir, enabled=main)
+    writer = metrics.MetricWriter(workdir, enabled=main, resume_step=start_step)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
     step_flops = flops.train_step_flops_per_image(config, live_teacher=not use_stored_tokens) * config.train.batch_size
     window = MetricWindow(config, writer, progress, step_flops)
@@ -287,7 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             window.maybe_write(step, force=last or preempted_at is not None)
             with jax.set_mesh(mesh):
                 maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=last)
-            maybe_save(checkpoints, step, state, data_iter, meta, config, force=last or preempted_at is not None)
+            maybe_save(checkpoints, step, state, data_iter, meta, config, writer,
+                       force=last or preempted_at is not None)
             if preempted_at is not None:
                 log.warning("preemption notice: saved step %d of %d and stopping; rerun the same command to "
                             "resume", step, total_steps)
@@ -298,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.close()
     progress.close()
     if preempted_at is None:
-        export_dir = checkpoint.export_params(os.path.join(workdir, "export"), state.params, meta)
+        export_dir = checkpoint.export_params(workdir / "export", state.params, meta)
         log.info("done: %d steps; params exported to %s", total_steps, export_dir)
     writer.close()
     return dict(window.last, **({"preempted_at_step": float(preempted_at)} if preempted_at is not None else {}))

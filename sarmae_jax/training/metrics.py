@@ -2,10 +2,12 @@
 
 One logging path: `MetricWriter.write(step, scalars)` goes to all three. Only process 0 writes;
 other processes get a writer whose methods do nothing, so the training loop has no `if` for it.
+The run directory may be local or a gs:// bucket (etils.epath; tensorboardX uploads through
+google-cloud-storage).
 """
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
 import time
@@ -16,33 +18,52 @@ import numpy as np
 from absl import flags
 from absl import logging as absl_logging
 from PIL import Image, ImageDraw, PngImagePlugin
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
+
+from sarmae_jax.runtime import paths
+from sarmae_jax.training import metrics_file
 
 log = logging.getLogger("sarmae_jax")
 
 
 class MetricWriter:
-    """Scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard/`."""
+    """Scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard/`.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    `resume_step`: the checkpoint step the run resumes from (0 for a fresh start). Lines and events of
+    later steps, written before an interruption, are dropped (metrics.jsonl) or purged (TensorBoard's
+    `purge_step`), so each step is shown once. On a bucket both are uploaded whole every `flush_secs`
+    and at `flush()` (before each checkpoint) and `close()`.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, resume_step: int = 0,
+                 flush_secs: float = 30.0):
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        workdir = paths.as_path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = metrics_file.MetricsFile(workdir / "metrics.jsonl", resume_step, flush_secs=flush_secs)
+        # Imported here, by the one process that writes: tensorboardX imports torch when it is installed
+        # (1.6 s), which the other processes, the dry run and the evaluation never need.
+        from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+        self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=flush_secs, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        self._jsonl.write({"step": int(step), "time": time.time(), **clean})
         for k, v in clean.items():
             self._tb.add_scalar(k, v, int(step))
+
+    def flush(self) -> None:
+        """Make everything written so far durable (called before each checkpoint)."""
+        if self.enabled:
+            self._jsonl.flush()
+            self._tb.flush()
 
     def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
         """`image: [H, W, 3] uint8`."""
@@ -107,12 +128,14 @@ def image_grid(columns: Mapping[str, np.ndarray], pad: int = 2, min_cell: int = 
     return np.asarray(picture)
 
 
-def save_png(path: str, image: np.ndarray, description: str = "") -> None:
+def save_png(path: str | os.PathLike, image: np.ndarray, description: str = "") -> None:
+    """`image: [H, W, 3] uint8` as a PNG at `path` (local or gs://), with `description` as its text chunk."""
     info = PngImagePlugin.PngInfo()
     if description:
         info.add_text("Description", description)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image).save(path, pnginfo=info)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    paths.write_atomic(paths.as_path(path), buffer.getvalue())
 
 
 def is_main_process() -> bool:

@@ -11,12 +11,19 @@ its config names).
 
 Unpaired records get zero tokens (the pairing mask keeps them out of the loss). The geometry is
 fixed by the stored images: a dataset with tokens cannot be resized or cropped in the pipeline.
+
+`--out` may be a gs://BUCKET/PATH URI (checked for write access before the teacher is loaded): the shards
+are written to a local staging directory (`paths.local_cache_dir("staging")`) and uploaded, the manifest
+last, so a reader never sees a manifest without its shards. Train from such a dataset through a Cloud
+Storage FUSE mount. `--data` is read from a local or FUSE path (ArrayRecord opens files by path).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 from typing import Iterator
 
 import jax
@@ -28,7 +35,8 @@ from tqdm.auto import tqdm
 from data_pipelines import records, shard_io
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import preprocess
-from sarmae_jax.models import teachers
+from sarmae_jax.models import patches, teachers
+from sarmae_jax.runtime import paths
 
 log = logging.getLogger("sarmae_jax")
 
@@ -47,7 +55,7 @@ def make_teacher_fn(teacher_cfg, image_size: int):
         x = preprocess.normalize_optical(preprocess.to_unit_interval(optical))
         return module.apply({"params": params}, x).astype(jnp.float16)
 
-    n = (image_size // teacher_cfg.patch_size) ** 2
+    n = patches.num_patches(image_size, teacher_cfg.patch_size)
     return tokens, (n, width)
 
 
@@ -72,8 +80,39 @@ def _examples_with_tokens(source: shard_io.ShardedRecordSource, spec: records.Re
 
 def precompute(data_dir: str, out_dir: str, teacher_cfg, *, batch_size: int = 64, examples_per_shard: int | None = None,
                splits: list[str] | None = None) -> dict:
-    """Copy `data_dir` to `out_dir` with the teacher's tokens added to every record. Returns the new manifest."""
+    """Copy `data_dir` to `out_dir` (local or gs://) with the teacher's tokens added to every record.
+    Returns the new manifest."""
+    paths.require_local(data_dir, "--data", "reading a records dataset")
+    out = paths.resolve(out_dir, "--out")
+    paths.check_writable(out, "--out", arrays=False)
+    if not paths.is_gcs(out):
+        return _precompute(data_dir, str(out), teacher_cfg, batch_size, examples_per_shard, splits)
+    os.makedirs(paths.local_cache_dir("staging"), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="teacher_tokens-", dir=paths.local_cache_dir("staging"))
+    try:
+        manifest = _precompute(data_dir, staging, teacher_cfg, batch_size, examples_per_shard, splits)
+        upload_tree(staging, out, last=records.MANIFEST_FILENAME)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
+
+def upload_tree(local_dir: str, target, last: str) -> None:
+    """Copy every file under `local_dir` to the same relative path under `target` (gs://), `last` at the end."""
+    files = sorted(os.path.relpath(os.path.join(root, name), local_dir)
+                   for root, _, names in os.walk(local_dir) for name in names)
+    files = [f for f in files if f != last] + [f for f in files if f == last]
+    with tqdm(total=sum(os.path.getsize(os.path.join(local_dir, f)) for f in files), desc=f"upload to {target}",
+              unit="B", unit_scale=True) as progress:
+        for name in files:
+            with open(os.path.join(local_dir, name), "rb") as src, (target / name).open("wb") as dst:
+                while chunk := src.read(16 << 20):
+                    dst.write(chunk)
+                    progress.update(len(chunk))
+
+
+def _precompute(data_dir: str, out_dir: str, teacher_cfg, batch_size: int, examples_per_shard: int | None,
+                splits: list[str] | None) -> dict:
     manifest = records.read_manifest(data_dir)
     spec = records.RecordSpec.from_json(manifest["features"])
     if spec.image_size[0] != spec.image_size[1] or spec.image_size[0] % teacher_cfg.patch_size:

@@ -18,7 +18,10 @@ Dtype = Any
 
 
 class ReleasedTeacher(nn.Module):
-    """Patch embedding + LayerNorm, as the released SARMAE code's teacher. `[B, H, W, 3] -> [B, N, D]`."""
+    """Patch embedding + LayerNorm, as the released SARMAE code's teacher. `[B, H, W, 3] -> [B, N, D]`.
+
+    Params `patch_embed/proj`, `norm`, `cls_token`: the released `SimplifiedDINOv3`'s state dict (its
+    `optical_encoder.*` in a released pre-training checkpoint; `sarmae_jax.convert.released`)."""
 
     patch_size: int = 16
     width: int = 768
@@ -27,6 +30,8 @@ class ReleasedTeacher(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
+        # Unused, as in the released SimplifiedDINOv3; kept so the params are its state dict and round-trip.
+        self.param("cls_token", nn.initializers.zeros_init(), (1, 1, self.width), jnp.float32)
         x = PatchEmbed(self.patch_size, self.width, self.dtype, name="patch_embed")(images)
         return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)
 
