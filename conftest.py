@@ -10,6 +10,12 @@ beyond rounding order); these settings are for tests only, never for training.
 import os
 import tempfile
 
+from sarmae_jax.runtime import tpu_topology
+
+# With the `tpu` extra installed (libtpu), every JAX process would probe for TPU chips and print libtpu's
+# start-up warnings; the test processes and the subprocesses they start (which inherit the environment) stay quiet.
+tpu_topology.quiet_libtpu_start()
+
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]))
 

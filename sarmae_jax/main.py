@@ -45,7 +45,6 @@ def _plan_for_slice() -> None:
     """--dry_run --topology SLICE [--find_max_batch]: one process, compile-only TPU devices, nothing run."""
     if not (_DRY_RUN.value and _TOPOLOGY.value):
         raise app.UsageError("--topology needs --dry_run, and --find_max_batch needs --topology")
-    tpu_topology.quiet_libtpu_start()  # before JAX loads libtpu
     try:
         tpu_topology.parse_slice(_TOPOLOGY.value)
         if not tpu_topology.compiler_available():
@@ -68,6 +67,7 @@ def _plan_for_slice() -> None:
 
 
 def run():
+    tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 

@@ -26,7 +26,7 @@ def _save(workdir, data, consumed):
     state = {"w": np.arange(4.0)}
     ckpt.save(5, state, it, {"config": {"train": {"batch_size": 8}}})
     ckpt.close()
-    return ckpt.directory + "/5"
+    return str(ckpt.directory / "5")
 
 
 def test_the_stream_state_is_one_json_with_a_version(tmp_path, tiny_dataset):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from sarmae_jax import config as config_lib
 from sarmae_jax.convert import model_card, released, state_dicts, teacher_weights, torch_export, torch_import
 from sarmae_jax.models import anchor, mae, param_trees, sarmae, teachers, vit
-from sarmae_jax.runtime import paths
+from sarmae_jax.runtime import paths, tpu_topology
 from sarmae_jax.training import checkpoint
 
 log = logging.getLogger("sarmae_jax")
@@ -158,6 +158,7 @@ def import_parser() -> argparse.ArgumentParser:
 
 def import_main(argv: Sequence[str] | None = None) -> int:
     a = import_parser().parse_args(argv)
+    tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     decoder = dict(width=a.decoder_width, depth=a.decoder_depth, num_heads=a.decoder_heads)
     try:
@@ -259,6 +260,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     a = export_parser().parse_args(argv)
+    tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         print(run_export(a.export_dir, a.out, a.format, a.image_size, a.teacher_checkpoint))

@@ -8,6 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sarmae_jax.evaluate import pipeline, report
+from sarmae_jax.runtime import tpu_topology
 from sarmae_jax.training import metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval/*.py).", lock_config=True)
@@ -34,6 +35,7 @@ def main(argv):
 
 
 def run():
+    tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     app.run(main, flags_parser=metrics.parse_flags_with_logging)
 
 

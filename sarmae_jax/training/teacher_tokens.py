@@ -36,7 +36,7 @@ from data_pipelines import records, shard_io
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import preprocess
 from sarmae_jax.models import patches, teachers
-from sarmae_jax.runtime import paths
+from sarmae_jax.runtime import paths, tpu_topology
 
 log = logging.getLogger("sarmae_jax")
 
@@ -159,6 +159,7 @@ def arg_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = arg_parser().parse_args(argv)
+    tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     manifest = precompute(args.data, args.out, teacher_config(args.kind, args.size, args.patch_size, args.checkpoint),
                           batch_size=args.batch_size, splits=args.splits)
