@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 
-from sarmae_jax.training import checkpoint, loop
+from sarmae_jax.training import checkpoint, loop, profiling
 from tests.conftest import six_step_config
 
 
@@ -33,3 +33,19 @@ def test_profile_writes_a_trace_of_the_chosen_steps_and_leaves_the_results_uncha
     a, _ = checkpoint.load_export(os.path.join(six_step_run, "export"))
     b, _ = checkpoint.load_export(str(tmp_path / "export"))
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_a_trace_of_a_bucket_run_lands_on_the_bucket(gcs, gcs_dir, tmp_path, monkeypatch):
+    """The profiler writes on this host's disk and the files are uploaded to <workdir>/profile on the bucket."""
+    from etils import epath
+
+    monkeypatch.setenv("SARMAE_CACHE_DIR", str(tmp_path / "cache"))
+    profiler = profiling.StepProfiler((1, 1), gcs_dir, start_step=0)
+    profiler.maybe_start(1)
+    out = jax.jit(lambda x: (x @ x.T).sum())(jax.numpy.ones((64, 64)))
+    profiler.maybe_stop(1, out)
+    uploaded = [p for p in epath.Path(gcs_dir, "profile", "plugins", "profile").glob("*/*") if p.is_file()]
+    names = sorted(p.name for p in uploaded)
+    assert any(n.endswith(".xplane.pb") for n in names) and any(n.endswith(".trace.json.gz") for n in names), names
+    assert all(p.stat().length > 0 for p in uploaded)
+    assert not os.listdir(tmp_path / "cache" / "profile")  # the staging directory is removed
