@@ -312,9 +312,10 @@ def format_plan(r: dict[str, Any]) -> str:
         f"{r['analytic_flops_per_chip'] / 1e12:.3f} TFLOP",
     ]
     if r["loops_counted_once"]:
-        lines.append(f"    (the cost analysis counts one trip of {len(r['loops_counted_once'])} loop(s) that run "
-                     f"{r['loops_counted_once']} times: its figures are lower bounds; model.scan_unroll >= depth "
-                     "unrolls the layer scans)")
+        trips = ", ".join("an unknown number of" if n is None else str(n) for n in r["loops_counted_once"])
+        lines.append(f"    (the cost analysis counts one trip of each of {len(r['loops_counted_once'])} loop(s) that run "
+                     f"{trips} times: its FLOPs and bytes are lower bounds; a rolled layer scan of the student is "
+                     "unrolled by model.scan_unroll >= depth, the frozen teacher's blocks stay a loop)")
     col = r["collectives"]
     parts = [f"{k} {col['count'][k]} ({_bytes(col['bytes'][k])})" for k in hlo_collectives.KINDS if col["count"][k]]
     lines.append("  collectives per step per chip: " + (", ".join(parts) if parts else "none"))
