@@ -1,7 +1,7 @@
 """The pod plan table of docs/scale.md: the ViT-B/16 and ViT-L/16 recipes compiled by the TPU compiler for
 v5e, v5p and v6e slices, on a machine without a TPU (needs the `tpu` extra: pip install -e ".[tpu]").
 
-    python benchmarks/pod_plan.py [--workers 2] [--cache pod_plan.jsonl] [--smoke]
+    python benchmarks/pod_plan.py [--workers 2] [--cache pod_plan.jsonl] [--recipes ViT-L/16] [--kinds v5e] [--refine] [--smoke]
 
 For each recipe (configs/sarmae_vit_b16.py, configs/sarmae_vit_l16.py: data parallel over all chips, global
 batch 4096), each teacher mode (the full frozen DINOv3 ViT-B/16 run live, or its tokens precomputed into the
@@ -191,11 +191,14 @@ def table(cache: Cache, smoke: bool) -> str:
 
 
 def main() -> None:
+    global RECIPES  # --smoke: the tiny test model alone
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="groups compiled at once (one core each)")
     parser.add_argument("--cache", default="pod_plan.jsonl", help="JSON-lines file of compile reports (resumable)")
     parser.add_argument("--refine", action="store_true",
                         help="one more batch search per row even where the cache holds one")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ", ".join(RECIPES))
+    parser.add_argument("--kinds", default=",".join(SLICES), help="comma-separated subset of " + ", ".join(SLICES))
     parser.add_argument("--smoke", action="store_true", help="the tiny test model on 4-chip slices: checks the script")
     args = parser.parse_args()
     from sarmae_jax.runtime import tpu_topology
@@ -203,9 +206,13 @@ def main() -> None:
     if not tpu_topology.compiler_available():
         sys.exit(f"benchmarks/pod_plan.py needs the TPU compiler: {tpu_topology.INSTALL_HINT}")
     if args.smoke:
-        global RECIPES
         RECIPES = {"smoke": None}
-    groups = [(r, t, k) for k in (SMOKE_SLICES if args.smoke else SLICES) for t in TEACHERS for r in reversed(RECIPES)]
+    recipes, kinds = args.recipes.split(","), args.kinds.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES) | set(kinds) - set(SLICES)) if not args.smoke else []
+    if unknown:
+        parser.error(f"unknown recipe or chip kind {unknown}: expected recipes from {list(RECIPES)}, kinds from {list(SLICES)}")
+    groups = [(r, t, k) for k in (SMOKE_SLICES if args.smoke else SLICES) for t in TEACHERS for r in reversed(RECIPES)
+              if args.smoke or (r in recipes and k in kinds)]
     started = time.time()
     context = multiprocessing.get_context("spawn")  # libtpu and JAX start afresh in each worker
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
