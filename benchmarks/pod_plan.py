@@ -19,8 +19,8 @@ dataset) and each chip kind:
    and the smallest that did not: `sarmae-train --dry_run --topology ... --find_max_batch` narrows such a
    bracket to 8 examples, one compile per probe.
 
-Columns "global 4096 fits on N chips" are derived from the largest batch that fit (4096 / N <= it), not
-compiled. Every compile is cached in `--cache` (JSON lines), so an interrupted run resumes where it stopped;
+Columns "global 4096 fits on N chips" are derived, not compiled: "yes" where a batch of at least 4096 / N per
+chip fit, "no" where one of at most that did not, "not compiled" otherwise. Every compile is cached in `--cache` (JSON lines), so an interrupted run resumes where it stopped;
 the table is printed (Markdown) at the end. Groups run in `--workers` processes (the TPU compiler uses about
 one core per compile).
 
@@ -156,6 +156,16 @@ def _roof(r):
     return f"{roof['step_seconds'] * 1e3:.3g} ms ({bound})", f"{roof['images_per_second_per_chip']:.0f}"
 
 
+def _fits_on(per_chip: float, largest_fit: int, smallest_misfit: int | None) -> str:
+    """'yes' when a batch at least that large per chip fit, 'no' when one at most that large did not, else
+    'not compiled' (between the two, or above every batch compiled)."""
+    if per_chip <= largest_fit:
+        return "yes"
+    if smallest_misfit is not None and per_chip >= smallest_misfit:
+        return "no"
+    return "not compiled"
+
+
 def table(cache: Cache, smoke: bool) -> str:
     from sarmae_jax.training import tpu_plan
 
@@ -183,7 +193,8 @@ def table(cache: Cache, smoke: bool) -> str:
                 else:
                     b = fits[best]
                     best_cells = [f"{best} ({b['slice']})", _gib(tpu_plan.hbm_total(b["memory"])), *_roof(b)]
-                    derived = " / ".join("yes" if global_batch / chips <= best else "no" for chips in DERIVED_CHIPS)
+                    derived = " / ".join(_fits_on(global_batch / chips, best, min(misfits, default=None))
+                                         for chips in DERIVED_CHIPS)
                 worst = f"{min(misfits)}" if misfits else "-"
                 rows.append(f"| {recipe} | {teacher} | {kind} | " + " | ".join(recipe_cells + best_cells)
                             + f" | {worst} | {derived} |")
