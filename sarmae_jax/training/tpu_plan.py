@@ -312,9 +312,9 @@ def format_plan(r: dict[str, Any]) -> str:
         f"{r['analytic_flops_per_chip'] / 1e12:.3f} TFLOP",
     ]
     if r["loops_counted_once"]:
-        trips = ", ".join("an unknown number of" if n is None else str(n) for n in r["loops_counted_once"])
-        lines.append(f"    (the cost analysis counts one trip of each of {len(r['loops_counted_once'])} loop(s) that run "
-                     f"{trips} times: its FLOPs and bytes are lower bounds; a rolled layer scan of the student is "
+        trips = ", ".join("unknown" if n is None else str(n) for n in r["loops_counted_once"])
+        lines.append(f"    (the cost analysis counts one trip of each of {len(r['loops_counted_once'])} loop(s), trip "
+                     f"counts {trips}: its FLOPs and bytes are lower bounds; a rolled layer scan of the student is "
                      "unrolled by model.scan_unroll >= depth, the frozen teacher's blocks stay a loop)")
     col = r["collectives"]
     parts = [f"{k} {col['count'][k]} ({_bytes(col['bytes'][k])})" for k in hlo_collectives.KINDS if col["count"][k]]
