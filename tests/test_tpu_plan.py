@@ -133,7 +133,7 @@ def test_the_batch_search_brackets_the_largest_batch_that_fits(monkeypatch):
         if total > 15.75 * gib:
             return dict(report, fits=False, compiler_hbm_bytes=int(15.75 * gib), compiler_message="RESOURCE_EXHAUSTED")
         return dict(report, fits=True, memory={"argument": 2 * gib, "output": gib, "alias": gib, "temp": total - 2 * gib,
-                                               "generated_code": 0})
+                                               "generated_code": 0, "peak_live": total})
 
     result = tpu_plan.find_max_batch(_tiny(data=-1, fsdp=1), "v5e:2x2", compile_fn=fake_compile)
     assert result["best"]["batch_per_chip"] == 40  # 2 + 0.3 x 40 = 14 GiB fits; 48 -> 16.4 GiB does not
@@ -159,7 +159,8 @@ def test_the_batch_search_stops_at_a_batch_the_step_cannot_be_built_for():
             raise ValueError(f"hash_word_pairs: n={b * 4 * 32 * 32} words per stream; expected 0 < n < 2**31")
         return {"slice": name, "batch_per_chip": b, "global_batch": cfg.train.batch_size, "compile_seconds": 1.0,
                 "fits": True, "state_bytes": {"params": 2**30, "opt_state": 2**30}, "input_bytes": {"batch": 0, "teacher": 0},
-                "memory": {"argument": 2**31, "output": 2**30, "alias": 2**30, "temp": b * 2**30 // 3, "generated_code": 0}}
+                "memory": {"argument": 2**31, "output": 2**30, "alias": 2**30, "temp": b * 2**30 // 3, "generated_code": 0,
+                           "peak_live": 2**31 + b * 2**30 // 3}}
 
     result = tpu_plan.find_max_batch(_tiny(data=-1, fsdp=1), "v5e:2x2", compile_fn=fake_compile)
     assert result["best"]["batch_per_chip"] == 16

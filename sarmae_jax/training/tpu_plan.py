@@ -149,7 +149,7 @@ def hbm_total(memory: dict[str, int]) -> int:
     """HBM a chip holds for the step: the larger of its allocations (arguments, outputs not donated back into
     them, the temporaries' buffer, the program code) and the compiler's peak of live buffers."""
     allocated = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
-    return max(allocated, memory.get("peak_live", memory.get("peak", 0)))
+    return max(allocated, memory["peak_live"])
 
 
 def roofline(report: dict[str, Any], chip: tpu_topology.Chip) -> dict[str, float]:
