@@ -16,7 +16,8 @@ Each record is ``features.serialize_example(example)`` of the FeaturesDict built
 =================  ===================  ==================================================
 key                spec                 meaning
 =================  ===================  ==================================================
-``sar``            [H, W, 1] uint8/16   clean SAR intensity; value / dtype max in [0, 1]
+``sar``            [H, W, C] uint8/16   clean SAR; value / dtype max in [0, 1] in the stored domain of the
+                                        manifest's ``sar_units`` (C polarisation channels, 1 by default)
 ``optical``        [H, W, 3] uint8      paired optical RGB; all zeros when unpaired
 ``is_paired``      bool                 whether ``optical`` holds a real image
 ``label``          int64                class index, -1 when the dataset has no labels
@@ -70,6 +71,8 @@ class RecordSpec:
     Attributes:
       image_size: (height, width) in pixels of both `sar` and `optical`.
       sar_dtype: "uint8" or "uint16".
+      sar_channels: SAR channels per pixel (polarisations, in the order the manifest's
+        ``sar_units["channels"]`` names them); 1 for single-polarisation data.
     """
 
     image_size: tuple[int, int]
@@ -78,11 +81,15 @@ class RecordSpec:
     # record, zeros when unpaired, and the teacher that made them (checked by the trainer).
     teacher_tokens: tuple[int, int] | None = None
     teacher_name: str | None = None
+    sar_channels: int = 1
 
     def __post_init__(self):
         h, w = self.image_size
         if h < 1 or w < 1:
             raise ValueError(f"RecordSpec.image_size={self.image_size!r}: expected two positive ints")
+        if not isinstance(self.sar_channels, (int, np.integer)) or self.sar_channels < 1:
+            raise ValueError(f"RecordSpec.sar_channels={self.sar_channels!r}: expected a positive int")
+        object.__setattr__(self, "sar_channels", int(self.sar_channels))
         if self.sar_dtype not in SAR_DTYPES:
             raise ValueError(f"RecordSpec.sar_dtype={self.sar_dtype!r}: expected one of {sorted(SAR_DTYPES)}")
         object.__setattr__(self, "image_size", (int(h), int(w)))
@@ -105,7 +112,7 @@ class RecordSpec:
             "shape": list(self.teacher_tokens), "dtype": "float16", "teacher": self.teacher_name}}
         return teacher | {
             "image_size": [h, w],
-            "sar": {"shape": [h, w, 1], "dtype": self.sar_dtype},
+            "sar": {"shape": [h, w, self.sar_channels], "dtype": self.sar_dtype},
             "optical": {"shape": [h, w, 3], "dtype": "uint8"},
             "is_paired": {"shape": [], "dtype": "bool"},
             "label": {"shape": [], "dtype": "int64"},
@@ -118,6 +125,7 @@ class RecordSpec:
     def from_json(cls, spec: Mapping[str, Any]) -> "RecordSpec":
         teacher = spec.get("teacher_tokens")
         return cls(image_size=tuple(spec["image_size"]), sar_dtype=spec["sar"]["dtype"],
+                   sar_channels=int(spec["sar"].get("shape", [0, 0, 1])[-1]),
                    teacher_tokens=tuple(teacher["shape"]) if teacher else None,
                    teacher_name=teacher["teacher"] if teacher else None)
 
@@ -128,7 +136,7 @@ def make_features(spec: RecordSpec) -> tfds.features.FeaturesDict:
     teacher = {} if spec.teacher_tokens is None else {
         "teacher_tokens": tfds.features.Tensor(shape=spec.teacher_tokens, dtype=np.float16, encoding="bytes")}
     return tfds.features.FeaturesDict(teacher | {
-        "sar": tfds.features.Tensor(shape=(h, w, 1), dtype=SAR_DTYPES[spec.sar_dtype], encoding="bytes"),
+        "sar": tfds.features.Tensor(shape=(h, w, spec.sar_channels), dtype=SAR_DTYPES[spec.sar_dtype], encoding="bytes"),
         "optical": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8, encoding="bytes"),
         "is_paired": tfds.features.Scalar(dtype=np.bool_),
         "label": tfds.features.Scalar(dtype=np.int64),
@@ -152,7 +160,7 @@ def make_example(
     """Validates one example against `spec` and returns it in record form.
 
     Args:
-      sar: [H, W] or [H, W, 1] of `spec.sar_dtype`.
+      sar: [H, W, spec.sar_channels] (or [H, W] when it is 1) of `spec.sar_dtype`.
       optical: [H, W, 3] uint8, or None for an unpaired example (stored as zeros).
       label: class index, -1 for none.
       source: the original file (or generator id).
@@ -162,12 +170,13 @@ def make_example(
         has them (ignored and stored as zeros for an unpaired example).
     """
     h, w = spec.image_size
+    c = spec.sar_channels
     sar = np.asarray(sar)
     if sar.ndim == 2:
         sar = sar[..., None]
-    if sar.shape != (h, w, 1) or sar.dtype != SAR_DTYPES[spec.sar_dtype]:
+    if sar.shape != (h, w, c) or sar.dtype != SAR_DTYPES[spec.sar_dtype]:
         raise ValueError(f"example {source!r}: sar has shape {sar.shape} dtype {sar.dtype}, "
-                         f"expected ({h}, {w}, 1) {spec.sar_dtype}")
+                         f"expected ({h}, {w}, {c}) {spec.sar_dtype}")
     if optical is None:
         optical = np.zeros((h, w, 3), np.uint8)
         is_paired = False

@@ -122,3 +122,13 @@ def test_missing_manifest_and_split(tmp_path):
     _write(tmp_path)
     with pytest.raises(ValueError, match=r"no split 'validation'; available: \['train'\]"):
         shard_io.ShardedRecordSource(str(tmp_path), "validation")
+
+
+def test_a_multichannel_spec_round_trips_through_the_manifest_json():
+    spec = records.RecordSpec((4, 5), "uint16", sar_channels=2)
+    assert spec.to_json()["sar"]["shape"] == [4, 5, 2]
+    assert records.RecordSpec.from_json(spec.to_json()) == spec
+    ex = records.make_example(spec, sar=np.zeros((4, 5, 2), np.uint16), optical=None, source="x")
+    assert ex["sar"].shape == (4, 5, 2)
+    with pytest.raises(ValueError, match=r"expected \(4, 5, 2\) uint16"):
+        records.make_example(spec, sar=np.zeros((4, 5), np.uint16), optical=None, source="x")
