@@ -58,6 +58,12 @@ class _Pool:
         return {**self.__dict__, "_perms": {}}
 
 
+def paired_at(stream_positions: np.ndarray, paired_share: float) -> np.ndarray:
+    """`[k]` int64 stream positions -> `[k]` bool: which are paired at exact share q (module docstring)."""
+    k = np.asarray(stream_positions, np.int64)
+    return np.floor((k + 1) * paired_share).astype(np.int64) > np.floor(k * paired_share).astype(np.int64)
+
+
 def contiguous_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
     """Rows [p B / P, (p + 1) B / P) of a global batch of B: process p's share when the processes'
     devices hold consecutive blocks of the batch (a mesh made by `jax.make_mesh`, and tests)."""
@@ -111,7 +117,7 @@ class BatchSampler:
         if self.paired_share is None:
             return self._pools[0].take(k)
         paired_before = np.floor(k * self.paired_share).astype(np.int64)  # paired among positions [0, k)
-        is_paired = np.floor((k + 1) * self.paired_share).astype(np.int64) > paired_before
+        is_paired = paired_at(k, self.paired_share)
         out = np.empty(len(k), np.int64)
         if is_paired.any():
             out[is_paired] = self._pools[0].take(paired_before[is_paired])

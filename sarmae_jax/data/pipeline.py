@@ -256,14 +256,15 @@ class _DecodeBatch(grain.transforms.Map):
         position, indices = element
         batch, errors = self._source.read_batch(indices)
         if errors:
-            self._skip(batch, errors)
+            self._skip(batch, errors, indices)
         if self._augment == "random_resized_crop":
             rngs = [np.random.default_rng([self._seed, 0x5A5, position, int(row)]) for row in self._rows]
             return host_transforms.crop_flip_batch(batch, self._size, rngs, scale=self._crop_scale,
                                                    ratio=self._crop_ratio, flip=self._flip)
         return host_transforms.resize_batch(batch, self._size)
 
-    def _skip(self, batch: dict[str, np.ndarray], errors: list[tuple[int, records.CorruptRecordError]]) -> None:
+    def _skip(self, batch: dict[str, np.ndarray], errors: list[tuple[int, records.CorruptRecordError]],
+              indices: np.ndarray) -> None:
         self.num_corrupt += len(errors)
         row, first = errors[0]
         if self.num_corrupt > self._max_corrupt:
@@ -280,6 +281,9 @@ class _DecodeBatch(grain.transforms.Map):
             donor = good[k % len(good)]
             for key in batch:
                 batch[key][r] = batch[key][donor]
+            # A row drawn from the unpaired pool stays unpaired: the batch keeps at most its exact paired
+            # share, which the train step's teacher rows rely on (training/paired_rows.py).
+            batch["is_paired"][r] &= bool(indices[r] < self._source.num_paired)
 
 
 def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,

@@ -101,7 +101,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[
 
     num_devices = mesh.devices.size
     device = mesh.devices.flat[0]
-    analytic = flops.train_step_flops_per_image(config, live_teacher=not step.teacher_tokens) * config.train.batch_size
+    analytic, teacher_flops = flops.train_step_flops(config, mesh.shape["data"] * mesh.shape["fsdp"],
+                                                     live_teacher=not step.teacher_tokens)
     report: dict[str, Any] = {
         "mesh": dict(mesh.shape),
         "device_kind": device.device_kind,
@@ -116,6 +117,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[
         "compile_seconds": compile_s,
         "analytic_flops_per_step": analytic,
         "analytic_flops_per_device": analytic / num_devices,
+        "analytic_teacher_flops_per_step": teacher_flops,
         "xla_flops_per_device": _xla_flops(compiled),
         "memory": _memory(compiled),
         "device_memory_bytes": _device_memory(device),

@@ -10,6 +10,7 @@ Per transformer block over T tokens, width D, MLP width M = 4D:
 from __future__ import annotations
 
 from sarmae_jax.models import mae, patches, teachers, vit
+from sarmae_jax.training import paired_rows
 
 TEACHER_CHANNELS = 3  # the teacher sees the optical RGB image, whatever `model.in_channels` the SAR student has
 
@@ -25,11 +26,29 @@ def vit_forward_flops(tokens: int, width: int, depth: int, patch_pixels: int, pa
     return 2 * patches * patch_pixels * width + depth * block_forward_flops(tokens, width)
 
 
-def train_step_flops_per_image(config, live_teacher: bool = True) -> float:
+def train_step_flops_per_image(config, live_teacher: bool = True, teacher_row_fraction: float = 1.0) -> float:
     """Model FLOPs of one training step per image (forward + backward, teacher forward only).
 
     `live_teacher=False`: the dataset's precomputed teacher tokens replace the teacher, which then costs 0.
+    `teacher_row_fraction`: the share of a batch's rows the teacher runs on (`paired_rows`; 1 = every
+    row); the anchor head runs on the same rows.
     """
+    return (3 * _trained_forward_flops(config, teacher_row_fraction)
+            + (teacher_flops_per_image(config) * teacher_row_fraction if live_teacher else 0.0))
+
+
+def train_step_flops(config, batch_shards: int, live_teacher: bool = True) -> tuple[float, float]:
+    """(model FLOPs of one global step, the teacher's share of them), with the teacher on the rows the
+    step runs it on for a batch split over `batch_shards` data x fsdp devices (`paired_rows`)."""
+    t = config.train
+    fraction = paired_rows.teacher_row_fraction(t.batch_size, batch_shards, t.grad_accum_steps,
+                                                config.data.paired_share)
+    total = train_step_flops_per_image(config, live_teacher, fraction) * t.batch_size
+    teacher = teacher_flops_per_image(config) * fraction * t.batch_size if live_teacher else 0.0
+    return total, teacher
+
+
+def _trained_forward_flops(config, head_row_fraction: float = 1.0) -> float:
     m = config.model
     enc = vit.VIT_SIZES[m.size]
     n = patches.num_patches(m.image_size, m.patch_size)
@@ -42,22 +61,28 @@ def train_step_flops_per_image(config, live_teacher: bool = True) -> float:
                + dec.depth * block_forward_flops(n + 1, dec.width)
                + 2 * n * dec.width * patch_pixels)
     trained = encoder + decoder
-    teacher = 0.0
     if config.sarc.enabled:
         tw = vit.VIT_SIZES[config.sarc.teacher.size]["width"]
-        trained += 2 * k * enc["width"] * enc["width"] + 2 * k * enc["width"] * tw  # anchor head
-    if config.sarc.enabled and live_teacher:
-        t = config.sarc.teacher
-        teacher_pixels = t.patch_size**2 * TEACHER_CHANNELS
-        if t.kind == "released":
-            teacher = 2 * n * teacher_pixels * tw
-        else:
-            # The teacher's blocks run over class + register tokens + all N patches (DINOv3 and DINOv2-with-
-            # registers carry 4 registers); the module of the configured kind knows its count.
-            module, _ = teachers.build_teacher(t)
-            tokens = 1 + getattr(module, "num_registers", 0) + n
-            teacher = vit_forward_flops(tokens, tw, vit.VIT_SIZES[t.size]["depth"], teacher_pixels, n)
-    return 3 * trained + teacher
+        head = 2 * k * enc["width"] * enc["width"] + 2 * k * enc["width"] * tw  # anchor head
+        trained += head * head_row_fraction
+    return trained
+
+
+def teacher_flops_per_image(config) -> float:
+    """Forward FLOPs of the frozen teacher on one image (0 without SARC)."""
+    if not config.sarc.enabled:
+        return 0.0
+    m, t = config.model, config.sarc.teacher
+    n = patches.num_patches(m.image_size, m.patch_size)
+    tw = vit.VIT_SIZES[t.size]["width"]
+    teacher_pixels = t.patch_size**2 * TEACHER_CHANNELS
+    if t.kind == "released":
+        return 2 * n * teacher_pixels * tw
+    # The teacher's blocks run over class + register tokens + all N patches (DINOv3 and DINOv2-with-
+    # registers carry 4 registers); the module of the configured kind knows its count.
+    module, _ = teachers.build_teacher(t)
+    tokens = 1 + getattr(module, "num_registers", 0) + n
+    return vit_forward_flops(tokens, tw, vit.VIT_SIZES[t.size]["depth"], teacher_pixels, n)
 
 
 # Dense bf16 peak TFLOP/s of one device (one chip for TPUs, one GPU), from the vendors' data sheets.

@@ -95,11 +95,12 @@ class MetricWindow:
     and MFU = that / the device's dense bf16 peak (`flops.PEAK_TFLOPS`, or train.peak_tflops_per_device).
     """
 
-    def __init__(self, config, writer, progress, flops_per_step: float):
+    def __init__(self, config, writer, progress, flops_per_step: float, teacher_flops_per_step: float = 0.0):
         self.every = config.train.log_every
         self.max_in_a_row = config.train.max_consecutive_skips
         self.images_per_step = config.train.batch_size
         self.flops_per_step = flops_per_step
+        self.teacher_flops_per_step = teacher_flops_per_step  # part of flops_per_step; MFU without it too
         self.num_devices = jax.device_count()
         kind = jax.devices()[0].device_kind
         self.peak_tflops = flops.peak_tflops_per_device(kind, config.train.peak_tflops_per_device)
@@ -134,6 +135,7 @@ class MetricWindow:
         }
         if self.peak_tflops:
             out["mfu"] = tflops / self.peak_tflops
+            out["mfu_without_teacher"] = out["mfu"] * (1 - self.teacher_flops_per_step / self.flops_per_step)
         return out
 
     def maybe_write(self, step: int, force: bool = False) -> None:
@@ -141,6 +143,11 @@ class MetricWindow:
             return
         fetched = jax.device_get(self.pending)
         timed = len(fetched) - self.untimed
+        missed = max(int(m.get("teacher_rows_missed", 0)) for m in fetched)
+        if missed:  # the batch broke the exact paired share that training/paired_rows.py relies on
+            raise ValueError(f"steps {step - len(fetched) + 1}-{step}: {missed} paired row(s) of a batch fell outside "
+                             "the rows the teacher runs on (training/paired_rows.py); the batches do not hold "
+                             "config.data.paired_share exactly")
         skipped = sum(1 for m in fetched if not m["step_finite"])
         if skipped:
             log.warning("steps %d-%d: %d update(s) skipped for a non-finite loss or gradient",
@@ -284,8 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 7. Loop. A preemption notice ends it at a step boundary, with a checkpoint of that step.
     writer = metrics.MetricWriter(workdir, enabled=main, resume_step=start_step)
     progress = metrics.Progress(total_steps, start_step, enabled=main)
-    step_flops = flops.train_step_flops_per_image(config, live_teacher=not use_stored_tokens) * config.train.batch_size
-    window = MetricWindow(config, writer, progress, step_flops)
+    step_flops, teacher_flops = flops.train_step_flops(config, mesh.shape["data"] * mesh.shape["fsdp"],
+                                                       live_teacher=not use_stored_tokens)
+    window = MetricWindow(config, writer, progress, step_flops, teacher_flops)
     preempted_at = None
     profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
     with distributed.PreemptionWatch() as preemption:

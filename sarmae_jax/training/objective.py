@@ -13,6 +13,7 @@ from sarmae_jax.data import preprocess
 from sarmae_jax.models import anchor, mae, patches
 from sarmae_jax.models.sarmae import Modules
 from sarmae_jax.sare import speckle
+from sarmae_jax.training import paired_rows
 
 
 def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[str, jax.Array]:
@@ -63,12 +64,15 @@ def reconstruct(params: dict[str, Any], inputs: dict[str, jax.Array], masking: m
 
 def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.Array], is_paired: jax.Array,
             mask_key: jax.Array | None, modules: Modules, config, drop_key: jax.Array | None = None,
-            masking: mae.Masking | None = None, shares: tuple[jax.Array, jax.Array] | None = None):
+            masking: mae.Masking | None = None, shares: tuple[jax.Array, jax.Array] | None = None,
+            teacher_rows: tuple[int, int] | None = None):
     """One forward pass. Returns `(loss, aux)`; `aux` holds the loss terms and the reconstruction.
 
     The mask is drawn from `mask_key`, unless `masking` is given (gradient accumulation draws the
     full batch's masks once and hands each micro-batch its slice, with its `shares` of the batch,
-    see `total_loss`).
+    see `total_loss`). `teacher_rows = (G, C)`: the rows are ordered by `paired_rows.order`, and the
+    teacher, anchor head and alignment loss run on the first C rows of each of G blocks only (the
+    same loss: unpaired rows count nothing in it); None runs them on every row.
     """
     m = config.model
     b = inputs["noisy"].shape[0]
@@ -79,13 +83,17 @@ def forward(params: dict[str, Any], teacher_params: Any, inputs: dict[str, jax.A
     aux = {"loss_mae": mae.reconstruction_loss(pred, target, masking.mask, m.norm_pix_loss),
            "pred": pred, "mask": masking.mask}
     if modules.anchor_head is not None:
-        if "teacher_tokens" in inputs:  # precomputed offline (sarmae_jax/training/teacher_tokens.py)
-            teacher_tokens = inputs["teacher_tokens"].astype(jnp.float32)
+        rows = (lambda x: x) if teacher_rows is None else (lambda x: paired_rows.select(x, *teacher_rows))
+        if teacher_rows is not None and teacher_rows[1] == 0:  # no paired rows at all (paired_share 0)
+            loss_align, num_paired = jnp.zeros(()), jnp.zeros(())
         else:
-            teacher_tokens = modules.teacher.apply({"params": teacher_params}, inputs["optical"])  # [B, N, Dt]
-        teacher_visible = anchor.gather_patches(teacher_tokens, masking.ids_keep)
-        student = modules.anchor_head.apply({"params": params["anchor_head"]}, latent[:, 1:])
-        loss_align, num_paired = anchor.alignment_loss(student, teacher_visible, is_paired)
+            if "teacher_tokens" in inputs:  # precomputed offline (sarmae_jax/training/teacher_tokens.py)
+                teacher_tokens = rows(inputs["teacher_tokens"]).astype(jnp.float32)
+            else:
+                teacher_tokens = modules.teacher.apply({"params": teacher_params}, rows(inputs["optical"]))
+            teacher_visible = anchor.gather_patches(teacher_tokens, rows(masking.ids_keep))  # [R, K, Dt]
+            student = modules.anchor_head.apply({"params": params["anchor_head"]}, rows(latent[:, 1:]))
+            loss_align, num_paired = anchor.alignment_loss(student, teacher_visible, rows(is_paired))
         aux.update(loss_align=loss_align, paired_fraction=num_paired / b)
     loss = total_loss(aux, config, *(shares or (1.0, 1.0)))
     aux["loss"] = loss

@@ -94,7 +94,8 @@ class TrainParts:
 
     def step_fn(self) -> Callable:
         """The pure train step `(state, batch, teacher_params) -> (state, metrics)`, not yet jitted."""
-        return make_train_step(self.modules, self.tx, self.config, self.schedule)
+        return make_train_step(self.modules, self.tx, self.config, self.schedule,
+                               batch_shards=self.mesh.shape["data"] * self.mesh.shape["fsdp"])
 
     def jit_step(self) -> Callable:
         """The train step jitted for the mesh: state donated, shardings explicit (state, batch over

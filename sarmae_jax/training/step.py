@@ -15,7 +15,7 @@ import optax
 from sarmae_jax.data import preprocess
 from sarmae_jax.models import mae, patches, sarmae
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import objective
+from sarmae_jax.training import objective, paired_rows
 
 
 def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -37,8 +37,23 @@ def micro_batches(tree: Any, num: int) -> Any:
     return jax.tree.map(split, tree)
 
 
-def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule):
+def teacher_rows(modules: sarmae.Modules, config, batch_shards: int) -> tuple[int, int] | None:
+    """`(G, C)` for `objective.forward` (the teacher on C rows per device block, `paired_rows`), or None
+    when it runs on every row (no SARC, the natural mix, or a share that fills every row)."""
+    t, share = config.train, config.data.paired_share
+    if modules.anchor_head is None or share is None:
+        return None
+    cap = paired_rows.capacity(t.batch_size, batch_shards, t.grad_accum_steps, share)
+    return None if cap * batch_shards * t.grad_accum_steps == t.batch_size else (batch_shards, cap)
+
+
+def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, config, schedule,
+                    batch_shards: int = 1):
     """`(state, batch, teacher_params) -> (state, metrics)`; pure, to be jitted with shardings.
+
+    `batch_shards`: the data x fsdp devices the batch is split over (contiguous blocks); the teacher
+    runs on the paired rows of each block (`paired_rows`), the same number on every device. Any value
+    dividing the micro-batch gives the same loss; the mesh's own keeps the teacher's rows local.
 
     Activation sharding annotations in the model are resolved by `config.mesh.rules` at trace time.
     With `train.grad_accum_steps = A > 1` the batch runs as A micro-batches in a `lax.scan`; speckle and
@@ -53,6 +68,7 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
     accum = config.train.grad_accum_steps
     m = config.model
     num_patches = patches.num_patches(m.image_size, m.patch_size)
+    rows = teacher_rows(modules, config, batch_shards)
 
     def train_step(state, batch: dict[str, jax.Array], teacher_params: Any):
         with nn.logical_axis_rules(rules):
@@ -61,7 +77,7 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
     def micro_loss(params, teacher_params, micro, shares, drop_key):
         inputs, masking, is_paired = micro
         loss, aux = objective.forward(params, teacher_params, inputs, is_paired, None, modules, config,
-                                      drop_key=drop_key, masking=masking, shares=shares)
+                                      drop_key=drop_key, masking=masking, shares=shares, teacher_rows=rows)
         aux = {k: v for k, v in aux.items() if k not in ("pred", "mask")}
         return loss, aux
 
@@ -106,7 +122,13 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
         k_noise, k_mask, k_drop = step_keys(config.seed, state.step)
         inputs = objective.prepare_inputs(batch, k_noise, config)
         masking = mae.random_masking(k_mask, batch["sar"].shape[0], num_patches, m.mask_ratio)
-        loss, aux, grads = loss_and_grads(state.params, teacher_params, inputs, masking, batch["is_paired"], k_drop)
+        is_paired = batch["is_paired"]
+        if rows is not None:  # each device block's paired rows first (the loss is a mean over rows)
+            local_order = paired_rows.order(is_paired, rows[0])
+            inputs, masking, is_paired = paired_rows.apply_order((inputs, masking, is_paired), local_order)
+        loss, aux, grads = loss_and_grads(state.params, teacher_params, inputs, masking, is_paired, k_drop)
+        if rows is not None:
+            aux["teacher_rows_missed"] = paired_rows.missed(micro_batches(is_paired, accum), *rows)
         grad_norm = optax.tree.norm(grads)
         # A non-finite loss or gradient must not poison the parameters: keep the old state, count it.
         # A `cond`, not a per-leaf `where`: the update runs only when it is kept, and a `where` would

@@ -79,7 +79,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
     mesh, state = step.mesh, step.abstract_state
     c = step.config
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    analytic = flops.train_step_flops_per_image(c, live_teacher=not step.teacher_tokens) * c.train.batch_size
+    analytic, teacher_flops = flops.train_step_flops(c, shards, live_teacher=not step.teacher_tokens)
     report: dict[str, Any] = {
         "slice": slice_name, "chip": chip.kind, "device_kind": chip.device_kind, "num_chips": len(devices),
         "num_hosts": len({d.process_index for d in devices}), "mesh": dict(mesh.shape),
@@ -93,6 +93,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         "input_bytes": {"batch": _tree_bytes_per_chip(step.abstract_batch),
                         "teacher": _tree_bytes_per_chip(step.abstract_teacher)},
         "analytic_flops_per_chip": analytic / len(devices),
+        "analytic_teacher_flops_per_chip": teacher_flops / len(devices),
     }
     start = time.perf_counter()
     # A compile-only executable written to JAX's persistent compilation cache cannot be loaded back (no
@@ -162,6 +163,8 @@ def roofline(report: dict[str, Any], chip: tpu_topology.Chip) -> dict[str, float
         "compute_seconds": compute_s, "hbm_seconds": memory_s, "step_seconds": step_s,
         "bound": "compute" if compute_s >= memory_s else "HBM bandwidth",
         "mfu": report["analytic_flops_per_chip"] / (step_s * chip.peak_bf16_tflops * 1e12) if step_s else 0.0,
+        "mfu_without_teacher": ((report["analytic_flops_per_chip"] - report.get("analytic_teacher_flops_per_chip", 0.0))
+                                / (step_s * chip.peak_bf16_tflops * 1e12) if step_s else 0.0),
         "images_per_second_per_chip": report["global_batch"] / report["num_chips"] / step_s if step_s else 0.0,
     }
 
