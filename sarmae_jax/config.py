@@ -9,7 +9,7 @@ import ml_collections
 
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import attention, patches, sarmae, teachers, vit
-from sarmae_jax.runtime import sharding
+from sarmae_jax.runtime import compilation_cache, sharding
 from sarmae_jax.sare import speckle
 
 
@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     # plugin or Perfetto; training/profiling.py). (0, 0): no trace. Skip the first step: it compiles.
     t.profile = (0, 0)
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
+    # JAX's persistent compilation cache on local disk: a restart loads the compiled step from it
+    # (runtime/compilation_cache.py). None leaves JAX's own setting (JAX_COMPILATION_CACHE_DIR).
+    t.compilation_cache_dir = ml_collections.FieldReference(compilation_cache.DEFAULT_DIR, field_type=str)
 
     # ----------------------------------------------------------------------------------------- mesh
     # Mesh axis sizes; -1 takes all remaining devices. The global batch is split over data x fsdp.

@@ -40,6 +40,7 @@ def tiny_config():
     c.data.synthetic.num_test_examples = 16
     c.data.synthetic.examples_per_shard = 32
     c.data.paired_share = None
+    c.train.compilation_cache_dir = None  # the test session's cache (conftest.py), not the default
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 2
     c.train.batch_size = 8

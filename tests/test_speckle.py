@@ -234,8 +234,8 @@ def test_table_lookup_decodes_every_uniform_exactly():
     rows = jnp.asarray(np.stack([u, u]), jnp.float32)
     key = jax.random.key(5)
     looked_up = quantiles.sample_rows(key, rows, 50_000)
-    bits, _ = sampling.hash_word_pairs(key, 2 * 50_000)
-    np.testing.assert_allclose(looked_up, sampling.open_unit_interval(bits).reshape(2, 50_000), rtol=2e-7, atol=0)
+    bits, _ = sampling.row_word_pairs(key, 2, 50_000)
+    np.testing.assert_allclose(looked_up, sampling.open_unit_interval(bits), rtol=2e-7, atol=0)
 
 
 @pytest.mark.parametrize("looks", [0.5, 0.77, 1.0, 1.03, 2.9, 15.9, 300.0, 17_000.0])
@@ -260,3 +260,41 @@ def test_gamma_field_below_half_a_look_uses_the_exact_sampler():
     # The exact path is Marsaglia-Tsang: the same key gives its samples, not the table's.
     exact = sampling.standard_gamma_rows(jax.random.key(3), jnp.full((4,), 0.3), 128 * 128) / 0.3
     np.testing.assert_array_equal(field, np.asarray(exact, np.float64).ravel())
+
+
+def test_row_streams_are_threefry_of_the_row_key():
+    """Row r: Threefry under the pair hashed from (r, 0), counters i and m + i (as `hash_word_pairs`)."""
+    key = jax.random.key(3)
+    first, second = sampling.row_word_pairs(key, 3, 5)
+    pair = np.asarray(jax.random.bits(key, (2,), jnp.uint32))
+    for r in range(3):
+        row_pair = threefry_2x32_reference(pair, np.array([r, 0], np.uint32))
+        words = np.asarray(threefry_2x32_reference(row_pair, np.arange(10, dtype=np.uint32)))
+        np.testing.assert_array_equal(first[r], words[:5])
+        np.testing.assert_array_equal(second[r], words[5:])
+
+
+@pytest.mark.parametrize("model", speckle.MODELS)
+def test_each_image_has_its_own_stream_whatever_the_batch(model):
+    """Row r's field, strength and coin depend on (key, r) alone: the first rows of a batch of 12 are
+    the batch of 5. (One stream for the whole batch made every field depend on the batch size.)"""
+    images = jax.random.uniform(jax.random.key(1), (12, 16, 16, 1), minval=0.05, maxval=1.0)
+    key = jax.random.key(7)
+    strength = (1.0, 8.0) if model in speckle.LOOKS_MODELS else (0.02, 0.5)
+    big, big_info = speckle.apply_sare(key, images, model=model, prob=0.5, strength_range=strength)
+    small, small_info = speckle.apply_sare(key, images[:5], model=model, prob=0.5, strength_range=strength)
+    np.testing.assert_array_equal(big[:5], small)
+    np.testing.assert_array_equal(big_info["strength"][:5], small_info["strength"])
+    np.testing.assert_array_equal(big_info["applied"][:5], small_info["applied"])
+    assert 0 < int(big_info["applied"].sum()) < 12 and len(np.unique(np.asarray(big[:, 0, 0, 0]))) > 6
+
+
+@pytest.mark.parametrize("model", ["gamma_intensity", "lognormal"])
+def test_no_global_batch_ceiling(model):
+    """262,144 images of 224 x 224 (a pod's global batch, 1.3e10 pixels) trace: no stream spans the batch.
+    (A single stream refused 2**31 words or more: any batch above ~42,800 such images.)"""
+    images = jax.ShapeDtypeStruct((262_144, 224, 224, 1), jnp.float32)
+    strength = (1.0, 16.0) if model in speckle.LOOKS_MODELS else (0.1, 0.5)
+    noisy, _ = jax.eval_shape(lambda x: speckle.apply_sare(jax.random.key(0), x, model=model, prob=0.5,
+                                                           strength_range=strength), images)
+    assert noisy.shape == images.shape

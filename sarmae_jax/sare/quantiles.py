@@ -163,8 +163,7 @@ def sample_rows(key: jax.Array, rows: jax.Array, row_length: int) -> jax.Array:
     it drops `optimization_barrier`s before fusion.
     """
     num_rows = rows.shape[0]
-    bits, _ = sampling.hash_word_pairs(key, num_rows * row_length)
-    bits = bits.reshape(num_rows, row_length)
+    bits, _ = sampling.row_word_pairs(key, num_rows, row_length)  # a stream per row: no batch-size ceiling
     upper = bits >= jnp.uint32(1 << 31)  # u > 1/2
     # Inverting the bits maps the uniform's bin k to 2^23 - 1 - k, i.e. u to 1 - u exactly.
     t = sampling.open_unit_interval(jnp.where(upper, ~bits, bits))

@@ -96,6 +96,30 @@ def hash_word_pairs(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return threefry_2x32(keypair, counter, counter + jnp.uint32(n))
 
 
+def row_word_pairs(key: jax.Array, num_rows: int, row_length: int) -> tuple[jax.Array, jax.Array]:
+    """Two independent `[num_rows, row_length]` uint32 word streams, row r's a function of (key, r) alone.
+
+    Row r hashes under its own Threefry key pair (the hash of counters (r, 0) under the key's pair), its
+    counter i paired with row_length + i as in `hash_word_pairs`. No stream is longer than one row, so
+    a batch of any size (the global batch of a pod) draws the same words for its row r, and the fields
+    are the same on every mesh and process count (the step computes them on the global batch).
+
+    Args:
+      key: a JAX PRNG key; num_rows: rows R (static); row_length: words per row m (static).
+    Returns:
+      (first, second): two `[R, m]` uint32 arrays.
+    """
+    if not 0 < 2 * row_length < 2**32:
+        raise ValueError(f"row_word_pairs: row_length={row_length} words per row; expected 0 < m < 2**31")
+    if not 0 < num_rows <= 2**32:
+        raise ValueError(f"row_word_pairs: num_rows={num_rows}; expected 0 < R <= 2**32")
+    keypair = jax.random.bits(key, (2,), jnp.uint32)
+    rows = jnp.arange(num_rows, dtype=jnp.uint32)
+    k0, k1 = threefry_2x32(keypair, rows, jnp.zeros_like(rows))
+    counter = jnp.arange(row_length, dtype=jnp.uint32)[None, :]
+    return threefry_2x32((k0[:, None], k1[:, None]), counter, counter + jnp.uint32(row_length))
+
+
 def open_unit_interval(bits: jax.Array) -> jax.Array:
     """uint32 words -> float32 uniforms on the open interval (0, 1), 23 bits each (bin centres)."""
     k = (bits >> (32 - _MANTISSA_BITS)).astype(jnp.float32)
@@ -116,7 +140,7 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     word would cost a materialised intermediate (or, joined by a concatenate inside the
     consumer's fusion, a loop XLA's CPU backend does not vectorise: 5x slower, measured).
     """
-    first, _ = hash_word_pairs(key, math.prod(shape))
+    first, _ = row_word_pairs(key, shape[0], math.prod(shape[1:]))  # one stream per row (leading axis)
     return normal_from_bits(first).reshape(shape)
 
 
@@ -219,8 +243,8 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
     c = jax.lax.rsqrt(9.0 * d)
 
     def round_values(round_key, length):
-        first, second = hash_word_pairs(round_key, rows * length)
-        return _marsaglia_tsang_round(first.reshape(rows, length), second.reshape(rows, length), d, c)
+        first, second = row_word_pairs(round_key, rows, length)
+        return _marsaglia_tsang_round(first, second, d, c)
 
     v = round_values(key_main, row_length)
 
@@ -244,8 +268,8 @@ def standard_gamma_rows(key: jax.Array, alpha: jax.Array, row_length: int, *,
         return jnp.where(v >= 0.0, v, jnp.take_along_axis(compact_pool, rank, axis=1))
 
     def boost(gamma):
-        bits, _ = hash_word_pairs(key_boost, rows * row_length)
-        factor = open_unit_interval(bits.reshape(rows, row_length)) ** (1.0 / alpha)[:, None]
+        bits, _ = row_word_pairs(key_boost, rows, row_length)
+        factor = open_unit_interval(bits) ** (1.0 / alpha)[:, None]
         return jnp.where(boosted[:, None], gamma * factor, gamma)
 
     def common(v, words, compact_pool):

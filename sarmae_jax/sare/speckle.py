@@ -26,7 +26,10 @@ speckle and bias the mean and the looks; values above 1 are real bright speckle.
 Sampling: the Gamma-based models invert per-image quantile tables (`quantiles.py`; one random
 word, two gathers and a lerp per pixel, CDF error below 5e-5) and fall back to the exact
 Marsaglia-Tsang sampler (`sampling.py`) for batches with looks below 1/2; "lognormal" transforms
-normals drawn by `sampling.standard_normal`.
+normals drawn by `sampling.standard_normal`. Every image draws its random words (its field, whether
+it is noised, its strength) from its own stream, a function of (key, row) (`sampling.row_word_pairs`):
+with the train step's key from (seed, step) and the global batch's row, the field is the same on
+every mesh and process count, and no global batch is too large for the streams.
 
 Strength per image: looks drawn LOG-uniformly in [lo, hi] (looks are a ratio scale: going from
 1 to 2 looks changes the image as much as 8 to 16), sigma drawn uniformly in [lo, hi] (as the
@@ -155,9 +158,15 @@ def equivalent_number_of_looks(intensity, axis=None) -> jax.Array:
 # Batch-level SARE.
 
 
+def _row_uniform(key: jax.Array, batch: int) -> jax.Array:
+    """`[B]` uniforms on (0, 1), row r's a function of (key, r) alone, like the fields (`row_word_pairs`)."""
+    bits, _ = sampling.row_word_pairs(key, batch, 1)
+    return sampling.open_unit_interval(bits[:, 0])
+
+
 def _draw_strength(key: jax.Array, batch: int, model: str, strength_range) -> jax.Array:
     low, high = (jnp.asarray(bound, jnp.float32) for bound in strength_range)
-    uniform = jax.random.uniform(key, (batch,), jnp.float32)
+    uniform = _row_uniform(key, batch)
     if model in LOOKS_MODELS:
         return jnp.exp(jnp.log(low) + uniform * (jnp.log(high) - jnp.log(low)))
     return low + uniform * (high - low)
@@ -193,7 +202,7 @@ def _apply_sare(key, images, model, prob, low, high):
     # prob and the range are traced: one compiled function serves every value.
     batch, height, width, _ = images.shape
     key_apply, key_strength, key_field = jax.random.split(key, 3)
-    applied = jax.random.uniform(key_apply, (batch,)) < prob
+    applied = _row_uniform(key_apply, batch) < prob
     strength = _draw_strength(key_strength, batch, model, (low, high))
 
     field_shape = (batch, height, width, 1)

@@ -21,7 +21,7 @@ from sarmae_jax import config as config_lib
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, teachers
-from sarmae_jax.runtime import distributed, paths, sharding
+from sarmae_jax.runtime import compilation_cache, distributed, paths, sharding
 from sarmae_jax.training import checkpoint, flops, metrics, profiling
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
@@ -238,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_lib.validate(config)
     workdir = resolve_paths(config, workdir)
     paths.check_writable(workdir, "--workdir")
+    compilation_cache.enable(config.train.compilation_cache_dir)
     main = metrics.is_main_process()
 
     # 2. Mesh.
@@ -295,6 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                        live_teacher=not use_stored_tokens)
     window = MetricWindow(config, writer, progress, step_flops, teacher_flops)
     preempted_at = None
+    cache_events = compilation_cache.CacheEvents()  # the train step's compile: from the cache or not
     profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
@@ -303,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if not use_stored_tokens:
                 local.pop("teacher_tokens", None)
             batch = global_batch(local, batch_sharding)
-            with jax.set_mesh(mesh):
+            with jax.set_mesh(mesh), cache_events:
                 state, step_metrics = train_step(state, batch, teacher_params)
             window.add(step_metrics)
             profiler.maybe_stop(step, step_metrics)
@@ -311,7 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 on_step(step)
             if step == start_step + 1:  # the first step compiled: time the others without it
                 jax.block_until_ready(step_metrics)
-                log.info("first step (compilation included) took %.1f s", time.perf_counter() - window.t_start)
+                log.info("first step (compilation included) took %.1f s: %s", time.perf_counter() - window.t_start,
+                         cache_events.describe())
                 window.exclude_from_timing()
             last = step == total_steps
             if preemption.should_stop(step) and not last:
