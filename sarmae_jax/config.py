@@ -78,6 +78,12 @@ def default_config() -> ml_collections.ConfigDict:
     o.b2 = 0.95  # MAE's 0.95: 0.999 is unstable for MAE pre-training at large batch
     o.weight_decay = 0.05  # not on biases, norms, class/mask tokens
     o.clip_norm = 1.0  # global gradient norm; 0 disables
+    # Adam's first moment dtype: None keeps the parameters' (float32); "bfloat16" halves its memory
+    # (2 bytes less per parameter), as big_vision offers. The second moment stays float32.
+    o.mu_dtype = ml_collections.FieldReference(None, field_type=str)
+    # ZeRO-1: Adam moments also split over the mesh's `data` axis (each data-parallel chip keeps and
+    # updates 1/data of them; runtime/sharding.py: optimizer_shardings). False keeps them like the parameters.
+    o.shard_over_data = True
 
     # ------------------------------------------------------------------------------------- training
     c.train = t = ml_collections.ConfigDict()
@@ -183,6 +189,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(0 <= o.b2 < 1, "optim.b2", o.b2, "a value in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a non-negative number")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "a non-negative norm (0 disables clipping)")
+    _check(o.mu_dtype in (None, "float32", "bfloat16"), "optim.mu_dtype", o.mu_dtype,
+           "None (the parameters' dtype), 'float32' or 'bfloat16'")
     if o.warmup_steps is not None:
         _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "a non-negative step count")
     else:

@@ -36,6 +36,9 @@ def test_losses_match_across_meshes():
     assert runs["2,2,2"]["qkv_shards"] == 4 and "tensor" in runs["2,2,2"]["qkv_sharding"]
     assert runs["4,1,2"]["qkv_shards"] == 2 and "tensor" in runs["4,1,2"]["qkv_sharding"]  # data x tensor
     assert runs["8,1,1"]["qkv_shards"] == 1  # pure data parallelism replicates parameters
+    # ... but not Adam's moments (ZeRO-1, optim.shard_over_data): each data-parallel device holds a slice.
+    assert runs["8,1,1"]["mu_shards"] == 8 and runs["4,1,2"]["mu_shards"] == 8 and runs["2,2,2"]["mu_shards"] == 8
+    assert runs["1,1,1"]["mu_shards"] == 1
 
 
 def test_mesh_shape_resolution_and_errors():

@@ -97,10 +97,34 @@ def logical_shardings(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> Any:
-    """Optimizer-state shardings: every parameter-shaped subtree (Adam moments) follows the parameters."""
+def over_data(shape: tuple[int, ...], param: NamedSharding, mesh: Mesh) -> NamedSharding:
+    """ZeRO-1: `param`'s sharding with the `data` axis added to the dimension it splits evenly (the
+    largest such piece); `param`'s own where no dimension does, or `data` is already used or 1."""
+    n = mesh.shape["data"]
+    spec = list(param.spec) + [None] * (len(shape) - len(param.spec))
+    axes = [() if s is None else (s if isinstance(s, tuple) else (s,)) for s in spec]
+    if n == 1 or any("data" in a for a in axes):
+        return param
+    pieces = [dim // int(np.prod([mesh.shape[a] for a in a_])) for dim, a_ in zip(shape, axes)]
+    fits = [i for i, (dim, a_) in enumerate(zip(shape, axes)) if dim % (int(np.prod([mesh.shape[a] for a in a_])) * n) == 0]
+    if not fits:
+        return param
+    best = max(fits, key=lambda i: pieces[i])
+    spec[best] = (*axes[best], "data")
+    return NamedSharding(mesh, P(*spec))
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, mesh: Mesh,
+                        shard_over_data: bool = True) -> Any:
+    """Optimizer-state shardings: every parameter-shaped subtree (Adam moments) follows the parameters,
+    and with `shard_over_data` is also split over the `data` axis (ZeRO-1, `over_data`): each
+    data-parallel device keeps and updates its slice, and XLA gathers the updated parameters."""
     abstract_state = jax.eval_shape(tx.init, abstract_params)
+
+    def moment(leaf, sharding):
+        return over_data(tuple(leaf.shape), sharding, mesh) if shard_over_data else sharding
+
     return optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_state, param_shardings,
+        tx, moment, abstract_state, param_shardings,
         transform_non_params=lambda _: replicated(mesh),
     )

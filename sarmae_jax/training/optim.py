@@ -69,7 +69,9 @@ def make_optimizer(optim_cfg, schedule: Schedule) -> optax.GradientTransformatio
     parts = []
     if optim_cfg.clip_norm > 0:
         parts.append(clip_by_global_norm(optim_cfg.clip_norm))
+    mu_dtype = optim_cfg.get("mu_dtype")
     parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8,
-                             weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask))
+                             weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask,
+                             mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None))
     return optax.chain(*parts)
 

@@ -48,7 +48,8 @@ def state_shardings(modules, tx, config, mesh) -> tuple[TrainState, TrainState]:
     scalar = sharding.replicated(mesh)
     shardings = TrainState(
         step=scalar, params=param_shardings,
-        opt_state=sharding.optimizer_shardings(tx, abstract_params, param_shardings, mesh),
+        opt_state=sharding.optimizer_shardings(tx, abstract_params, param_shardings, mesh,
+                                               shard_over_data=bool(config.optim.get("shard_over_data", True))),
         skipped=scalar, skipped_in_a_row=scalar,
     )
     abstract = jax.eval_shape(lambda k: init_train_state(modules, tx, config, k), jax.random.key(0))

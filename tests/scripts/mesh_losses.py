@@ -33,7 +33,9 @@ def run(mesh_spec: str, steps: int = 3) -> dict:
             state, m = step(state, batch, teacher)
             losses.append(float(m["loss"]))
     qkv = state.params["encoder"]["stack"]["blocks"]["attn"]["qkv"]["kernel"]
+    mu = state.opt_state[1][0].mu["encoder"]["stack"]["blocks"]["attn"]["qkv"]["kernel"]  # (clip, (adam, ...))
     return {"losses": losses, "qkv_sharding": str(qkv.sharding.spec),
+            "mu_shards": len({str(s.index) for s in mu.addressable_shards}),
             "qkv_shards": len({str(s.index) for s in qkv.addressable_shards}),
             "checksum": float(np.sum(np.abs(np.asarray(jax.device_get(qkv)))))}
 
