@@ -42,3 +42,11 @@ def test_a_single_channel_student_leaves_the_rgb_teacher_embedding_unchanged():
     # Both are products with 196 patches x (encoder width 768 + decoder width 512), trained (3x).
     saved = 3 * 2 * 196 * (768 + 512) * (768 - 256)
     assert three - flops.train_step_flops_per_image(config) == pytest.approx(saved, rel=1e-12)
+
+
+def test_tpu_peaks_and_device_kinds_come_from_the_chip_table():
+    from sarmae_jax.runtime import tpu_topology
+
+    for chip in tpu_topology.CHIPS.values():
+        assert flops.peak_tflops_per_device(chip.device_kind) == chip.peak_bf16_tflops, chip.kind
+    assert flops.peak_tflops_per_device("TPU v5 lite") == 197.0 and flops.peak_tflops_per_device("TPU v5") == 459.0

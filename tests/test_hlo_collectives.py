@@ -98,3 +98,32 @@ def test_array_bytes_of_types():
 def test_text_without_an_entry_computation_is_refused():
     with pytest.raises(ValueError, match="no ENTRY computation"):
         hlo_collectives.parse("HloModule m\n\n%f (x: f32[]) -> f32[] {\n  ROOT %x = f32[] parameter(0)\n}\n")
+
+
+REDUCE_SCATTERS = """HloModule m
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+ENTRY %main (arg: f32[16,4]) -> f32[4,4] {
+  %arg = f32[16,4]{1,0} parameter(0)
+  %sync = f32[4,4]{1,0} reduce-scatter(%arg), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}, to_apply=%add
+  %iota = f32[8,4]{1,0} reduce-scatter(%arg), channel_id=2, replica_groups=[4,2]<=[8], dimensions={0}, to_apply=%add
+  %start = ((f32[16,4]{1,0}), f32[4,4]{1,0}) reduce-scatter-start(%arg), channel_id=3, replica_groups={{0,1,2,3}}, dimensions={0}, to_apply=%add
+  %done = f32[4,4]{1,0} reduce-scatter-done(%start)
+  ROOT %out = f32[4,4]{1,0} add(%sync, %done)
+}
+"""
+
+
+def test_a_reduce_scatter_counts_its_full_input_in_both_forms():
+    """Synchronous (its type is the shard: times the group size) and async (the start's larger array)."""
+    c = hlo_collectives.parse(REDUCE_SCATTERS)
+    full = 16 * 4 * 4
+    assert c.count["reduce-scatter"] == 3 and c.bytes["reduce-scatter"] == 3 * full
+    with pytest.raises(ValueError, match="a reduce-scatter without replica groups"):
+        hlo_collectives.parse(REDUCE_SCATTERS.replace("replica_groups={{0,1,2,3}}, dimensions={0}, to_apply=%add\n  %iota",
+                                                      "dimensions={0}, to_apply=%add\n  %iota"))

@@ -77,13 +77,6 @@ def parse_slice(name: str) -> tuple[Chip, tuple[int, ...]]:
     return chip, shape
 
 
-def chip_for_device_kind(device_kind: str) -> Chip | None:
-    for chip in CHIPS.values():
-        if chip.device_kind == device_kind:
-            return chip
-    return None
-
-
 def quiet_libtpu_start() -> None:
     """Set the host variables that keep libtpu silent, unless this host has TPU chips or they are set.
 

@@ -119,7 +119,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices=None) -> dict[
         "analytic_flops_per_device": analytic / num_devices,
         "analytic_teacher_flops_per_step": teacher_flops,
         "xla_flops_per_device": _xla_flops(compiled),
-        "memory": _memory(compiled),
+        "memory": memory_report(compiled),
         "device_memory_bytes": _device_memory(device),
     }
     peak = flops.peak_tflops_per_device(device.device_kind, config.train.peak_tflops_per_device)
@@ -137,16 +137,26 @@ def _xla_flops(compiled) -> float | None:
     return float(value) if value is not None and value >= 0 else None
 
 
-def _memory(compiled) -> dict[str, int] | None:
+def memory_report(compiled) -> dict[str, int] | None:
+    """The compiler's memory analysis per device, with `total` by `memory_total`; None where the backend
+    gives none. `peak_live` is the compiler's peak of live buffers (0 where the backend does not report it)."""
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
     fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
               "generated_code_size_in_bytes")
     out = {f.replace("_size_in_bytes", ""): int(getattr(analysis, f)) for f in fields}
-    # Donated state aliases its output: count it once. Live at the peak: inputs, new outputs, temporaries.
-    out["peak_estimate"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    out["peak_live"] = int(analysis.peak_memory_in_bytes)
+    out["total"] = memory_total(out)
     return out
+
+
+def memory_total(memory: dict[str, int]) -> int:
+    """Device memory the step holds, the one rule of the GPU dry run and the TPU plan: the larger of its
+    allocations (arguments, outputs not donated back into them, temporaries, program code) and the
+    compiler's peak of live buffers."""
+    allocated = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
+    return max(allocated, memory.get("peak_live", 0))
 
 
 def _device_memory(device) -> int | None:
@@ -173,9 +183,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(
             f"memory per device (XLA): arguments {gib(mem['argument'])} (donated {gib(mem['alias'])}), "
             f"outputs {gib(mem['output'])}, temporaries {gib(mem['temp'])}, code {gib(mem['generated_code'])}; "
-            f"peak about {gib(mem['peak_estimate'])}")
+            f"in all {gib(mem['total'])}")
         if r["device_memory_bytes"]:
-            fits = mem["peak_estimate"] <= r["device_memory_bytes"]
+            fits = mem["total"] <= r["device_memory_bytes"]
             lines.append(f"device memory {gib(r['device_memory_bytes'])}: "
                          + ("fits" if fits else "DOES NOT FIT - lower the batch, add remat, fsdp or micro-batches"))
     xla = r["xla_flops_per_device"]

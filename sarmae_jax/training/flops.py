@@ -10,6 +10,7 @@ Per transformer block over T tokens, width D, MLP width M = 4D:
 from __future__ import annotations
 
 from sarmae_jax.models import mae, patches, teachers, vit
+from sarmae_jax.runtime import tpu_topology
 from sarmae_jax.training import paired_rows
 
 TEACHER_CHANNELS = 3  # the teacher sees the optical RGB image, whatever `model.in_channels` the SAR student has
@@ -86,16 +87,12 @@ def teacher_flops_per_image(config) -> float:
 
 
 # Dense bf16 peak TFLOP/s of one device (one chip for TPUs, one GPU), from the vendors' data sheets.
-# Matched against `jax.Device.device_kind` by substring, first match wins (so "H100 PCIe" before "H100").
+# Matched against `jax.Device.device_kind` by substring, first match wins (so "H100 PCIe" before "H100",
+# "TPU v5 lite" (v5e) before "TPU v5" (v5p)). The TPU rows are the chip table's (runtime/tpu_topology.py).
 # MFU is reported against these whatever model.dtype is: it is the share of what the device could do.
-PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("TPU v6 lite", 918.0),  # v6e (Trillium)
-    ("TPU v6e", 918.0),
-    ("TPU v5 lite", 197.0),  # v5e
-    ("TPU v5e", 197.0),
-    ("TPU v5p", 459.0),
-    ("TPU v5", 459.0),  # v5p reports itself as "TPU v5"
-    ("TPU v4", 275.0),
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = tuple(sorted(
+    ((chip.device_kind, chip.peak_bf16_tflops) for chip in tpu_topology.CHIPS.values()),
+    key=lambda row: -len(row[0]))) + (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("GH200", 989.0),

@@ -10,7 +10,9 @@ bytes of the full arrays they move, per device and per step:
   1). A loop of any other form (a rejection sampler) counts once and is reported;
   both branches of a `conditional` count (an upper bound);
 * bytes are the size of the collective's full array: the gathered result of an all-gather, the array
-  reduced by an all-reduce or a reduce-scatter, the array exchanged by an all-to-all or permute;
+  reduced by an all-reduce or a reduce-scatter, the array exchanged by an all-to-all or permute. A
+  reduce-scatter's full array is its input: the larger array of an async start's tuple, and for the
+  synchronous form (whose type is the scattered shard) the shard times its replica group's size;
 * the TPU compiler writes a reduce-scatter as a fusion (`all-reduce-scatter`) of an all-reduce and a
   slice: an all-reduce inside such a fusion counts as the reduce-scatter it is;
 * asynchronous pairs (`*-start` / `*-done`) count once, at the start.
@@ -43,6 +45,8 @@ _ROOT_LESS_THAN = re.compile(r"^\s*ROOT\s+%?[\w.\-]+\s*=\s*pred\[\]\S*\s+compare
                              r"\s*direction=LT\b")
 _S32_CONSTANT = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*s32\[\]\S*\s+constant\((\d+)\)")
 _TUPLE_ELEMENT = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*s32\[\]\S*\s+get-tuple-element\(")
+_GROUPS_LISTED = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+_GROUPS_IOTA = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
 
 
 @dataclasses.dataclass
@@ -54,8 +58,16 @@ class Collectives:
     in_program: dict[str, int]  # collective instructions in the program text, loops not unrolled
     loops_with_unknown_trip_count: int  # while loops counted once
 
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
+
+def group_size(line: str) -> int:
+    """Devices in each replica group of a collective instruction (`{{0,1,2,3},...}` or `[G,S]<=[N]`)."""
+    listed = _GROUPS_LISTED.search(line)
+    if listed:
+        return len([d for d in listed.group(1).split(",") if d])
+    iota = _GROUPS_IOTA.search(line)
+    if iota:
+        return int(iota.group(1))
+    raise ValueError(f"a reduce-scatter without replica groups: {line.strip()[:200]}")
 
 
 def array_bytes(type_text: str) -> list[int]:
@@ -163,6 +175,8 @@ def parse(hlo_text: str) -> Collectives:
             sizes = array_bytes(type_text)
             # An async start's type is a tuple of operands and results: its largest array is the full one.
             size = max(sizes, default=0) if opcode.endswith("-start") else sum(sizes)
+            if opcode == "reduce-scatter":  # its type is the scattered shard: the input is group-size times it
+                size *= group_size(line)
             in_program[kind] += 1
             count[kind] += runs[name]
             nbytes[kind] += runs[name] * size

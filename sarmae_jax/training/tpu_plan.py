@@ -114,7 +114,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
     report["compile_seconds"] = time.perf_counter() - start
     report["fits"] = True
-    report["memory"] = _memory(compiled)
+    report["memory"] = dry_run.memory_report(compiled)
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, (list, tuple)) else costs
     text = compiled.as_text()
@@ -138,19 +138,7 @@ def _available_hbm(message: str) -> int | None:
     return int(float(found.group(1)) * _UNITS[found.group(2)]) if found else None
 
 
-def _memory(compiled) -> dict[str, int]:
-    m = compiled.memory_analysis()
-    out = {f: int(getattr(m, f"{f}_size_in_bytes")) for f in ("argument", "output", "alias", "temp", "generated_code")}
-    out["peak_live"] = int(getattr(m, "peak_memory_in_bytes", 0))  # the compiler's peak of live buffers
-    out["total"] = hbm_total(out)
-    return out
-
-
-def hbm_total(memory: dict[str, int]) -> int:
-    """HBM a chip holds for the step: the larger of its allocations (arguments, outputs not donated back into
-    them, the temporaries' buffer, the program code) and the compiler's peak of live buffers."""
-    allocated = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
-    return max(allocated, memory["peak_live"])
+hbm_total = dry_run.memory_total  # one rule for "fits", the GPU dry run's and the TPU plan's
 
 
 def roofline(report: dict[str, Any], chip: tpu_topology.Chip) -> dict[str, float]:
@@ -222,9 +210,9 @@ def find_max_batch(config: ml_collections.ConfigDict, slice_name: str, *, teache
         cfg = with_batch_per_chip(config, current, len(devices))
         try:
             report = done.get(current) or compile_fn(cfg, slice_name, teacher_tokens, devices)
-        except ValueError as e:  # refused before compiling, e.g. a global batch the speckle sampler cannot draw
-            report = {"slice": slice_name, "batch_per_chip": current, "global_batch": cfg.train.batch_size,
-                      "fits": False, "compile_seconds": 0.0, "compiler_message": f"refused before compiling: {e}"}
+        except ValueError as e:  # not "does not fit": a step that cannot be built is an error, with its batch
+            raise ValueError(f"{slice_name}: the step at {current} per chip (train.batch_size="
+                             f"{cfg.train.batch_size}) cannot be built: {e}") from e
         probes.append(report)
         if on_probe is not None:
             on_probe(report)
