@@ -3,7 +3,9 @@
 `--dry_run` compiles the train step for the configured mesh and prints per-device memory and FLOPs,
 without training or reading data (no --workdir needed); see sarmae_jax/training/dry_run.py. With
 `--topology v5e:16x16` it compiles for that TPU slice with the TPU compiler (the `tpu` extra) and prints
-the pod plan of sarmae_jax/training/tpu_plan.py; `--find_max_batch` adds the largest batch per chip.
+the pod plan of sarmae_jax/training/tpu_plan.py; `--find_max_batch` adds the largest batch per chip,
+`--num_slices 2` compiles for two slices joined over DCN, and `--plan` searches the layouts
+(sarmae_jax/training/layout_plan.py).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sarmae_jax.runtime import distributed, tpu_topology
-from sarmae_jax.training import dry_run, loop, metrics, tpu_plan
+from sarmae_jax.training import dry_run, layout_plan, loop, metrics, tpu_plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and images.")
@@ -21,6 +23,12 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "With --dry_run: compile for t
                                 "v5p:4x4x4, v6e:8x8) with the TPU compiler on this machine; needs pip install -e \".[tpu]\".")
 _FIND_MAX_BATCH = flags.DEFINE_bool("find_max_batch", False, "With --topology: also search the largest batch per chip "
                                     "that fits (one compile per probe).")
+_PLAN = flags.DEFINE_bool("plan", False, "With --topology: search the slice's layouts (data x fsdp x tensor, remat, "
+                          "micro-batches, live or precomputed teacher), compile the best few, rank them by a step-time "
+                          "bound and print the winner as --config overrides (training/layout_plan.py).")
+_PLAN_COMPILES = flags.DEFINE_integer("plan_compiles", 3, "With --plan: how many of the best candidates to compile.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: this many slices joined over DCN (multi-slice); "
+                                   "config.mesh lays out one slice and the data axis spans the slices.")
 flags.mark_flags_as_required(["config"])
 flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_run"].value,
                          message="--workdir is required (except with --dry_run)")
@@ -29,7 +37,7 @@ flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _TOPOLOGY.value or _FIND_MAX_BATCH.value:
+    if _TOPOLOGY.value or _FIND_MAX_BATCH.value or _PLAN.value or _NUM_SLICES.value != 1:
         _plan_for_slice()
         return
     distributed.maybe_initialize()
@@ -44,7 +52,9 @@ def main(argv):
 def _plan_for_slice() -> None:
     """--dry_run --topology SLICE [--find_max_batch]: one process, compile-only TPU devices, nothing run."""
     if not (_DRY_RUN.value and _TOPOLOGY.value):
-        raise app.UsageError("--topology needs --dry_run, and --find_max_batch needs --topology")
+        raise app.UsageError("--topology needs --dry_run, and --find_max_batch, --plan and --num_slices need --topology")
+    if _NUM_SLICES.value < 1:
+        raise app.UsageError(f"--num_slices={_NUM_SLICES.value}: expected 1 or more")
     try:
         tpu_topology.parse_slice(_TOPOLOGY.value)
         if not tpu_topology.compiler_available():
@@ -53,9 +63,20 @@ def _plan_for_slice() -> None:
                 f"not installed: {tpu_topology.INSTALL_HINT}")
     except (ValueError, tpu_topology.TpuCompilerMissing) as e:
         raise SystemExit(f"sarmae-train: {e}") from None
+    if _PLAN.value:
+        try:
+            result = layout_plan.search(_CONFIG.value, _TOPOLOGY.value, compile_best=_PLAN_COMPILES.value,
+                                        num_slices=_NUM_SLICES.value, on_compile=lambda r: print(
+                                            f"  compiled {r['mesh']} remat {r['remat']} A={r['grad_accum_steps']} "
+                                            f"teacher {r['teacher']}: {'fits' if r['fits'] else 'does not fit'} "
+                                            f"({r['compile_seconds']:.0f} s)", flush=True))
+        except ValueError as e:
+            raise SystemExit(f"sarmae-train --topology {_TOPOLOGY.value} --plan: {e}") from None
+        print(layout_plan.format_search(result), flush=True)
+        return
     print(f"compiling the train step for {_TOPOLOGY.value} with the TPU compiler (minutes for ViT-L) ...", flush=True)
     try:
-        report = tpu_plan.plan(_CONFIG.value, _TOPOLOGY.value)
+        report = tpu_plan.plan(_CONFIG.value, _TOPOLOGY.value, num_slices=_NUM_SLICES.value)
     except ValueError as e:  # a config the step cannot be built for (validation, batch split, sampler limits)
         raise SystemExit(f"sarmae-train --topology {_TOPOLOGY.value}: {e}") from None
     print(tpu_plan.format_plan(report), flush=True)

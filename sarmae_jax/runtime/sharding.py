@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -53,10 +54,25 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def num_slices(devices: Sequence[jax.Device]) -> int:
+    """Slices (ICI islands joined by DCN) the devices span, from their `slice_index` (1 without it)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh. Devices of several slices (multi-slice TPU, `slice_index`) make a
+    hybrid mesh: `config.mesh` lays out ONE slice, and the data axis spans the slices over DCN on top
+    (data = slices x mesh.data; only gradients cross DCN)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)  # GSPMD propagation; shardings set by rules
+    slices = num_slices(devices)
+    if slices > 1:
+        if len(devices) % slices:
+            raise ValueError(f"{len(devices)} devices over {slices} slices: expected equal slices")
+        shape = mesh_shape(mesh_cfg, len(devices) // slices)
+        grid = mesh_utils.create_hybrid_device_mesh(shape, (slices, 1, 1), devices)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
+    shape = mesh_shape(mesh_cfg, len(devices))
     if devices == list(jax.devices()) or all(d.platform == "tpu" for d in devices):
         # Topology-aware device order (ICI rings on TPU, NVLink islands on GPU); for a whole TPU slice of
         # compile-only devices (tpu_topology.slice_devices) the order a run on that slice gets.

@@ -32,16 +32,17 @@ class Chip:
     peak_bf16_tflops: float  # dense bf16 peak per chip, TFLOP/s
     hbm_gbytes_per_s: float  # HBM bandwidth per chip, GB/s (1e9 bytes)
     dims: int  # axes of a slice name: 2 (2D torus) or 3
+    ici_gbytes_per_s: float  # inter-chip interconnect bandwidth per chip, GB/s (data sheet's Gbps / 8)
     # libtpu's chip configuration: v4 and v5p chips hold two TensorCores that JAX drives as one device
     # ("megacore"); without it libtpu describes one device per core.
     chip_config: str = "default"
 
 
 CHIPS: dict[str, Chip] = {c.kind: c for c in (
-    Chip("v4", "TPU v4", 32 * GiB, 275.0, 1200.0, dims=3, chip_config="megacore"),
-    Chip("v5e", "TPU v5 lite", 16 * GiB, 197.0, 819.0, dims=2),
-    Chip("v5p", "TPU v5", 95 * GiB, 459.0, 2765.0, dims=3, chip_config="megacore"),
-    Chip("v6e", "TPU v6 lite", 32 * GiB, 918.0, 1640.0, dims=2),
+    Chip("v4", "TPU v4", 32 * GiB, 275.0, 1200.0, dims=3, ici_gbytes_per_s=300.0, chip_config="megacore"),
+    Chip("v5e", "TPU v5 lite", 16 * GiB, 197.0, 819.0, dims=2, ici_gbytes_per_s=200.0),
+    Chip("v5p", "TPU v5", 95 * GiB, 459.0, 2765.0, dims=3, ici_gbytes_per_s=600.0, chip_config="megacore"),
+    Chip("v6e", "TPU v6 lite", 32 * GiB, 918.0, 1640.0, dims=2, ici_gbytes_per_s=448.0),
 )}
 
 _DEFAULT_HOST_BOUNDS = (2, 2, 1)  # libtpu's chips per host unless told otherwise
@@ -95,8 +96,9 @@ def compiler_available() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
-def slice_devices(name: str) -> list:
-    """The compile-only devices of TPU slice `name` (one per chip), in libtpu's order."""
+def slice_devices(name: str, num_slices: int = 1) -> list:
+    """The compile-only devices of `num_slices` TPU slices `name` (one per chip), in libtpu's order; with
+    several slices each device's `slice_index` says its slice (the DCN axis of `sharding.make_mesh`)."""
     chip, shape = parse_slice(name)
     if not compiler_available():
         raise TpuCompilerMissing(f"compiling for TPU slice {name!r} needs the TPU compiler (libtpu), which is not "
@@ -108,12 +110,14 @@ def slice_devices(name: str) -> list:
         # Smaller than one host's chips (v5e:1x1, v5p:1x1x1): the slice is one host.
         kwargs["chips_per_host_bounds"] = tuple(shape) + (1,) * (3 - len(shape))
     try:
+        if num_slices > 1:
+            kwargs["num_slices"] = num_slices
         topology = topologies.get_topology_desc(topology_name=f"{chip.kind}:{'x'.join(map(str, shape))}",
                                                 platform="tpu", chip_config_name=chip.chip_config, **kwargs)
     except jax.errors.JaxRuntimeError as e:
         raise ValueError(f"TPU slice {name!r}: libtpu cannot describe it: {e}") from e
     devices = list(topology.devices)
-    expected = math.prod(shape)
+    expected = math.prod(shape) * num_slices
     if len(devices) != expected or devices[0].device_kind != chip.device_kind:
         raise RuntimeError(f"libtpu described {name!r} as {len(devices)} x {devices[0].device_kind!r}, expected "
                            f"{expected} x {chip.device_kind!r}")

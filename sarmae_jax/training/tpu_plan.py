@@ -65,14 +65,14 @@ def with_batch_per_chip(config: ml_collections.ConfigDict, batch_per_chip: int, 
 
 
 def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: bool | None = None,
-         devices: list | None = None) -> dict[str, Any]:
+         devices: list | None = None, num_slices: int = 1) -> dict[str, Any]:
     """Compile the train step of `config` for TPU slice `slice_name`; the report of the module docstring.
 
     `teacher_tokens` as in `dry_run.lower_train_step` (None: follow the dataset). A step that does not fit
     the chip's HBM returns `fits=False` with the compiler's message and `knobs`; other errors raise.
     """
     chip, _ = tpu_topology.parse_slice(slice_name)
-    devices = devices if devices is not None else tpu_topology.slice_devices(slice_name)
+    devices = devices if devices is not None else tpu_topology.slice_devices(slice_name, num_slices)
     start = time.perf_counter()
     step = dry_run.lower_train_step(config, devices, teacher_tokens=teacher_tokens)
     lower_s = time.perf_counter() - start
@@ -81,7 +81,7 @@ def plan(config: ml_collections.ConfigDict, slice_name: str, *, teacher_tokens: 
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     analytic, teacher_flops = flops.train_step_flops(c, shards, live_teacher=not step.teacher_tokens)
     report: dict[str, Any] = {
-        "slice": slice_name, "chip": chip.kind, "device_kind": chip.device_kind, "num_chips": len(devices),
+        "slice": slice_name, "num_slices": sharding.num_slices(devices), "chip": chip.kind, "device_kind": chip.device_kind, "num_chips": len(devices),
         "num_hosts": len({d.process_index for d in devices}), "mesh": dict(mesh.shape),
         "global_batch": c.train.batch_size, "batch_per_chip": c.train.batch_size // shards,
         "grad_accum_steps": c.train.grad_accum_steps, "dtype": c.model.dtype, "remat": c.model.remat,
@@ -271,11 +271,15 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def _slices(r: dict[str, Any]) -> str:
+    return f" x {r['num_slices']} slices (DCN)" if r.get("num_slices", 1) > 1 else ""
+
+
 def format_plan(r: dict[str, Any]) -> str:
     """Human-readable lines of one `plan` report."""
     chip = tpu_topology.CHIPS[r["chip"]]
     lines = [
-        f"TPU plan: {r['model']} on {r['slice']} ({r['num_chips']} x {r['device_kind']}, {r['num_hosts']} host(s)), "
+        f"TPU plan: {r['model']} on {r['slice']}{_slices(r)} ({r['num_chips']} x {r['device_kind']}, {r['num_hosts']} host(s)), "
         f"mesh {r['mesh']}",
         f"  global batch {r['global_batch']} = {r['batch_per_chip']} per chip in {r['grad_accum_steps']} micro-batch(es); "
         f"compute {r['dtype']}, remat {r['remat']}; teacher {r['teacher']}; {r['parameters']:,} trainable parameters",

@@ -1,0 +1,248 @@
+"""`sarmae-train --dry_run --topology T --plan`: search the layouts of a slice, compile the best few, rank them.
+
+At the config's global batch, the search spans the `data x fsdp x tensor` factorisations of the slice's
+chips (tensor dividing every head count), the remat policies (`REMATS`), micro-batches (`ACCUMS`) and a
+live against a precomputed teacher. Each candidate is first costed analytically, per chip and per step:
+
+* memory: parameters (float32, split by fsdp x tensor), Adam moments (also split over data: ZeRO-1),
+  the frozen teacher (replicated), the batch, and saved activations of one micro-batch
+  (`ACTIVATION_BYTES` per token and width unit for each remat policy, from the block's saved tensors);
+  a candidate above `FIT_SHARE` of the chip's HBM is pruned;
+* compute: the analytic model FLOPs (`flops.train_step_flops`, the teacher on its rows) plus the
+  forward the remat policy recomputes, at the chip's peak;
+* HBM traffic: parameters read per micro-batch in the forward, backward and recomputed forward, the
+  optimizer's update (28 bytes per parameter slice: read params, grads, two moments; write three), and
+  saved activations written once and read once, over the chip's HBM bandwidth;
+* collectives per mesh axis, bytes over the chip's ICI bandwidth (DCN across slices): data: the
+  gradients reduce-scattered and the updated parameters gathered (ZeRO-1); fsdp: the parameters
+  gathered for each micro-batch's forward and backward and the gradients reduce-scattered; tensor: two
+  all-reduces of a block's activations per block in the forward and two in the backward; slices:
+  the gradients all-reduced over DCN.
+
+The bound is given twice: no overlap, max(compute, HBM) + collectives; full overlap, the max of all
+three. The best `compile_best` candidates by the no-overlap bound are compiled by the TPU compiler
+(`tpu_plan.plan`); a candidate that does not fit drops out, and the compiled ones are ranked again with
+the compiler's figures where they are larger (its FLOPs and bytes, which count a loop's body once, and
+its collectives read from the program text with loop trip counts applied). Chip-hours and wall time are
+for the whole recipe: `train.num_epochs` x the dataset's epoch size / the global batch steps.
+
+These are bounds at the chips' data-sheet peaks, not measured speeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from sarmae_jax.models import mae, param_trees, patches, sarmae, vit
+from sarmae_jax.runtime import tpu_topology
+from sarmae_jax.training import dry_run, flops, tpu_plan
+
+REMATS = ("none", "dots", "full")
+ACCUMS = (1, 2, 4)
+FIT_SHARE = 0.9  # of HBM: the analytic memory model's margin for what it leaves out (code, fragmentation)
+# Saved activation bytes per token per width unit of one block, bf16: none keeps every intermediate
+# (qkv 3, attention output 1, MLP 4 + 4 after GELU, two norms 2, residuals 2: ~16 values x 2 bytes = 32,
+# plus scores, counted apart); dots keeps the matmul outputs (qkv 3, output 1, MLP 4 = 8 x 2 = 16);
+# full keeps the block input only (1 x 2 bytes).
+ACTIVATION_BYTES = {"none": 32.0, "dots": 16.0, "full": 2.0}
+RECOMPUTED_FORWARD = {"none": 0.0, "dots": 0.15, "full": 1.0}  # share of the trained forward run again
+DCN_GBYTES_PER_S_PER_CHIP = 6.25  # 200 Gb/s per 4-chip host: an assumption, stated in docs/scale.md
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    data: int
+    fsdp: int
+    tensor: int
+    remat: str
+    accum: int
+    live_teacher: bool
+    slices: int = 1
+
+    @property
+    def mesh_text(self) -> str:
+        return f"data={self.data} fsdp={self.fsdp} tensor={self.tensor}"
+
+    def overrides(self) -> list[str]:
+        out = [f"--config.mesh.data={self.data}", f"--config.mesh.fsdp={self.fsdp}",
+               f"--config.mesh.tensor={self.tensor}", f"--config.model.remat={self.remat}",
+               f"--config.train.grad_accum_steps={self.accum}"]
+        if not self.live_teacher:
+            out.append("(data.path: a dataset with precomputed teacher tokens, sarmae-precompute-teacher)")
+        return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def head_counts(config) -> list[int]:
+    m = config.model
+    heads = [vit.VIT_SIZES[m.size]["num_heads"], m.decoder.num_heads]
+    if config.sarc.enabled:
+        heads.append(vit.VIT_SIZES[config.sarc.teacher.size]["num_heads"])
+    return heads
+
+
+def candidates(config, num_chips: int, slices: int = 1, max_tensor: int = 8) -> list[Candidate]:
+    """Every layout of `num_chips` chips per slice (x `slices` along data) the global batch splits over."""
+    b = config.train.batch_size
+    heads = math.gcd(*head_counts(config))
+    teachers = (True, False) if config.sarc.enabled else (False,)
+    out = []
+    for tensor in (t for t in _divisors(num_chips) if t <= max_tensor and heads % t == 0):
+        for fsdp in _divisors(num_chips // tensor):
+            data = num_chips // tensor // fsdp * slices
+            for accum in ACCUMS:
+                if b % (data * fsdp * accum):
+                    continue
+                out += [Candidate(data, fsdp, tensor, remat, accum, live, slices) for remat in REMATS for live in teachers]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _param_counts(config_json: str) -> tuple[int, int]:
+    config = ml_collections.ConfigDict(__import__("json").loads(config_json))
+    modules = sarmae.build(config)
+    boxed = jax.eval_shape(functools.partial(sarmae.init_params, modules, config), jax.random.key(0))
+    trained = param_trees.count_params(nn.unbox(boxed))
+    teacher = 0
+    if modules.teacher is not None:
+        s = config.model.image_size
+        shapes = jax.eval_shape(lambda: modules.teacher.init(jax.random.key(0), jax.numpy.zeros((1, s, s, 3))))
+        teacher = param_trees.count_params(nn.unbox(shapes)["params"])
+    return trained, teacher
+
+
+def estimate(config, cand: Candidate, chip: tpu_topology.Chip, steps: int) -> dict[str, Any]:
+    """The analytic per-chip model of the module docstring for one candidate."""
+    m, t = config.model, config.train
+    trained, teacher_params = _param_counts(config.to_json())
+    chips = cand.data * cand.fsdp * cand.tensor
+    shards = cand.data * cand.fsdp
+    micro = t.batch_size // (shards * cand.accum)  # examples per chip per micro-batch
+    enc, dec = vit.VIT_SIZES[m.size], m.decoder
+    n = patches.num_patches(m.image_size, m.patch_size)
+    k = mae.num_kept(n, m.mask_ratio)
+    units = enc["depth"] * (k + 1) * enc["width"] + dec.depth * (n + 1) * dec.width  # token x width per example
+    scores = 0 if cand.remat == "full" else 2 * (enc["depth"] * enc["num_heads"] * (k + 1) ** 2
+                                                 + dec.depth * dec.num_heads * (n + 1) ** 2)
+    activations = micro * (units * ACTIVATION_BYTES[cand.remat] + scores) / cand.tensor
+    params = 4 * trained / (cand.fsdp * cand.tensor)
+    moments = 8 * trained / (cand.fsdp * cand.tensor * cand.data // cand.slices)
+    teacher = 4 * teacher_params if cand.live_teacher else 0
+    batch = t.batch_size // shards * m.image_size**2 * (m.in_channels + 3)
+    memory = params + moments + teacher + batch + activations
+    total, teacher_flops = flops.train_step_flops(config, shards, live_teacher=cand.live_teacher)
+    trained_forward = (total - teacher_flops) / 3
+    work = (total + RECOMPUTED_FORWARD[cand.remat] * trained_forward) / chips
+    passes = 2 + RECOMPUTED_FORWARD[cand.remat]
+    hbm = (passes * cand.accum * 2 * trained / cand.tensor / (1 if cand.fsdp > 1 else cand.fsdp)
+           + 28 * trained / (cand.fsdp * cand.tensor * cand.data // cand.slices) + 2 * activations * cand.accum)
+    if cand.live_teacher:
+        hbm += 2 * teacher_params
+    ici = chip.ici_gbytes_per_s * 1e9
+    grads = 4 * trained / (cand.fsdp * cand.tensor)
+    data_in_slice = cand.data // cand.slices
+    coll = {
+        "data": 2 * grads * (data_in_slice - 1) / data_in_slice / ici if data_in_slice > 1 else 0.0,
+        "fsdp": 3 * cand.accum * 4 * trained / cand.tensor * (cand.fsdp - 1) / cand.fsdp / ici if cand.fsdp > 1 else 0.0,
+        "tensor": (8 * t.batch_size // shards * units * 2 * (cand.tensor - 1) / cand.tensor / ici
+                   if cand.tensor > 1 else 0.0),
+        "dcn": 2 * grads / (DCN_GBYTES_PER_S_PER_CHIP * 1e9) if cand.slices > 1 else 0.0,
+    }
+    return _bound({"candidate": cand, "memory_bytes": memory, "fits_estimate": memory <= FIT_SHARE * chip.hbm_bytes,
+                   "compute_s": work / (chip.peak_bf16_tflops * 1e12), "hbm_s": hbm / (chip.hbm_gbytes_per_s * 1e9),
+                   "collective_s": coll, "compiled": None}, chips, steps)
+
+
+def _bound(row: dict[str, Any], chips: int, steps: int) -> dict[str, Any]:
+    collective = sum(row["collective_s"].values())
+    row["no_overlap_s"] = max(row["compute_s"], row["hbm_s"]) + collective
+    row["full_overlap_s"] = max(row["compute_s"], row["hbm_s"], collective)
+    row["wall_hours"] = steps * row["no_overlap_s"] / 3600
+    row["chip_hours"] = row["wall_hours"] * chips
+    return row
+
+
+def with_candidate(config, cand: Candidate) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.mesh.data, out.mesh.fsdp, out.mesh.tensor = cand.data // cand.slices, cand.fsdp, cand.tensor
+    out.model.remat, out.train.grad_accum_steps = cand.remat, cand.accum
+    return out
+
+
+def search(config, slice_name: str, *, compile_best: int = 3, num_slices: int = 1,
+           compile_fn: Callable[..., dict] | None = None, on_compile: Callable[[dict], None] | None = None) -> dict:
+    """Analytic rows for every candidate, sorted; the best `compile_best` that fit by estimate compiled
+    (`compile_fn(config, slice_name, live_teacher, num_slices)`, default `tpu_plan.plan`) and re-ranked."""
+    chip, shape = tpu_topology.parse_slice(slice_name)
+    chips = math.prod(shape)
+    _, epoch_size, _ = dry_run.data_spec(config)
+    steps = math.ceil(config.train.num_epochs * epoch_size / config.train.batch_size)
+    rows = [estimate(config, c, chip, steps) for c in candidates(config, chips, num_slices)]
+    rows.sort(key=lambda r: (not r["fits_estimate"], r["no_overlap_s"]))
+    compile_fn = compile_fn or (lambda cfg, name, live, slices: tpu_plan.plan(
+        cfg, name, teacher_tokens=not live, num_slices=slices))
+    for row in [r for r in rows if r["fits_estimate"]][:compile_best]:
+        cand = row["candidate"]
+        report = compile_fn(with_candidate(config, cand), slice_name, cand.live_teacher, num_slices)
+        row["compiled"] = report
+        if on_compile is not None:
+            on_compile(report)
+        if report["fits"]:
+            _apply_compiled(row, report, chip, chips * num_slices, steps)
+    compiled = [r for r in rows if r["compiled"] and r["compiled"]["fits"]]
+    compiled.sort(key=lambda r: r["no_overlap_s"])
+    return {"slice": slice_name, "num_slices": num_slices, "chip": chip, "steps": steps, "epoch_size": epoch_size,
+            "rows": rows, "ranked": compiled, "best": compiled[0] if compiled else None}
+
+
+def _apply_compiled(row: dict[str, Any], report: dict[str, Any], chip: tpu_topology.Chip, chips: int, steps: int):
+    """The compiler's figures where they exceed the analytic ones (see the module docstring)."""
+    row["memory_bytes"] = tpu_plan.hbm_total(report["memory"])
+    row["compute_s"] = max(row["compute_s"], report["compiler_flops_per_chip"] / (chip.peak_bf16_tflops * 1e12))
+    row["hbm_s"] = max(row["hbm_s"], report["bytes_accessed_per_chip"] / (chip.hbm_gbytes_per_s * 1e9))
+    in_program = sum(report["collectives"]["bytes"].values()) / (chip.ici_gbytes_per_s * 1e9)
+    analytic = sum(v for k, v in row["collective_s"].items() if k != "dcn")
+    if in_program > analytic:  # the program's own collectives (trip counts applied), spread over the axes
+        scale = in_program / analytic if analytic else 0.0
+        row["collective_s"] = {k: (v * scale if k != "dcn" else v) for k, v in row["collective_s"].items()}
+        if not analytic:
+            row["collective_s"]["data"] = in_program
+    _bound(row, chips, steps)
+
+
+def format_search(result: dict[str, Any], limit: int = 12) -> str:
+    chip = result["chip"]
+    lines = [f"layout plan for {result['slice']}" + (f" x {result['num_slices']} slices" if result["num_slices"] > 1 else "")
+             + f": {len(result['rows'])} candidates, {result['steps']:,} steps for the recipe "
+             f"(epoch {result['epoch_size']:,} examples); bounds at {chip.peak_bf16_tflops:g} TFLOP/s, "
+             f"{chip.hbm_gbytes_per_s:g} GB/s HBM, {chip.ici_gbytes_per_s:g} GB/s ICI per chip",
+             f"  {'mesh':<26} {'remat':<5} {'A':>2} {'teacher':<11} {'HBM/chip':>9} {'compute':>8} {'HBM':>7} "
+             f"{'coll d/f/t/dcn ms':>22} {'bound ms':>15} {'wall h':>7} {'chip-h':>9}  source"]
+    shown = result["ranked"] + [r for r in result["rows"] if not (r["compiled"] and r["compiled"]["fits"])][:limit]
+    for r in shown:
+        c, col = r["candidate"], r["collective_s"]
+        src = ("compiled" if r["compiled"]["fits"] else "compiled: does not fit") if r["compiled"] else (
+            "estimate" if r["fits_estimate"] else "pruned: memory")
+        lines.append(
+            f"  {c.mesh_text:<26} {c.remat:<5} {c.accum:>2} {'live' if c.live_teacher else 'precomputed':<11} "
+            f"{r['memory_bytes'] / 2**30:>7.2f}Gi {r['compute_s'] * 1e3:>8.1f} {r['hbm_s'] * 1e3:>7.1f} "
+            f"{'/'.join(f'{col[a] * 1e3:.1f}' for a in ('data', 'fsdp', 'tensor', 'dcn')):>22} "
+            f"{r['no_overlap_s'] * 1e3:>7.1f}/{r['full_overlap_s'] * 1e3:<7.1f} {r['wall_hours']:>7.1f} "
+            f"{r['chip_hours']:>9,.0f}  {src}")
+    lines.append("  (bound: no overlap / full overlap; compiler figures and analytic bounds at data-sheet peaks, "
+                 "not measured speeds)")
+    best = result["best"]
+    if best is None:
+        lines.append("  no compiled candidate fits: lower train.batch_size or use a larger slice")
+    else:
+        lines.append("  winning layout: " + " ".join(best["candidate"].overrides()))
+    return "\n".join(lines)
