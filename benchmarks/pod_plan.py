@@ -11,8 +11,9 @@ dataset) and each chip kind:
 2. a large batch per chip: where the line through the fitting compiles of that kind (HBM per chip against
    batch per chip) meets the chip's HBM (the compiler's limit where an out-of-memory message told it, else
    97% of the data sheet's), rounded down to a multiple of 8, compiled on a 16-chip slice of the kind
-   (`SEARCH_SLICES`: with data parallelism the per-chip program does not depend on the slice size, and at
-   that commit a 16-chip slice kept the global batch under the then speckle sampler's limit), at
+   (`SEARCH_SLICES`: with data parallelism the per-chip program does not depend on the slice size; when
+   the table was made, a 16-chip slice also kept the global batch under the speckle sampler's limit of the
+   time, 2**31 pixels per step), at
    most `SEARCH_CAP` = 512 per chip (the compiler's host memory grows with the batch); when that does not
    fit, the middle of the bracket, once. With `--refine`, a run over the same cache refines each row by one
    more prediction through its fitting compiles. The table gives the largest batch compiled that fit
