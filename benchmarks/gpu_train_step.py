@@ -7,8 +7,8 @@ at two per-device batch sizes. Prints a Markdown table.
 
 The step is the trainer's own (`training.state.build(...).jit_step()`, data-parallel mesh over all local devices,
 donated state): ViT-B/16 encoder on the 49 visible patches, 512x8 decoder on 196, SARC head against
-the frozen teacher (`--teacher released`: patch embedding + LN as in the public code, or `dinov3`:
-the full ViT-B, both random-init; weights do not change the speed). Speckle (Gamma, on device) and
+the frozen teacher (`--teacher dinov3`, the default and the recipe's: the full ViT-B, on the paired rows; or
+`released`: patch embedding + LN as in the public code; both random-init; weights do not change the speed). Speckle (Gamma, on device) and
 masking are inside the step, as in training; the batch is random uint8 pixels already on the device.
 Model FLOPs are analytic (sarmae_jax/training/flops.py); MFU is against the dense bf16 peak of the device
 (flops.PEAK_TFLOPS, or --peak_tflops). When a batch does not fit with `--remat none`, it is retried
@@ -25,6 +25,7 @@ import numpy as np
 
 from sarmae_jax import config as config_lib
 from sarmae_jax.convert import teacher_weights
+from sarmae_jax.data import batch_sampling
 from sarmae_jax.runtime import sharding
 from sarmae_jax.training import flops, loop
 from sarmae_jax.training import state as state_lib
@@ -69,7 +70,7 @@ def measure(c, steps: int) -> dict:
     batch = loop.global_batch({
         "sar": rng.integers(0, 256, (b, s, s, 1), dtype=np.uint8),
         "optical": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
-        "is_paired": np.arange(b) % 4 != 3,  # 75% paired, as SAR-1M
+        "is_paired": batch_sampling.paired_at(np.arange(b), c.data.paired_share),  # as the sampler lays a batch out
     }, sharding.batch_sharding(mesh))
     state = parts.init_state(jax.random.key(0))
     with jax.set_mesh(mesh):
@@ -101,7 +102,8 @@ def main():
     parser.add_argument("--batches", default="128,256", help="per-device batch sizes, comma-separated")
     parser.add_argument("--remat", default="none", help="first remat policy to try (dots on out-of-memory)")
     parser.add_argument("--attention", default="", choices=("", "explicit", "cudnn", "xla"), help="model.attention_impl")
-    parser.add_argument("--teacher", default="released", choices=("released", "dinov3", "vit"))
+    parser.add_argument("--teacher", default="dinov3", choices=("released", "dinov3", "vit"),
+                        help="the recipe's teacher (dinov3, the full ViT-B/16) by default")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak_tflops", type=float, default=None, help="override the device's bf16 peak")
     parser.add_argument("--smoke", action="store_true", help="tiny model, tiny batches (CPU check of the script)")
@@ -132,7 +134,7 @@ def main():
                     raise
                 rows.append((per_device, remat, None, None))
                 continue
-            flop = flops.train_step_flops_per_image(c) * c.train.batch_size
+            flop, _ = flops.train_step_flops(c, jax.device_count())
             tflops = flop / r["seconds"] / jax.device_count() / 1e12
             rows.append((per_device, remat, r, tflops))
             break
@@ -169,7 +171,7 @@ def ablate(args, per_device: int) -> None:
             setattr(v, k, val)
         c = bench_config(v, per_device, args.remat)
         r = measure(c, args.steps)
-        tflops = flops.train_step_flops_per_image(c) * c.train.batch_size / r["seconds"] / jax.device_count() / 1e12
+        tflops = flops.train_step_flops(c, jax.device_count())[0] / r["seconds"] / jax.device_count() / 1e12
         print(f"| {name} | {r['seconds'] * 1e3:.1f} ms | {per_device / r['seconds']:.0f} | {tflops:.1f} |", flush=True)
 
 

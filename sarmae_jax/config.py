@@ -106,6 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
     # (no MFU is logged for an unknown device unless this is set).
     t.peak_tflops_per_device = ml_collections.FieldReference(None, field_type=float)
     t.max_consecutive_skips = 10  # non-finite steps in a row before the run stops with an error
+    # How a non-finite step keeps the old state: "cond" runs the update only when kept (cheapest on CPU and
+    # TPU); "where" always runs it and selects per leaf (no host round trip for the predicate on GPU).
+    t.nonfinite_guard = "cond"
     # (first step, number of steps) to trace with jax.profiler into <workdir>/profile/ (TensorBoard's profile
     # plugin or Perfetto; training/profiling.py). (0, 0): no trace. Skip the first step: it compiles.
     t.profile = (0, 0)
@@ -189,6 +192,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(0 <= o.b2 < 1, "optim.b2", o.b2, "a value in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a non-negative number")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "a non-negative norm (0 disables clipping)")
+    _check(c.train.nonfinite_guard in ("cond", "where"), "train.nonfinite_guard", c.train.nonfinite_guard,
+           "'cond' or 'where'")
     _check(o.mu_dtype in (None, "float32", "bfloat16"), "optim.mu_dtype", o.mu_dtype,
            "None (the parameters' dtype), 'float32' or 'bfloat16'")
     if o.warmup_steps is not None:

@@ -117,8 +117,10 @@ def test_teacher_is_frozen_and_not_in_optimizer_state():
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, teacher))
 
 
-def test_non_finite_step_is_skipped_and_counted():
+@pytest.mark.parametrize("guard", ["cond", "where"])
+def test_non_finite_step_is_skipped_and_counted(guard):
     c = tiny_config()
+    c.train.nonfinite_guard = guard
     state, step, teacher = step_setup(c)
     params_before = jax.tree.map(np.asarray, state.params)
     poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher)  # NaN teacher -> NaN alignment loss

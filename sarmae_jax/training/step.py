@@ -141,8 +141,12 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
             updates, opt_state = tx.update(grads, opt_state, params, global_norm=grad_norm)
             return optax.apply_updates(params, updates), opt_state
 
-        new_params, new_opt_state = jax.lax.cond(
-            finite, apply_update, lambda operands: operands[:2], (state.params, state.opt_state, grads, grad_norm))
+        operands = (state.params, state.opt_state, grads, grad_norm)
+        if config.train.get("nonfinite_guard", "cond") == "where":  # on GPU a cond syncs its predicate to the host
+            new_params, new_opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                     apply_update(operands), operands[:2])
+        else:
+            new_params, new_opt_state = jax.lax.cond(finite, apply_update, lambda ops: ops[:2], operands)
         new_state = state.replace(
             step=state.step + 1,
             params=new_params,
