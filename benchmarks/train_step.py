@@ -30,6 +30,7 @@ import numpy as np
 
 from configs import sarmae_vit_b16
 from sarmae_jax.convert import teacher_weights
+from sarmae_jax.data import batch_sampling
 from sarmae_jax.runtime import sharding
 from sarmae_jax.training import flops
 from sarmae_jax.training import state as state_lib
@@ -87,7 +88,7 @@ def jax_step(c):
     batch_np = {
         "sar": rng.integers(0, 255, (batch, 224, 224, 1), dtype=np.uint8),
         "optical": rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8),
-        "is_paired": np.arange(batch) % 4 != 3,
+        "is_paired": batch_sampling.paired_at(np.arange(batch), c.data.paired_share),  # as the sampler lays it out
     }
     train_step = parts.jit_step()
     box = {"state": state}
