@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 from typing import Any
@@ -41,6 +42,27 @@ def polarisation_group(path: str, polarisations) -> tuple[str, tuple[str, ...]] 
     return None
 
 
+def group_polarisations(samples: list, polarisations, errors: list) -> list:
+    """Samples naming a `<patch>_<POL>` file -> one sample per patch holding all its polarisation files."""
+    out, seen = [], set()
+    for s in samples:
+        group = polarisation_group(s.sar, polarisations)
+        if group is None:
+            out.append(s)
+            continue
+        key, parts = group
+        if key in seen:
+            continue
+        seen.add(key)
+        missing = [p for p in parts if not os.path.isfile(p)]
+        if missing:
+            errors.append({"file": missing[0], "reason": f"missing polarisation file of {os.path.basename(key)} "
+                           f"(--polarisations {','.join(polarisations)}; named via {s.origin})"})
+            continue
+        out.append(dataclasses.replace(s, sar=parts[0], sar_parts=parts))
+    return out
+
+
 def decide_domain(sar_files: list[tuple[str, ...]], settings) -> dict[str, Any]:
     """The dataset's stored domain: {"domain", "decision", "reason", "votes"}. Stated units are used
     as given. Raises images.BadImage (the first file's reason) when no sampled file can be decided."""
@@ -61,6 +83,35 @@ def decide_domain(sar_files: list[tuple[str, ...]], settings) -> dict[str, Any]:
     domain = votes.most_common(1)[0][0]
     return {"domain": domain, "decision": "auto", "reason": reasons[domain], "votes": dict(votes),
             "files_read": sum(votes.values())}
+
+
+def new_notes() -> dict[str, Any]:
+    """A shard's notes of what the decoder saw beside its examples (kept in the shard's receipt)."""
+    return {"units_differing": [], "tiles_skipped": {"nodata": 0, "contrast": 0}, "tile_errors": [],
+            "boa_add_offset": {}}
+
+
+def add_note(notes: dict, info: dict) -> None:
+    """Adds one sample's decode info (units, skipped tiles, offsets) to a shard's notes."""
+    if info["units"]:
+        notes["units_differing"].append(info["units"])
+    for why, n in info["skipped"].items():
+        notes["tiles_skipped"][why] += n
+    notes["tile_errors"] += info["tile_errors"]
+    if info["boa_add_offset"]:
+        key = f"{info['boa_add_offset']['offset']:g} ({info['boa_add_offset']['source']})"
+        notes["boa_add_offset"][key] = notes["boa_add_offset"].get(key, 0) + 1
+
+
+def merge_notes(notes: list[dict]) -> tuple[list, dict, list, collections.Counter]:
+    """All shards' notes -> (files in other units, tiles skipped by reason, tile errors, offset sources)."""
+    differing = [u for n in notes for u in n.get("units_differing", ())]
+    skipped = {why: sum(n.get("tiles_skipped", {}).get(why, 0) for n in notes) for why in ("nodata", "contrast")}
+    tile_errors = [e for n in notes for e in n.get("tile_errors", ())]
+    offsets = collections.Counter()
+    for n in notes:
+        offsets.update(n.get("boa_add_offset", {}))
+    return differing, skipped, tile_errors, offsets
 
 
 def sar_units_entry(settings, decision: dict[str, Any], differing: list[dict]) -> dict[str, Any]:

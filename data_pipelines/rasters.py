@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from data_pipelines import images
@@ -101,8 +102,6 @@ def _gdal_metadata(text: str) -> tuple[dict[str, str], dict[int, str]]:
 
 
 def _read_tiff(path: str) -> Raster:
-    import tifffile  # imported here: the Pillow-only paths need neither tifffile nor imagecodecs
-
     try:
         tif = tifffile.TiffFile(path)
     except Exception as e:  # noqa: BLE001 -- any parser failure is this file's fault, reported with its type

@@ -8,15 +8,14 @@ Inputs:
   ``SAR/`` or ``OPT/`` is optional;
 * a plain folder of SAR images (no pairing lists; every image file below it, unpaired).
 
-Every raster is read by :mod:`data_pipelines.rasters` (GeoTIFF through tifffile, PNG/JPEG through
-Pillow), its SAR units decided and stored as channels (:mod:`data_pipelines.raster_plan`,
-:mod:`data_pipelines.sar_values`), optical bands scaled to RGB (:mod:`data_pipelines.optical_values`),
-optionally cut into tiles with no-data skipped (:mod:`data_pipelines.tiles`) and resized by the rules
-of :mod:`data_pipelines.images` (:mod:`data_pipelines.raster_examples`), all recorded in the manifest
-(``sar_units``, ``optical_units``, counts of what was skipped and why). Bad inputs (unreadable/truncated image, a file named in a list that is missing, a
-malformed list entry, an image smaller than one patch, NaN/Inf, a constant, near-black or mostly no-data image, a band count the flags do not match) are left out
-and listed in ``errors.jsonl`` (file, reason); a run whose error share exceeds
-``--max_error_share`` fails before writing the manifest. A malformed JSON list fails at once.
+Every raster is decoded into record examples by :mod:`data_pipelines.raster_examples` (reading,
+SAR units and channels, optical bands, tiles and no-data; docs/data.md), with the dataset-wide
+decisions of :mod:`data_pipelines.raster_plan` recorded in the manifest (``sar_units``,
+``optical_units``, counts of what was skipped and why). Bad inputs (unreadable/truncated image, a
+file named in a list that is missing, a malformed list entry, an image smaller than one patch,
+mostly no-data, constant, near-black, a band count the flags do not match) are left out and listed
+in ``errors.jsonl`` (file, reason); a run whose error share exceeds ``--max_error_share`` fails
+before writing the manifest. A malformed JSON list fails at once.
 
 Shards are converted in parallel processes, one shard per task, each written to a temporary
 file and renamed when complete, next to a ``.done.json`` receipt; a rerun keeps every shard whose
@@ -26,12 +25,13 @@ CLI (console script ``sarmae-convert-sar1m``)::
 
     sarmae-convert-sar1m --input /data/SAR-1M --output /data/sar1m_224 --workers 16
     sarmae-convert-sar1m --input /data/my_sar_tiles --output /data/my_sar --dry_run
+    sarmae-convert-sar1m --input /data/s1s2 --output /data/s1s2_224 --polarisations VV,VH \
+        --optical_bands B04,B03,B02 --tile 224
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import hashlib
 import json
@@ -158,7 +158,7 @@ def plan_samples(root: str, polarisations: Sequence[str] = ()) -> tuple[list[Sam
                        if f.lower().endswith(images.IMAGE_EXTENSIONS))
         if not found:
             raise ConversionError(f"input {root}: no image files ({', '.join(images.IMAGE_EXTENSIONS)})")
-        return _group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found], polarisations,
+        return raster_plan.group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found], polarisations,
                                     errors), errors, "folder"
 
     samples: list[Sample] = []
@@ -191,37 +191,14 @@ def plan_samples(root: str, polarisations: Sequence[str] = ()) -> tuple[list[Sam
             sar = _resolve(root, path, "SAR")
             if check(sar, origin):
                 samples.append(Sample(sar, None, origin))
-    return _group_polarisations(samples, polarisations, errors), errors, "sar1m"
-
-
-def _group_polarisations(samples: list[Sample], polarisations, errors: list) -> list[Sample]:
-    """Samples naming a `<patch>_<POL>` file -> one sample per patch holding all its polarisation files."""
-    out, seen = [], set()
-    for s in samples:
-        group = raster_plan.polarisation_group(s.sar, polarisations)
-        if group is None:
-            out.append(s)
-            continue
-        key, parts = group
-        if key in seen:
-            continue
-        seen.add(key)
-        missing = [p for p in parts if not os.path.isfile(p)]
-        if missing:
-            errors.append({"file": missing[0], "reason": f"missing polarisation file of {os.path.basename(key)} "
-                           f"(--polarisations {','.join(polarisations)}; named via {s.origin})"})
-            continue
-        out.append(dataclasses.replace(s, sar=parts[0], sar_parts=parts))
-    return out
+    return raster_plan.group_polarisations(samples, polarisations, errors), errors, "sar1m"
 
 
 # ----------------------------------------------------------------------------- one shard
 
 
-def convert_sample(sample: Sample, settings: Settings, root: str, domain: str = "intensity"
-                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One sample -> (record examples, info) by data_pipelines/raster_examples.py. Raises BadImage
-    "file\treason"."""
+def convert_sample(sample: Sample, settings: Settings, root: str, domain: str = "intensity") -> tuple[list, dict]:
+    """One sample -> (record examples, info); raises BadImage "file\treason" (raster_examples.decode)."""
     rasters.set_max_image_pixels(settings.max_image_pixels)  # a setting of Pillow, per process
     return raster_examples.decode(sample, settings, root, domain)
 
@@ -236,8 +213,7 @@ def _fingerprint(samples: Sequence[Sample], settings: Settings) -> str:
 def _convert_shard(task: tuple) -> dict[str, Any]:
     """Converts (and unless dry, writes) one shard; returns its receipt."""
     path, samples, settings, root, dry_run, after_unpaired, domain = task
-    errors, averaged, notes = [], 0, {"units_differing": [], "tiles_skipped": {"nodata": 0, "contrast": 0},
-                                      "tile_errors": [], "boa_add_offset": {}}
+    errors, averaged, notes = [], 0, raster_plan.new_notes()
 
     def examples():
         nonlocal averaged
@@ -249,7 +225,7 @@ def _convert_shard(task: tuple) -> dict[str, Any]:
                 errors.append({"file": file, "reason": reason})
                 continue
             averaged += info["color_averaged"]
-            _note(notes, info)
+            raster_plan.add_note(notes, info)
             yield from kept
 
     if dry_run:
@@ -268,18 +244,6 @@ def _convert_shard(task: tuple) -> dict[str, Any]:
         with open(path + ".done.json", "w") as f:
             json.dump(receipt, f)
     return receipt
-
-
-def _note(notes: dict, info: dict) -> None:
-    """Adds one sample's decode info (units, skipped tiles, offsets) to a shard's notes."""
-    if info["units"]:
-        notes["units_differing"].append(info["units"])
-    for why, n in info["skipped"].items():
-        notes["tiles_skipped"][why] += n
-    notes["tile_errors"] += info["tile_errors"]
-    if info["boa_add_offset"]:
-        key = f"{info['boa_add_offset']['offset']:g} ({info['boa_add_offset']['source']})"
-        notes["boa_add_offset"][key] = notes["boa_add_offset"].get(key, 0) + 1
 
 
 def _finished_receipt(path: str, samples: Sequence[Sample], settings: Settings) -> dict[str, Any] | None:
@@ -343,16 +307,10 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
 
     ordered = [receipts[i] for i in range(len(sizes))]
     errors += [e for r in ordered for e in r["errors"]]
-    notes = [r.get("notes") or {} for r in ordered]
-    differing = [u for n in notes for u in n.get("units_differing", ())]
+    differing, skipped, tile_errors, offsets = raster_plan.merge_notes([r.get("notes") or {} for r in ordered])
     for u in differing[:20]:
         log.info("SAR units differ: %s holds %s (%s); converted to %s", u["file"], u["units"], u["reason"],
                  decision["domain"])
-    skipped = {why: sum(n.get("tiles_skipped", {}).get(why, 0) for n in notes) for why in ("nodata", "contrast")}
-    tile_errors = [e for n in notes for e in n.get("tile_errors", ())]
-    offsets = collections.Counter()
-    for n in notes:
-        offsets.update(n.get("boa_add_offset", {}))
     shards = [r["shard"] for r in ordered]
     counts = {"planned": planned, "written": sum(s["num_examples"] for s in shards),
               "paired": sum(s["num_paired"] for s in shards), "errors": len(errors),
