@@ -67,34 +67,29 @@ def sar_channels(raster: rasters.Raster, polarisations: tuple[str, ...] | None, 
     return x
 
 
-def decode(sample, settings, root: str, domain: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A planned sample (``sar``, ``sar_parts``, ``optical``) -> (examples, info). `domain` is the
-    dataset's stored SAR domain. Raises BadImage "file\\treason" when the whole sample is unusable;
-    tiles that fail are skipped and reported in info["tile_errors"] / info["skipped"]."""
+def sar_values_of(path: str, parts: tuple[str, ...], settings, domain: str, min_size: int
+                  ) -> tuple[np.ndarray, np.ndarray, rasters.Raster, dict[str, Any]]:
+    """The SAR raster(s) of one sample -> (stored [H, W, C] float32 in [0, 1], valid [H, W] bool, the
+    raster, info {"units": (units, reason) of the file, "color_averaged": bool}). Raises BadImage
+    "file\treason". Shared by the converter and the image-folder builder."""
     pols = settings.polarisations or None
-    paths = tuple(sample.sar_parts) or (sample.sar,)
-    raster = read_sar(paths, pols)
-    pixels = sar_channels(raster, pols, sample.sar)
+    raster = read_sar(tuple(parts) or (path,), pols)
+    pixels = sar_channels(raster, pols, path)
     try:
         units, reason = sar_values.detect_units(raster, settings.sar_units)
     except images.BadImage as e:
-        raise _bad(sample.sar, str(e)) from None
-    info: dict[str, Any] = {"color_averaged": 0, "units": None, "skipped": {"nodata": 0, "contrast": 0},
-                            "tile_errors": [], "boa_add_offset": None}
-    if units != domain:
-        info["units"] = {"file": os.path.relpath(sample.sar, root), "units": units, "reason": reason}
-    min_size = settings.tile or settings.min_size
+        raise _bad(path, str(e)) from None
     h, w = pixels.shape[:2]
     if min(h, w) < min_size:
-        raise _bad(sample.sar, f"image {h}x{w} is smaller than one {min_size}x{min_size} "
-                   + ("tile" if settings.tile else "patch"))
+        raise _bad(path, f"image {h}x{w} is smaller than one {min_size}x{min_size} "
+                   + ("tile" if getattr(settings, "tile", None) else "patch"))
+    averaged = False
     if (raster.rgb or raster.kind == "image") and units == domain == "intensity" and not np.iscomplexobj(pixels):
         try:  # the released reading of images, unchanged
             stored, averaged = images.sar_channel(images.to_unit_intensity(pixels, settings.intensity_rule))
         except images.BadImage as e:
-            raise _bad(sample.sar, str(e)) from None
+            raise _bad(path, str(e)) from None
         valid = np.ones((h, w), bool)
-        info["color_averaged"] = int(averaged)
     else:
         valid = tiles.valid_mask(pixels, nodata=settings.nodata if settings.nodata is not None else raster.nodata,
                                  zero_is_nodata=units != "db" and raster.kind == "tiff")
@@ -104,7 +99,22 @@ def decode(sample, settings, root: str, domain: str) -> tuple[list[dict[str, Any
             stored = sar_values.to_stored(values, valid, domain, db_range=settings.db_range,
                                           rule=settings.intensity_rule, integer_bits=bits)
         except images.BadImage as e:
-            raise _bad(sample.sar, f"{e} ({rasters.describe(pixels)})") from None
+            raise _bad(path, f"{e} ({rasters.describe(pixels)})") from None
+    return stored, valid, raster, {"units": (units, reason), "color_averaged": bool(averaged)}
+
+
+def decode(sample, settings, root: str, domain: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A planned sample (``sar``, ``sar_parts``, ``optical``) -> (examples, info). `domain` is the
+    dataset's stored SAR domain. Raises BadImage "file\treason" when the whole sample is unusable;
+    tiles that fail are skipped and reported in info["tile_errors"] / info["skipped"]."""
+    stored, valid, raster, sar_info = sar_values_of(sample.sar, sample.sar_parts, settings, domain,
+                                                    settings.tile or settings.min_size)
+    units, reason = sar_info["units"]
+    info: dict[str, Any] = {"color_averaged": int(sar_info["color_averaged"]), "units": None,
+                            "skipped": {"nodata": 0, "contrast": 0}, "tile_errors": [], "boa_add_offset": None}
+    if units != domain:
+        info["units"] = {"file": os.path.relpath(sample.sar, root), "units": units, "reason": reason}
+    h, w = stored.shape[:2]
     optical = opt_valid = None
     if sample.optical is not None:
         optical, opt_valid = _optical(sample, settings, info)

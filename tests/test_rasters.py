@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from data_pipelines import images, rasters, records, sar1m, sar_units, shard_io
+from data_pipelines import images, raster_plan, rasters, records, sar1m, sar_units, shard_io
 from tests.scripts import geotiff_corpus as corpus
 
 SIZE = corpus.SIZE
@@ -23,10 +23,9 @@ def made(tmp_path_factory):
     return root, corpus.make(root)
 
 
-def _convert(root, out, flags, **kw):
-    args = sar1m.arg_parser().parse_args(["--input", root, "--output", out, "--image_size", str(SIZE), *flags])
-    from data_pipelines import raster_plan
-    settings = sar1m.Settings(image_size=SIZE, **raster_plan.settings_kwargs(args), **kw)
+def _convert(root, out, flags, size=SIZE):
+    args = sar1m.arg_parser().parse_args(["--input", root, "--output", out, *flags])
+    settings = sar1m.Settings(image_size=size, **raster_plan.settings_kwargs(args))
     return sar1m.convert(root, out, settings=settings, workers=1, progress=False, max_error_share=1.0)
 
 
@@ -305,3 +304,39 @@ def test_png_records_are_bitwise_as_before(tmp_path, sar_dtype):
     assert _content_sha256(out) == LEGACY_SHA256[sar_dtype]
     assert manifest["sar_units"]["domain"] == "intensity" and manifest["sar_units"]["channels"] == ["SAR"]
     assert records.RecordSpec.from_json(manifest["features"]).sar_channels == 1
+
+
+# ----------------------------------------------------------------------------- evaluation sets
+
+
+def test_db_chip_classification_set_reads_as_the_converter_stores(tmp_path):
+    from sarmae_jax.evaluate import datasets
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "chips"
+    for split, n in (("Train", 3), ("Val", 2)):
+        for cls in ("ship", "sea"):
+            for i in range(n):
+                classes, shade = corpus.scene(rng, 32, 32)
+                db = corpus.sar_db(rng, classes, shade)
+                if i % 2:  # per-polarisation files, as BigEarthNet writes them
+                    for k, pol in enumerate(("VV", "VH")):
+                        corpus.write_tiff(str(root / split / cls / f"c{i}_{pol}.tif"), db[..., k])
+                else:
+                    corpus.write_tiff(str(root / split / cls / f"c{i}.tif"), db[..., ::-1], band_names=("VH", "VV"))
+    cfg = datasets.default_config()
+    cfg.kind, cfg.path, cfg.polarisations = "image_folder", str(root), "VV,VH"
+    train = datasets.load_split(cfg, "Train", 32, workdir=str(tmp_path / "eval"))
+    assert train.images.shape == (6, 32, 32, 2) and sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert train.sar_units["domain"] == "db" and train.sar_units["channels"] == ["VV", "VH"]
+    # The converter on the same chips (a plain folder) stores the same pixels and the same units entry.
+    out = str(tmp_path / "converted")
+    manifest = _convert(str(root / "Train"), out, ["--polarisations", "VV,VH"], size=32)
+    assert {k: manifest["sar_units"][k] for k in ("domain", "channels", "db_range")} == {
+        k: train.sar_units[k] for k in ("domain", "channels", "db_range")}
+    converted = sorted(ex["sar"].tobytes() for ex in shard_io.ShardedRecordSource(out, "train"))
+    assert converted == sorted(image.tobytes() for image in train.images)
+    # A 2-band chip without the polarisations flag is an error naming the file and what was found.
+    cfg.polarisations, cfg.build_dir = "", str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"c0.tif: 2 bands \(dtype float32, 2 bands, shape \(32, 32, 2\)\)"):
+        datasets.load_split(cfg, "Train", 32, workdir=str(tmp_path / "eval"))
