@@ -4,16 +4,16 @@ border; deflate / LZW / zstd / tiled variants), and a summary of what a converte
 
 Used by tests/test_rasters.py and by hand for the before/after comparison of issue 19::
 
-    python tests/scripts/geotiff_corpus.py make /tmp/corpus
+    python tests/scripts/geotiff_corpus.py make /tmp/corpus            # optional 3rd argument: pairs (12)
     # convert each dataset with the commands it prints (or with an older checkout's converter), then
     python tests/scripts/geotiff_corpus.py summary /tmp/corpus_out/pairs_db     # one line per dataset
 
 The datasets (folders under the corpus root) and the flags they need:
 
 =============  ================================================================================
-``pairs_db``   SAR-1M layout, 12 pairs: 2-band float32 dB SAR files (VV, VH named in GDAL_METADATA;
+``pairs_db``   SAR-1M layout, 12 pairs (or NUM_PAIRS): 2-band float32 dB SAR files (VV, VH named in GDAL_METADATA;
                uncompressed, deflate, LZW, zstd, tiled) and per-polarisation ``<patch>_VV.tif`` /
-               ``<patch>_VH.tif`` files; optical uint16 3-band (B04, B03, B02) and 4-band (B02, B03,
+               ``<patch>_VH.tif`` files; optical uint16 3-band RGB-tagged (B04, B03, B02) and 4-band (B02, B03,
                B04, B08) Sentinel-2 L2A DN (BOA_ADD_OFFSET -1000). Flags: ``--polarisations VV,VH
                --optical_bands B04,B03,B02``
 ``scene``      one 2-band dB scene 192 x 256 with a 24-pixel NaN border and its co-registered 4-band
@@ -42,7 +42,8 @@ def gdal_metadata(band_names=(), **items) -> str:
     return "<GDALMetadata>" + "".join(parts) + "</GDALMetadata>"
 
 
-def write_tiff(path, array, *, band_names=(), nodata=None, compression=None, tile=None, planar=False, **items):
+def write_tiff(path, array, *, band_names=(), nodata=None, compression=None, tile=None, planar=False,
+               photometric="minisblack", **items):
     """[H, W] or [H, W, C] -> a GeoTIFF-like file (bands interleaved, or planar)."""
     import tifffile
 
@@ -55,7 +56,7 @@ def write_tiff(path, array, *, band_names=(), nodata=None, compression=None, til
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     data = np.moveaxis(array, -1, 0) if (planar and array.ndim == 3) else array
-    tifffile.imwrite(path, data, photometric="minisblack", compression=compression, tile=tile, metadata=None,
+    tifffile.imwrite(path, data, photometric=photometric, compression=compression, tile=tile, metadata=None,
                      planarconfig=("separate" if planar else "contig") if array.ndim == 3 else None,
                      extratags=extratags)
 
@@ -86,14 +87,15 @@ def optical_dn(rng, classes, shade, bands=("B04", "B03", "B02")):
     return np.clip(np.round(np.stack(rho, -1) * 10000 + 1000), 1, 65535).astype(np.uint16)
 
 
-def make(root: str, seed: int = 0) -> dict:
-    """Writes the corpus under `root`; returns {dataset: its converter flags}."""
+def make(root: str, seed: int = 0, num_pairs: int = 12) -> dict:
+    """Writes the corpus under `root` (`num_pairs` pairs in pairs_db, 2/3 of them multi-band files);
+    returns {dataset: its converter flags}."""
     rng = np.random.default_rng(seed)
     pairs, variants = [], [None, "zlib", "lzw", "zstd", "tiled"]
-    for i in range(12):
+    for i in range(num_pairs):
         classes, shade = scene(rng, SIZE, SIZE)
         sar = sar_db(rng, classes, shade)
-        if i < 8:
+        if i % 3 != 2:
             variant = variants[i % len(variants)]
             comp, tile = ("zlib", (32, 32)) if variant == "tiled" else (variant, None)
             name = f"p{i}.tif"
@@ -106,8 +108,11 @@ def make(root: str, seed: int = 0) -> dict:
             for k, pol in enumerate(("VV", "VH")):
                 write_tiff(f"{root}/pairs_db/SAR/q{i}_{pol}.tif", sar[..., k], band_names=[pol])
         bands = ("B04", "B03", "B02") if i % 2 == 0 else ("B02", "B03", "B04", "B08")
+        # 3-band files declare themselves RGB (as exports with PHOTOMETRIC=RGB do): Pillow then reads
+        # them as 8-bit RGB, cutting the 16-bit DN (the near-black anchors of issue 19).
         write_tiff(f"{root}/pairs_db/OPT/o{i}.tif", optical_dn(rng, classes, shade, bands), band_names=bands,
-                   BOA_ADD_OFFSET=-1000, compression="zlib" if i % 3 == 0 else None)
+                   BOA_ADD_OFFSET=-1000, compression="zlib" if i % 3 == 0 else None,
+                   photometric="rgb" if len(bands) == 3 else "minisblack")
         pairs.append({"sar": f"SAR/{name}", "optical": f"OPT/o{i}.tif"})
     with open(f"{root}/pairs_db/paired.json", "w") as f:
         json.dump(pairs, f, indent=0)
@@ -154,10 +159,10 @@ def summary(out_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("make", "summary"):
-        sys.exit("usage: geotiff_corpus.py make ROOT | summary CONVERTED_DATASET_DIR")
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("make", "summary"):
+        sys.exit("usage: geotiff_corpus.py make ROOT [NUM_PAIRS] | summary CONVERTED_DATASET_DIR")
     if sys.argv[1] == "make":
-        for name, flags in make(sys.argv[2]).items():
+        for name, flags in make(sys.argv[2], num_pairs=int(sys.argv[3]) if len(sys.argv) == 4 else 12).items():
             print(f"sarmae-convert-sar1m --input {sys.argv[2]}/{name} --output {sys.argv[2]}_out/{name} "
                   f"--image_size {SIZE} --workers 1 {' '.join(flags)}")
     else:
