@@ -115,7 +115,8 @@ def to_rgb(pixels: np.ndarray, valid: np.ndarray, scaling: str, *, offset: float
         x = rho / max_reflectance
     else:
         raise ValueError(f"optical scaling {scaling!r}: expected one of {SCALINGS}")
-    x = np.where(valid[..., None], np.nan_to_num(x, nan=0.0), 0.0)
+    if not (pixels.dtype.kind in "iu" and valid.all()):  # (8-bit images skip this pass: nothing to mask)
+        x = np.where(valid[..., None], np.nan_to_num(x, nan=0.0), 0.0)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
