@@ -80,7 +80,8 @@ def read_raster(path: str) -> Raster:
     except images.BadImage as e:
         if "DecompressionBombError" in str(e):
             raise BadRaster(f"{e}; the image is larger than Pillow's decompression-bomb limit: pass "
-                            "--max_image_pixels 0 (or a larger pixel count) to read it") from None
+                            "--max_image_pixels 0 (or a larger pixel count) to the converter, or call "
+                            "data_pipelines.rasters.set_max_image_pixels(0), to read it") from None
         raise
     return Raster(pixels, "image", bit_depth=bit_depth, rgb=pixels.shape[-1] == 3)
 

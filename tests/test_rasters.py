@@ -42,7 +42,7 @@ def _examples(out):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.complex64])
-@pytest.mark.parametrize("layout", ["single", "contig", "planar", "pages", "zlib", "lzw", "zstd", "tiled"])
+@pytest.mark.parametrize("layout", ["single", "contig", "planar", "pages", "zlib", "lzw", "zstd", "tiled", "cog"])
 def test_reader_reads_every_layout_and_dtype_exactly(tmp_path, dtype, layout):
     rng = np.random.default_rng(1)
     bands = 1 if layout == "single" else 3
@@ -52,6 +52,12 @@ def test_reader_reads_every_layout_and_dtype_exactly(tmp_path, dtype, layout):
     path = str(tmp_path / "x.tif")
     if layout == "pages":
         tifffile.imwrite(path, np.moveaxis(x, -1, 0), photometric="minisblack", metadata=None)  # 3 pages
+    elif layout == "cog":  # tiled, compressed, with two reduced-resolution overviews after the image
+        kw = dict(tile=(16, 16), compression="zlib", photometric="minisblack", planarconfig="contig", metadata=None)
+        with tifffile.TiffWriter(path) as w:
+            w.write(x, **kw)
+            w.write(x[::2, ::2], subfiletype=1, **kw)
+            w.write(x[::4, ::4], subfiletype=1, **kw)
     else:
         comp = {"zlib": "zlib", "lzw": "lzw", "zstd": "zstd", "tiled": "zlib"}.get(layout)
         corpus.write_tiff(path, x if bands > 1 else x[..., 0], compression=comp, planar=layout == "planar",
