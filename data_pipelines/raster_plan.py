@@ -25,6 +25,12 @@ from data_pipelines import images, optical_values, rasters, sar_values, tiles
 
 DECIDE_FILES = 16
 MAX_LISTED = 1000  # files_differing entries kept in the manifest (the count is always exact)
+UNITS_LOG = "sar_units_files.jsonl"  # every file stored from other units than the dataset's: {"file", "units", "reason"}
+# errors.jsonl reasons -> the kinds counted in the manifest (converter.counts.skipped_by_reason), first match wins
+REASON_KINDS = (("missing", "missing file"), ("malformed", "malformed list entry"), ("unreadable", "unreadable"),
+                ("no-data share", "mostly no-data"), ("near-black", "near-black"), ("near-constant", "near-constant"),
+                ("constant image", "constant"), ("smaller than", "too small"), ("complex", "complex without units"),
+                ("grid", "different grids"), ("band", "band count or selection"), ("ambiguous", "ambiguous layout"))
 
 
 def polarisation_group(path: str, polarisations) -> tuple[str, tuple[str, ...]] | None:
@@ -114,11 +120,21 @@ def merge_notes(notes: list[dict]) -> tuple[list, dict, list, collections.Counte
     return differing, skipped, tile_errors, offsets
 
 
+def count_reasons(errors: list[dict]) -> dict[str, int]:
+    """{kind: count} of errors.jsonl entries (REASON_KINDS; "other" for the rest)."""
+    counts = collections.Counter()
+    for e in errors:
+        reason = e["reason"].lower()
+        counts[next((kind for key, kind in REASON_KINDS if key in reason), "other")] += 1
+    return dict(sorted(counts.items()))
+
+
 def sar_units_entry(settings, decision: dict[str, Any], differing: list[dict]) -> dict[str, Any]:
     """The manifest's ``sar_units`` entry (schema: data_pipelines/sar_units.py) plus how it was decided."""
     domain = decision["domain"]
     entry = {"domain": domain, "channels": list(settings.polarisations or ("SAR",)), **decision,
-             "files_differing": differing[:MAX_LISTED], "num_files_differing": len(differing)}
+             "files_differing": differing[:MAX_LISTED], "num_files_differing": len(differing),
+             "files_differing_log": UNITS_LOG}
     if domain == "db":
         lo, hi = settings.db_range
         entry["db_range"] = [float(lo), float(hi)]

@@ -316,15 +316,16 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
               "paired": sum(s["num_paired"] for s in shards), "errors": len(errors),
               "color_sar_averaged": sum(r["color_averaged"] for r in ordered), "kept_from_earlier_run": len(receipts)
               - len(tasks), "tiles_skipped_nodata": skipped["nodata"], "tiles_skipped_contrast": skipped["contrast"],
-              "sar_files_units_differing": len(differing)}
+              "sar_files_units_differing": len(differing),
+              "skipped_by_reason": raster_plan.count_reasons(errors + tile_errors)}
     share = len(errors) / planned
     units_entry = raster_plan.sar_units_entry(settings, decision, differing)
     if dry_run:
         return {"dry_run": True, "layout": layout, "counts": counts, "errors": errors + tile_errors,
                 "sar_units": units_entry}
-    with open(os.path.join(output_dir, ERROR_LOG), "w") as f:
-        for e in errors + tile_errors:  # tile errors (skipped tiles) are listed but not in the error share
-            f.write(json.dumps(e) + "\n")
+    for name, entries in ((ERROR_LOG, errors + tile_errors), (raster_plan.UNITS_LOG, differing)):
+        with open(os.path.join(output_dir, name), "w") as f:  # (tile errors are not in the error share)
+            f.writelines(json.dumps(e) + "\n" for e in entries)
     if share > max_error_share:
         raise ConversionError(f"{len(errors)} of {planned} inputs ({share:.2%}) are bad, above max_error_share="
                               f"{max_error_share:.2%}; see {os.path.join(output_dir, ERROR_LOG)}")

@@ -175,6 +175,8 @@ def test_linear_and_dn_files_share_one_domain(made, tmp_path):
     assert units["decision"] == "auto" and units["votes"] == {"amplitude": 6, "intensity": 6}
     other = "intensity" if units["domain"] == "amplitude" else "amplitude"
     assert units["num_files_differing"] == 6 and {f["units"] for f in units["files_differing"]} == {other}
+    logged = [json.loads(line) for line in open(os.path.join(out, units["files_differing_log"]))]
+    assert logged == units["files_differing"]
     got = _examples(out)
     for i in range(6):
         lin = rasters.read_raster(f"{root}/linear/lin{i}.tif").pixels[..., 0]
@@ -244,6 +246,8 @@ def test_bad_inputs_of_rasters_are_listed(made, tmp_path):
                                             "pass --sar_units")
     assert reasons["codec.tif"][0].startswith("unreadable TIFF data (dtype float32, shape (64, 64, 2)")
     counts = manifest["converter"]["counts"]
+    assert counts["skipped_by_reason"] == {"band count or selection": 1, "complex without units": 1,
+                                           "different grids": 1, "missing file": 1, "near-black": 4, "unreadable": 1}
     assert manifest["optical_units"]["boa_add_offset_sources"] == {
         "0 (assumed 0 (no BOA_ADD_OFFSET in metadata))": 3, "-1000 (metadata)": 1}  # good, nan, four_band_opt; dark
     # nan.tif in 32-px tiles: the top two tiles are all NaN (skipped, counted), the bottom two kept.
