@@ -100,6 +100,8 @@ def sar_values_of(path: str, parts: tuple[str, ...], settings, domain: str, min_
                                           rule=settings.intensity_rule, integer_bits=bits)
         except images.BadImage as e:
             raise _bad(path, f"{e} ({rasters.describe(pixels)})") from None
+        if raster.rgb and not pols:  # an 8-bit colour image in other units than the dataset's: one channel
+            stored, averaged = images.sar_channel(stored)
     return stored, valid, raster, {"units": (units, reason), "color_averaged": bool(averaged)}
 
 

@@ -44,7 +44,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipelines import images, raster_examples, raster_plan, rasters, records, shard_io
+from data_pipelines import (images, optical_values, raster_examples, raster_plan, rasters, records, sar_values,
+                            shard_io, tiles)
 from data_pipelines import sar_units as sar_units_lib
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,16 @@ class Settings:
     writer_options: str = DEFAULT_WRITER_OPTIONS
     # Reading rasters (data_pipelines/raster_plan.py documents each; the CLI flags of the same names).
     sar_units: str = "auto"
-    db_range: tuple[float, float] = (-35.0, 10.0)
+    db_range: tuple[float, float] = sar_values.DEFAULT_DB_RANGE
     polarisations: tuple[str, ...] = ()
     optical_bands: tuple[str, ...] = ()
     optical_scaling: str = "auto"
     boa_add_offset: str = "auto"
-    optical_max_reflectance: float = 0.3
+    optical_max_reflectance: float = optical_values.DEFAULT_MAX_REFLECTANCE
     tile: int | None = None
     stride: int | None = None
     nodata: float | None = None
-    max_nodata_share: float = 0.1
+    max_nodata_share: float = tiles.DEFAULT_MAX_NODATA_SHARE
     max_image_pixels: int = rasters.DEFAULT_MAX_IMAGE_PIXELS
 
     def validate(self) -> None:

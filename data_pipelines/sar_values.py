@@ -10,7 +10,8 @@ db              the file's metadata says dB/decibel; or float pixels with negati
 amplitude       the metadata says amplitude; or integer DN in a TIFF (Sentinel-1 GRD DN are
                 detected amplitude)
 intensity       the metadata says intensity/sigma0/power/linear; float pixels >= 0; or an 8/16-bit
-                PNG/JPEG/BMP image (read as scaled intensity, as the released pre-training did)
+                PNG/JPEG/BMP image or 8-bit colour TIFF (read as scaled intensity, as the released
+                pre-training did). Metadata words count between non-alphanumerics (``Sigma0_VV_db``).
 (error)         complex (SLC) pixels: ``--sar_units`` must say whether to store intensity
                 ``|z|**2``, amplitude ``|z|`` or dB; signed integers with negative values (scaled dB?)
 ==============  ==============================================================================
@@ -33,9 +34,10 @@ from data_pipelines.rasters import Raster
 
 UNITS = ("auto", "intensity", "amplitude", "db")
 DEFAULT_DB_RANGE = (-35.0, 10.0)  # VH over land reaches -30 dB; strong point targets exceed 0 dB
-_TAG_WORDS = (("db", re.compile(r"\b(db|decibels?)\b", re.I)),
-              ("amplitude", re.compile(r"\bamplitude\b", re.I)),
-              ("intensity", re.compile(r"\b(intensity|sigma0|sigma_0|gamma0|beta0|power|linear)\b", re.I)))
+# Words between non-alphanumerics (underscores separate too: SNAP names bands "Sigma0_VV_db").
+_TAG_WORDS = tuple((units, re.compile(rf"(?<![a-z0-9])({words})(?![a-z0-9])", re.I)) for units, words in (
+    ("db", "db|decibels?"), ("amplitude", "amplitude"),
+    ("intensity", "intensity|sigma0|sigma_0|gamma0|beta0|power|linear")))
 
 
 def detect_units(raster: Raster, stated: str = "auto") -> tuple[str, str]:
@@ -65,7 +67,7 @@ def detect_units(raster: Raster, stated: str = "auto") -> tuple[str, str]:
         if valid.size and valid.min() < 0:
             return "db", f"float pixels with negative values (min {float(valid.min()):.3g})"
         return "intensity", "float pixels >= 0 (linear power)"
-    if raster.kind == "image":
+    if raster.kind == "image" or raster.rgb:
         return "intensity", f"{raster.bit_depth}-bit image file (the released reading: scaled intensity)"
     if x.dtype.kind == "i" and x.min() < 0:
         raise images.BadImage(f"signed integer pixels with negative values ({_desc(x)}, min {int(x.min())}): "

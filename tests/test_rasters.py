@@ -188,6 +188,28 @@ def test_linear_and_dn_files_share_one_domain(made, tmp_path):
         assert ratio.std() / ratio.mean() < 0.05
 
 
+def test_units_from_tags_and_colour_tiffs_in_an_image_dataset(tmp_path):
+    from data_pipelines import sar_values
+
+    rng = np.random.default_rng(6)
+    positive_db = rng.uniform(1, 8, (SIZE, SIZE)).astype(np.float32)  # only strong targets: no negative value
+    for names, units in ((("Sigma0_VV_db",), "db"), (("Amplitude_VV",), "amplitude"), (("Sigma0_VV",), "intensity"),
+                         (("dbz",), "intensity")):
+        corpus.write_tiff(str(tmp_path / "t.tif"), positive_db, band_names=names)
+        assert sar_values.detect_units(rasters.read_raster(str(tmp_path / "t.tif")))[0] == units, names
+    # An 8-bit colour TIFF among PNGs: the released reading (grey-as-RGB -> one channel), not integer DN.
+    root = tmp_path / "in"
+    gray = rng.integers(20, 240, (SIZE, SIZE), dtype=np.uint8)
+    Image.fromarray(gray).save(str(tmp_path / "g.png"))
+    os.makedirs(root)
+    Image.fromarray(gray).save(str(root / "a.png"))
+    tifffile.imwrite(str(root / "b.tif"), np.repeat(gray[..., None], 3, -1), photometric="rgb")
+    manifest = _convert(str(root), str(tmp_path / "out"), [])
+    got = _examples(str(tmp_path / "out"))
+    assert manifest["sar_units"]["num_files_differing"] == 0
+    np.testing.assert_array_equal(got["a.png"]["sar"], got["b.tif"]["sar"])
+
+
 def test_slc_needs_units_and_stores_the_stated_detection(tmp_path):
     rng = np.random.default_rng(3)
     z = (rng.normal(size=(SIZE, SIZE)) + 1j * rng.normal(size=(SIZE, SIZE))).astype(np.complex64) * 100
