@@ -132,12 +132,13 @@ def decode(sample, settings, root: str, domain: str) -> tuple[list[dict[str, Any
         win = np.s_[r:r + settings.tile, c:c + settings.tile] if settings.tile else np.s_[:, :]
         where = f"{rel}#row={r},col={c}" if settings.tile else rel
         file_of = f"{sample.sar}#row={r},col={c}" if settings.tile else sample.sar
-        ok, share = valid[win], 1.0 - float(valid[win].mean())
+        ok, share, owner = valid[win], 1.0 - float(valid[win].mean()), sample.sar
         if opt_valid is not None:
-            share = max(share, 1.0 - float(opt_valid[win].mean() if settings.tile else opt_valid.mean()))
+            opt_share = 1.0 - float(opt_valid[win].mean() if settings.tile else opt_valid.mean())
+            share, owner = max((share, owner), (opt_share, sample.optical))
         if share > settings.max_nodata_share:
             if not settings.tile:
-                raise _bad(sample.sar, f"no-data share {share:.2f} (NaN/Inf, nodata value or zeros in a linear "
+                raise _bad(owner, f"no-data share {share:.2f} (NaN/Inf, nodata value or zeros in a linear "
                            f"product) above --max_nodata_share {settings.max_nodata_share}")
             info["skipped"]["nodata"] += 1
             continue

@@ -249,6 +249,9 @@ def test_bad_inputs_of_rasters_are_listed(made, tmp_path):
     pairs.append({"sar": "lonely_VV.tif", "optical": "good.tif"})
     slc = (rng.normal(size=(SIZE, SIZE, 2)) + 1j * rng.normal(size=(SIZE, SIZE, 2))).astype(np.complex64)
     pair("slc.tif", slc, dn)                                     # complex without --sar_units
+    blank = dn.copy()
+    blank[:, : SIZE // 2] = 0                                     # Sentinel-2 DN 0: no-data (left half)
+    pair("opt_nodata.tif", db, blank)
     pair("codec.tif", db, dn)
     _break_compression(f"{root}/SAR/codec.tif")                  # a codec nobody has
     with open(f"{root}/paired.json", "w") as f:
@@ -271,9 +274,12 @@ def test_bad_inputs_of_rasters_are_listed(made, tmp_path):
     assert counts["skipped_by_reason"] == {"band count or selection": 1, "complex without units": 1,
                                            "different grids": 1, "missing file": 1, "near-black": 4, "unreadable": 1}
     assert manifest["optical_units"]["boa_add_offset_sources"] == {
-        "0 (assumed 0 (no BOA_ADD_OFFSET in metadata))": 3, "-1000 (metadata)": 1}  # good, nan, four_band_opt; dark
+        "0 (assumed 0 (no BOA_ADD_OFFSET in metadata))": 4, "-1000 (metadata)": 1}  # good, nan, four_band_opt,
+    # opt_nodata; dark
     # nan.tif in 32-px tiles: the top two tiles are all NaN (skipped, counted), the bottom two kept.
-    assert counts["tiles_skipped_nodata"] == 2 and counts["tiles_skipped_contrast"] == 4
+    assert counts["tiles_skipped_nodata"] == 4 and counts["tiles_skipped_contrast"] == 4
+    assert sorted(s for s in _examples(out) if s.startswith("SAR/opt_nodata")) == [
+        "SAR/opt_nodata.tif#row=0,col=32", "SAR/opt_nodata.tif#row=32,col=32"]
     sources = sorted(_examples(out))
     assert sum(s.startswith("SAR/nan.tif#row=32") for s in sources) == 2
     assert sum(s.startswith("SAR/four_band_opt.tif") for s in sources) == 4
@@ -283,6 +289,10 @@ def test_bad_inputs_of_rasters_are_listed(made, tmp_path):
              for line in open(os.path.join(str(tmp_path / "whole"), sar1m.ERROR_LOG))}
     assert whole["nan.tif"].startswith("no-data share 0.50 (NaN/Inf")
     assert "small_opt.tif" not in whole and "near-black optical" in whole["dark.tif"]
+    opt_errors = [json.loads(line) for line in open(os.path.join(str(tmp_path / "whole"), sar1m.ERROR_LOG))
+                  if "opt_nodata" in line]
+    assert opt_errors[0]["file"].endswith("OPT/opt_nodata.tif") and opt_errors[0]["reason"].startswith(
+        "no-data share 0.50")
 
 
 def test_cli_reports_units_and_refuses_bad_flags(made, tmp_path, capsys):
