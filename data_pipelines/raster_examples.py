@@ -25,9 +25,10 @@ def _bad(path: str, reason: str) -> images.BadImage:
     return images.BadImage(f"{path}\t{reason}")
 
 
-def read_sar(paths: tuple[str, ...], polarisations: tuple[str, ...] | None) -> rasters.Raster:
-    """The SAR raster of a sample: one file, or one single-band file per polarisation stacked in order.
-    Raises BadImage with "file\\treason"."""
+def read_sar(paths: tuple[str, ...], polarisations: tuple[str, ...] | None, what: str = "polarisation"
+             ) -> rasters.Raster:
+    """The raster of a sample: one file, or one single-band file per polarisation (or optical band)
+    stacked in order, named by `polarisations`. Raises BadImage with "file\\treason"."""
     if len(paths) == 1:
         try:
             return rasters.read_raster(paths[0])
@@ -40,10 +41,10 @@ def read_sar(paths: tuple[str, ...], polarisations: tuple[str, ...] | None) -> r
         except images.BadImage as e:
             raise _bad(path, str(e)) from None
         if r.pixels.shape[-1] != 1:
-            raise _bad(path, f"polarisation file {pol} has {r.pixels.shape[-1]} bands ({rasters.describe(r.pixels)}); "
+            raise _bad(path, f"{what} file {pol} has {r.pixels.shape[-1]} bands ({rasters.describe(r.pixels)}); "
                        "expected 1")
         if parts and r.pixels.shape[:2] != parts[0][1].pixels.shape[:2]:
-            raise _bad(path, f"polarisation {pol} is {_hw(r.pixels)}, but {polarisations[0]} "
+            raise _bad(path, f"{what} {pol} is {_hw(r.pixels)}, but {polarisations[0]} "
                        f"({os.path.basename(paths[0])}) is {_hw(parts[0][1].pixels)}: different grids")
         parts.append((path, r))
     first = parts[0][1]
@@ -170,7 +171,8 @@ def _optical(sample, settings, info) -> tuple[np.ndarray, np.ndarray]:
     """The optical raster of a sample -> ([H, W, 1|3] float32 in [0, 1], valid [H, W])."""
     path = sample.optical
     try:
-        raster = rasters.read_raster(path)
+        parts = getattr(sample, "optical_parts", ())
+        raster = read_sar(parts, settings.optical_bands, "band") if parts else rasters.read_raster(path)
         bands = optical_values.select_bands(raster, settings.optical_bands or None)
         scaling = optical_values.scaling_of(raster, settings.optical_scaling)
         offset, source = 0.0, None
@@ -180,8 +182,9 @@ def _optical(sample, settings, info) -> tuple[np.ndarray, np.ndarray]:
                                  zero_is_nodata=scaling == "reflectance" and bands.dtype.kind in "iu")
         rgb = optical_values.to_rgb(bands, valid, scaling, offset=offset, rule=settings.intensity_rule,
                                     max_reflectance=settings.optical_max_reflectance)
-    except images.BadImage as e:
-        raise _bad(path, f"{e} (optical of {os.path.basename(sample.sar)})") from None
+    except images.BadImage as e:  # (a band file's error already names its file)
+        file, reason = str(e).split("\t", 1) if "\t" in str(e) else (path, str(e))
+        raise _bad(file, f"{reason} (optical of {os.path.basename(sample.sar)})") from None
     if min(rgb.shape[:2]) < settings.min_size:
         raise _bad(path, f"image {_hw(rgb)} is smaller than one {settings.min_size}x{settings.min_size} patch")
     info["boa_add_offset"] = source and {"offset": offset, "source": source}

@@ -48,24 +48,34 @@ def polarisation_group(path: str, polarisations) -> tuple[str, tuple[str, ...]] 
     return None
 
 
-def group_polarisations(samples: list, polarisations, errors: list) -> list:
-    """Samples naming a `<patch>_<POL>` file -> one sample per patch holding all its polarisation files."""
+def group_polarisations(samples: list, polarisations, errors: list, optical_bands=()) -> list:
+    """Samples naming a `<patch>_<POL>` file -> one sample per patch holding all its polarisation files
+    (``sar_parts``); an optical `<name>_<BAND>` file with band names in `optical_bands` -> its band files
+    (``optical_parts``, one file per band, as BigEarthNet-S2 stores them)."""
     out, seen = [], set()
+    band_names = tuple(b for b in optical_bands if not b.isdigit())
     for s in samples:
         group = polarisation_group(s.sar, polarisations)
-        if group is None:
-            out.append(s)
-            continue
-        key, parts = group
-        if key in seen:
-            continue
-        seen.add(key)
-        missing = [p for p in parts if not os.path.isfile(p)]
-        if missing:
-            errors.append({"file": missing[0], "reason": f"missing polarisation file of {os.path.basename(key)} "
-                           f"(--polarisations {','.join(polarisations)}; named via {s.origin})"})
-            continue
-        out.append(dataclasses.replace(s, sar=parts[0], sar_parts=parts))
+        if group is not None:
+            key, parts = group
+            if key in seen:
+                continue
+            seen.add(key)
+            missing = [p for p in parts if not os.path.isfile(p)]
+            if missing:
+                errors.append({"file": missing[0], "reason": f"missing polarisation file of {os.path.basename(key)} "
+                               f"(--polarisations {','.join(polarisations)}; named via {s.origin})"})
+                continue
+            s = dataclasses.replace(s, sar=parts[0], sar_parts=parts)
+        group = polarisation_group(s.optical, band_names) if s.optical and band_names else None
+        if group is not None:
+            missing = [p for p in group[1] if not os.path.isfile(p)]
+            if missing:
+                errors.append({"file": missing[0], "reason": f"missing band file of {os.path.basename(group[0])} "
+                               f"(--optical_bands {','.join(optical_bands)}; named via {s.origin})"})
+                continue
+            s = dataclasses.replace(s, optical=group[1][0], optical_parts=group[1])
+        out.append(s)
     return out
 
 

@@ -104,12 +104,13 @@ class Settings:
 @dataclasses.dataclass(frozen=True)
 class Sample:
     """One planned example: absolute SAR path and optional optical path; `origin` names the
-    list entry it came from (for error messages); `sar_parts` the per-polarisation files of a group."""
+    list entry it came from (for error messages); `sar_parts` / `optical_parts` the per-polarisation / per-band files of a group."""
 
     sar: str
     optical: str | None
     origin: str
     sar_parts: tuple[str, ...] = ()
+    optical_parts: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -138,7 +139,8 @@ def _resolve(root: str, path: str, folder: str) -> str:
     return os.path.join(root, folder, norm)
 
 
-def plan_samples(root: str, polarisations: Sequence[str] = ()) -> tuple[list[Sample], list[dict[str, str]], str]:
+def plan_samples(root: str, polarisations: Sequence[str] = (), optical_bands: Sequence[str] = ()
+                 ) -> tuple[list[Sample], list[dict[str, str]], str]:
     """Lists the samples of `root` (paired first, each group in list order).
 
     Returns:
@@ -159,8 +161,8 @@ def plan_samples(root: str, polarisations: Sequence[str] = ()) -> tuple[list[Sam
                        if f.lower().endswith(images.IMAGE_EXTENSIONS))
         if not found:
             raise ConversionError(f"input {root}: no image files ({', '.join(images.IMAGE_EXTENSIONS)})")
-        return raster_plan.group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found], polarisations,
-                                    errors), errors, "folder"
+        return raster_plan.group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found],
+                                               polarisations, errors), errors, "folder"
 
     samples: list[Sample] = []
 
@@ -192,7 +194,7 @@ def plan_samples(root: str, polarisations: Sequence[str] = ()) -> tuple[list[Sam
             sar = _resolve(root, path, "SAR")
             if check(sar, origin):
                 samples.append(Sample(sar, None, origin))
-    return raster_plan.group_polarisations(samples, polarisations, errors), errors, "sar1m"
+    return raster_plan.group_polarisations(samples, polarisations, errors, optical_bands), errors, "sar1m"
 
 
 # ----------------------------------------------------------------------------- one shard
@@ -207,7 +209,7 @@ def convert_sample(sample: Sample, settings: Settings, root: str, domain: str = 
 def _fingerprint(samples: Sequence[Sample], settings: Settings) -> str:
     digest = hashlib.sha256(json.dumps([CONVERTER_VERSION, dataclasses.asdict(settings)]).encode())
     for s in samples:
-        digest.update(f"{s.sar}\0{s.optical}\0{s.sar_parts}\n".encode())
+        digest.update(f"{s.sar}\0{s.optical}\0{s.sar_parts}\0{s.optical_parts}\n".encode())
     return digest.hexdigest()
 
 
@@ -278,7 +280,7 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
     if not 0 <= max_error_share <= 1:
         raise ValueError(f"max_error_share={max_error_share}: expected in [0, 1]")
     root = os.path.abspath(input_dir)
-    samples, errors, layout = plan_samples(root, settings.polarisations)
+    samples, errors, layout = plan_samples(root, settings.polarisations, settings.optical_bands)
     planned = len(samples) + len(errors)
     if not samples:
         raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]})")

@@ -147,6 +147,33 @@ def test_db_pairs_polarisations_and_sentinel2_optical(made, tmp_path):
         assert ex["optical"].mean() > 25 and np.ptp(np.percentile(ex["optical"], [1, 99])) > 40
 
 
+def test_optical_from_one_file_per_band(tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "in"
+    pairs = []
+    for i in range(3):
+        classes, shade = corpus.scene(rng, SIZE, SIZE)
+        corpus.write_tiff(str(root / f"SAR/p{i}.tif"), corpus.sar_db(rng, classes, shade)[..., 0])
+        dn = corpus.optical_dn(rng, classes, shade, ("B02", "B03", "B04"))
+        for k, band in enumerate(("B02", "B03", "B04")):
+            if not (i == 2 and band == "B03"):  # p2 lacks its B03 file
+                corpus.write_tiff(str(root / f"OPT/p{i}_{band}.tif"), dn[..., k], BOA_ADD_OFFSET=-1000)
+        pairs.append({"sar": f"p{i}.tif", "optical": f"p{i}_B04.tif"})
+    with open(root / "paired.json", "w") as f:
+        json.dump(pairs, f)
+    out = str(tmp_path / "out")
+    manifest = _convert(str(root), out, ["--optical_bands", "B04,B03,B02"])
+    assert manifest["converter"]["counts"]["written"] == 2
+    error = json.loads(open(os.path.join(out, sar1m.ERROR_LOG)).read())
+    assert error["file"].endswith("OPT/p2_B03.tif") and error["reason"].startswith("missing band file of p2.tif")
+    for i in range(2):
+        ex = _examples(out)[f"SAR/p{i}.tif"]
+        for k, band in enumerate(("B04", "B03", "B02")):
+            dn = rasters.read_raster(str(root / f"OPT/p{i}_{band}.tif")).pixels[..., 0].astype(float)
+            want = np.round(np.clip((dn - 1000) / 10000 / 0.3, 0, 1) * 255)
+            assert np.abs(ex["optical"][..., k].astype(int) - want).max() <= 1, (i, band)
+
+
 def test_scene_tiles_skip_no_data_and_keep_windows(made, tmp_path):
     root, flags = made
     out = str(tmp_path / "out")
