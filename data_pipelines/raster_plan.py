@@ -8,7 +8,8 @@ whose channels are stored in the flag's order; a group missing a polarisation is
 missing file. Files without such a suffix are multi-band files.
 
 ``--sar_units auto`` reads up to ``DECIDE_FILES`` SAR files spread over the list, detects each
-one's units (:func:`sar_values.detect_units`) and stores the dataset in the majority's domain. Every
+one's units (:func:`sar_values.detect_units`) and stores the dataset in the majority's domain (on a
+tie, the first sampled file's). Every
 file whose own units differ is converted physically to that domain (amplitude squared, dB to linear
 and back) and listed in the manifest (``sar_units.files_differing``) and the log.
 """
