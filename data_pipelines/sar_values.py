@@ -6,7 +6,9 @@ Units (``A`` amplitude, ``I = A**2`` intensity / linear power such as sigma0, ``
 ==============  ==============================================================================
 ``auto`` finds  when
 ==============  ==============================================================================
-db              the file's metadata says dB/decibel; or float pixels with negative values
+db              the file's metadata says dB/decibel; or float pixels with negative values (a negative
+                median or values below -1: small negatives in a mostly positive image are the noise
+                residue of linear products, which are then intensity)
 amplitude       the metadata says amplitude; or integer DN in a TIFF (Sentinel-1 GRD DN are
                 detected amplitude)
 intensity       the metadata says intensity/sigma0/power/linear; float pixels >= 0; or an 8/16-bit
@@ -19,7 +21,7 @@ intensity       the metadata says intensity/sigma0/power/linear; float pixels >=
 Stored value ``x`` in [0, 1] (the ``sar_units`` entry of the manifest, :mod:`data_pipelines.sar_units`):
 
 * ``db``: ``x = clip((dB - lo) / (hi - lo), 0, 1)`` with one ``db_range = [lo, hi]`` per dataset;
-* ``intensity`` / ``amplitude``: ``x = clip(v / s, 0, 1)`` with ``s`` per image by the intensity
+* ``intensity`` / ``amplitude``: ``x = clip(max(v, 0) / s, 0, 1)`` with ``s`` per image by the intensity
   rule (``percentile``: ``s`` = the 99.9th percentile of the valid pixels; 8-bit: ``s = 255``). The
   physical scale is dropped on purpose: speckle multiplies, so a per-image scale does not change it.
 """
@@ -47,10 +49,13 @@ def detect_units(raster: Raster, stated: str = "auto") -> tuple[str, str]:
     x = raster.pixels
     if stated != "auto":
         if stated in ("intensity", "amplitude") and not np.iscomplexobj(x):
-            finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
-            if finite.size and finite.min() < 0 and (raster.nodata is None or finite.min() != raster.nodata):
+            finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x.ravel()
+            if raster.nodata is not None:
+                finite = finite[finite != raster.nodata]
+            if finite.size and (np.median(finite) < 0 or finite.min() < -1):
                 raise images.BadImage(f"--sar_units {stated} but the pixels hold negative values (min "
-                                      f"{float(finite.min()):g}; {_desc(x)}): linear values are >= 0 (dB?)")
+                                      f"{float(finite.min()):g}, median {float(np.median(finite)):g}; {_desc(x)}): "
+                                      "linear values are >= 0 (dB?)")
         return stated, "stated by --sar_units"
     if np.iscomplexobj(x):
         raise images.BadImage(f"complex (SLC) pixels ({_desc(x)}): pass --sar_units intensity (|z|^2), "
@@ -65,7 +70,12 @@ def detect_units(raster: Raster, stated: str = "auto") -> tuple[str, str]:
         if raster.nodata is not None:
             valid = valid[valid != raster.nodata]
         if valid.size and valid.min() < 0:
-            return "db", f"float pixels with negative values (min {float(valid.min()):.3g})"
+            # dB of land and sea is mostly negative; linear products may hold small negative residues of
+            # thermal-noise removal (about -1e-3), never values below -1.
+            if np.median(valid) < 0 or valid.min() < -1:
+                return "db", f"float pixels with negative values (min {float(valid.min()):.3g})"
+            return "intensity", (f"float pixels >= 0 but for small negatives (min {float(valid.min()):.3g}, "
+                                 "noise residue; stored as 0)")
         return "intensity", "float pixels >= 0 (linear power)"
     if raster.kind == "image" or raster.rgb:
         return "intensity", f"{raster.bit_depth}-bit image file (the released reading: scaled intensity)"
@@ -111,6 +121,7 @@ def to_stored(values: np.ndarray, valid: np.ndarray, domain: str, *, db_range=DE
     elif integer_bits == 8:
         x = values / 255.0
     else:
+        values = np.maximum(values, 0.0)  # linear power / amplitude: negatives are noise residue
         v = values[valid]
         if not v.size:
             raise images.BadImage("no valid pixels")
@@ -118,7 +129,7 @@ def to_stored(values: np.ndarray, valid: np.ndarray, domain: str, *, db_range=DE
             top = 65535.0 if integer_bits == 16 else 1.0
             x = values / top
         else:
-            lo = min(0.0, float(v.min()))
+            lo = 0.0
             hi = float(np.percentile(v, 99.9))
             if hi <= lo:
                 hi = float(v.max())

@@ -224,6 +224,18 @@ def test_units_from_tags_and_colour_tiffs_in_an_image_dataset(tmp_path):
                          (("dbz",), "intensity")):
         corpus.write_tiff(str(tmp_path / "t.tif"), positive_db, band_names=names)
         assert sar_values.detect_units(rasters.read_raster(str(tmp_path / "t.tif")))[0] == units, names
+    # Linear sigma0 with thermal-noise residues (small negatives) is intensity; dB stated as linear is refused.
+    linear = rng.gamma(1.0, 0.05, (SIZE, SIZE)).astype(np.float32)
+    linear[::7, ::5] = -0.002
+    corpus.write_tiff(str(tmp_path / "lin.tif"), linear)
+    raster = rasters.read_raster(str(tmp_path / "lin.tif"))
+    assert sar_values.detect_units(raster)[0] == "intensity"
+    stored = sar_values.to_stored(sar_values.physical(raster.pixels, "intensity"), np.ones((SIZE, SIZE), bool),
+                                  "intensity")
+    assert stored.min() == 0 and (stored[::7, ::5] == 0).all()
+    corpus.write_tiff(str(tmp_path / "db.tif"), 10 * np.log10(linear.clip(1e-4)))
+    with pytest.raises(images.BadImage, match=r"--sar_units intensity but the pixels hold negative values"):
+        sar_values.detect_units(rasters.read_raster(str(tmp_path / "db.tif")), "intensity")
     # An 8-bit colour TIFF among PNGs: the released reading (grey-as-RGB -> one channel), not integer DN.
     root = tmp_path / "in"
     gray = rng.integers(20, 240, (SIZE, SIZE), dtype=np.uint8)
