@@ -50,7 +50,7 @@ from data_pipelines import sar_units as sar_units_lib
 
 log = logging.getLogger(__name__)
 DATASET_NAME = "sar1m"
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: rasters through tifffile, SAR units, channels, tiles (records of 8/16-bit PNG unchanged)
 ERROR_LOG = "errors.jsonl"
 # Uncompressed records: decompressing a 200 KB paired record costs ~3x reading it, and the input
 # pipeline's throughput is bound by that (docs/data.md); speckled SAR compresses poorly anyway.
@@ -104,7 +104,8 @@ class Settings:
 @dataclasses.dataclass(frozen=True)
 class Sample:
     """One planned example: absolute SAR path and optional optical path; `origin` names the
-    list entry it came from (for error messages); `sar_parts` / `optical_parts` the per-polarisation / per-band files of a group."""
+    list entry it came from (for error messages); `sar_parts` / `optical_parts` the
+    per-polarisation / per-band files of a group (empty for one file)."""
 
     sar: str
     optical: str | None
