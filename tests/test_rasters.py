@@ -118,6 +118,7 @@ def test_db_pairs_polarisations_and_sentinel2_optical(made, tmp_path):
     out = str(tmp_path / "out")
     manifest = _convert(f"{root}/pairs_db", out, flags["pairs_db"])
     assert manifest["converter"]["counts"]["errors"] == 0 and manifest["splits"]["train"]["num_paired"] == 12
+    assert manifest["splits"]["train"]["num_examples"] == 16  # and 4 unpaired
     units = sar_units.read(manifest, out)  # the schema 19B reads
     assert units["domain"] == "db" and units["channels"] == ["VV", "VH"] and units["db_range"] == [-35.0, 10.0]
     assert manifest["features"]["sar"]["shape"] == [SIZE, SIZE, 2]

@@ -11,7 +11,7 @@ Used by tests/test_rasters.py and by hand for the before/after comparison of iss
 The datasets (folders under the corpus root) and the flags they need:
 
 =============  ================================================================================
-``pairs_db``   SAR-1M layout, 12 pairs (or NUM_PAIRS): 2-band float32 dB SAR files (VV, VH named in GDAL_METADATA;
+``pairs_db``   SAR-1M layout, 12 pairs (or NUM_PAIRS) and a third as many unpaired 2-band SAR files: 2-band float32 dB SAR files (VV, VH named in GDAL_METADATA;
                uncompressed, deflate, LZW, zstd, tiled) and per-polarisation ``<patch>_VV.tif`` /
                ``<patch>_VH.tif`` files; optical uint16 3-band RGB-tagged (B04, B03, B02) and 4-band (B02, B03,
                B04, B08) Sentinel-2 L2A DN (BOA_ADD_OFFSET -1000). Flags: ``--polarisations VV,VH
@@ -116,6 +116,14 @@ def make(root: str, seed: int = 0, num_pairs: int = 12) -> dict:
         pairs.append({"sar": f"SAR/{name}", "optical": f"OPT/o{i}.tif"})
     with open(f"{root}/pairs_db/paired.json", "w") as f:
         json.dump(pairs, f, indent=0)
+    unpaired = []  # SAR without optical (a training mix needs both)
+    for i in range(max(4, num_pairs // 3)):
+        classes, shade = scene(rng, SIZE, SIZE)
+        write_tiff(f"{root}/pairs_db/SAR/u{i}.tif", sar_db(rng, classes, shade), band_names=("VV", "VH"),
+                   compression="zstd")
+        unpaired.append(f"u{i}.tif")
+    with open(f"{root}/pairs_db/unpaired.json", "w") as f:
+        json.dump(unpaired, f, indent=0)
 
     h, w, border = 192, 256, 24
     classes, shade = scene(rng, h, w)
