@@ -151,7 +151,9 @@ def sar_units_entry(settings, decision: dict[str, Any], differing: list[dict]) -
         entry["db_range"] = [float(lo), float(hi)]
         entry["scaling"] = f"x = clip((dB - {lo:g}) / ({hi:g} - {lo:g}), 0, 1); no-data -> 0"
     else:
-        entry["scaling"] = (f"x = clip(v / s, 0, 1) per image, s by the intensity rule {settings.intensity_rule!r}: "
+        top = "P99.9 of the valid pixels" if settings.intensity_rule == "percentile" else "65535 (float: 1)"
+        entry["scaling"] = (f"x = clip(max(v, 0) / s, 0, 1) per image; s = {top} (8-bit: 255); "
+                            f"PNG/JPEG/BMP images: the intensity rule {settings.intensity_rule!r}: "
                             f"{images.INTENSITY_RULES[settings.intensity_rule]}; no-data -> 0")
     return entry
 
