@@ -126,8 +126,10 @@ def to_stored(values: np.ndarray, valid: np.ndarray, domain: str, *, db_range=DE
         if not v.size:
             raise images.BadImage("no valid pixels")
         if rule == "full_range":
-            top = 65535.0 if integer_bits == 16 else 1.0
-            x = values / top
+            if integer_bits != 16 and (v.min() < 0 or v.max() > 1):
+                raise images.BadImage(f"values in [{v.min():g}, {v.max():g}], outside [0, 1] (intensity rule "
+                                      "full_range)")
+            x = values / (65535.0 if integer_bits == 16 else 1.0)
         else:
             lo = 0.0
             hi = float(np.percentile(v, 99.9))
