@@ -132,9 +132,15 @@ def _read_tiff(path: str) -> Raster:
                 nodata = float(str(tags["GDAL_NODATA"].value).strip().strip("\0"))
             except ValueError:
                 raise BadRaster(f"GDAL_NODATA tag {tags['GDAL_NODATA'].value!r} is not a number ({found})") from None
-        photometric_rgb = int(page.photometric) == 2
+        photometric_rgb = int(page.photometric) in (2, 6)  # RGB, or YCbCr (JPEG) decoded to RGB
         bit_depth = int(np.dtype(series.dtype).itemsize * 8)
-    pixels = _to_hwc(data, series.axes, found)
+        if int(page.photometric) == 3 and page.colormap is not None and data.dtype == np.uint8:
+            # Palette image: its colours, as Pillow's "P" mode gives them (colour map entries are 16-bit).
+            data, photometric_rgb = np.moveaxis((page.colormap[:, data] >> 8).astype(np.uint8), 0, -1), True
+            series_axes = "YXS"
+        else:
+            series_axes = series.axes
+    pixels = _to_hwc(data, series_axes, found)
     band_names = tuple(names.get(i, "") for i in range(pixels.shape[-1])) if names else None
     rgb = photometric_rgb and pixels.dtype == np.uint8 and pixels.shape[-1] in (3, 4)
     if rgb:

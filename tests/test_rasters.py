@@ -67,6 +67,15 @@ def test_reader_reads_every_layout_and_dtype_exactly(tmp_path, dtype, layout):
     np.testing.assert_array_equal(r.pixels, x)
 
 
+def test_palette_tiff_reads_as_its_colours(tmp_path):
+    gray = np.arange(40 * 48, dtype=np.uint32).reshape(40, 48) % 256
+    Image.fromarray(gray.astype(np.uint8)).convert("P").save(str(tmp_path / "p.tif"))
+    Image.fromarray(gray.astype(np.uint8)).convert("P").save(str(tmp_path / "p.png"))
+    tif, png = rasters.read_raster(str(tmp_path / "p.tif")), rasters.read_raster(str(tmp_path / "p.png"))
+    assert tif.rgb and tif.pixels.shape == (40, 48, 3)
+    np.testing.assert_array_equal(tif.pixels, png.pixels)
+
+
 def test_reader_band_names_nodata_and_metadata(tmp_path):
     path = str(tmp_path / "s2.tif")
     corpus.write_tiff(path, np.ones((20, 20, 2), np.uint16), band_names=("B04", "B08"), nodata=0,
