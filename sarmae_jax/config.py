@@ -192,9 +192,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(0 <= o.b2 < 1, "optim.b2", o.b2, "a value in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a non-negative number")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "a non-negative norm (0 disables clipping)")
-    _check(c.train.nonfinite_guard in ("cond", "where"), "train.nonfinite_guard", c.train.nonfinite_guard,
-           "'cond' or 'where'")
-    _check(o.mu_dtype in (None, "float32", "bfloat16"), "optim.mu_dtype", o.mu_dtype,
+    # .get: configs saved before these keys existed (checkpoint metadata) still validate
+    guard = c.train.get("nonfinite_guard", "cond")
+    _check(guard in ("cond", "where"), "train.nonfinite_guard", guard, "'cond' or 'where'")
+    _check(o.get("mu_dtype") in (None, "float32", "bfloat16"), "optim.mu_dtype", o.get("mu_dtype"),
            "None (the parameters' dtype), 'float32' or 'bfloat16'")
     if o.warmup_steps is not None:
         _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "a non-negative step count")
