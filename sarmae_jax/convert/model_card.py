@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 
 from data_pipelines import normalization
+from sarmae_jax.models import vit  # the model's own constants (LayerNorm eps), not copies
 
 TARGETS = ("params", "timm", "hf-vit", "hf-vitmae", "sarmae-pretrain", "sarmae-finetune")
 # Image sizes of the released detection / segmentation configs (SSDD 608, RSAR 800, SARDet-100k 1024, AIRSEG 512).
@@ -83,7 +84,8 @@ def _architecture(m, size, width, depth, heads, patch, image) -> str:
     lines = [
         "## Architecture",
         "",
-        f"- ViT-{size}: width {width}, depth {depth}, {heads} heads, MLP ratio 4, pre-norm blocks, LayerNorm eps 1e-6,"
+        f"- ViT-{size}: width {width}, depth {depth}, {heads} heads, MLP ratio 4, pre-norm blocks, "
+        f"LayerNorm eps {_num(vit.LAYER_NORM_EPS)},"
         " exact GELU, a class token, qkv bias.",
         f"- Patch {patch} x {patch}, input {image} x {image} x {m.get('in_channels', 3)} "
         f"({image // patch} x {image // patch} = {(image // patch) ** 2} patches).",
