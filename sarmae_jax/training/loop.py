@@ -290,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step_flops = flops.train_step_flops_per_image(config, live_teacher=not use_stored_tokens) * config.train.batch_size
     window = MetricWindow(config, writer, progress, step_flops)
     preempted_at = None
-    profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
+    profiler = profiling.StepProfiler(config.train.profile, workdir, start_step, config.train.profile_all_processes)
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
             profiler.maybe_start(step)
