@@ -50,3 +50,14 @@ def test_tpu_peaks_and_device_kinds_come_from_the_chip_table():
     for chip in tpu_topology.CHIPS.values():
         assert flops.peak_tflops_per_device(chip.device_kind) == chip.peak_bf16_tflops, chip.kind
     assert flops.peak_tflops_per_device("TPU v5 lite") == 197.0 and flops.peak_tflops_per_device("TPU v5") == 459.0
+
+
+@pytest.mark.parametrize("kind", ["dinov3", "released"])
+def test_precomputed_teacher_tokens_count_no_teacher_forward(kind):
+    """The trainer passes live_teacher=False when the dataset's stored tokens replace the teacher: the
+    teacher does not run, so it counts 0; the anchor head still trains on the stored tokens (3x)."""
+    config = sarmae_vit_b16.get_config()
+    config.sarc.teacher.kind = kind
+    stored = flops.train_step_flops_per_image(config, live_teacher=False)
+    assert stored == pytest.approx(3 * (ENCODER + DECODER + HEAD), rel=1e-12)
+    assert flops.train_step_flops_per_image(config) > stored
