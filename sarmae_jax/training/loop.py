@@ -22,7 +22,7 @@ from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, teachers
 from sarmae_jax.runtime import distributed, paths, sharding
-from sarmae_jax.training import checkpoint, flops, metrics, profiling
+from sarmae_jax.training import checkpoint, dataset_config, flops, metrics, profiling
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
 
@@ -241,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 3. Data: global batch i is a function of (seed, i) alone; each process reads the rows its devices
     #    hold, so any number of processes resumes the same stream. Batches become global arrays.
     data_cfg, info = prepare_data(config, workdir)
+    config = dataset_config.resolve(config, info)  # model.in_channels and data.sar_units from the manifest
     batch_sharding = sharding.batch_sharding(mesh)
     data_iter = pipeline.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
