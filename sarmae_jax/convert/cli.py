@@ -57,7 +57,7 @@ def size_for_width(width: int, source: str) -> str:
 
 def import_config(size: str, image_size: int, patch_size: int, decoder: dict, scan: bool,
                   teacher_width: int | None = None, *, teacher: dict | None = None, pos_embed: str = "sincos",
-                  final_norm: bool = True) -> ml_collections.ConfigDict:
+                  final_norm: bool = True, in_channels: int = 3) -> ml_collections.ConfigDict:
     """The config describing the imported model (its `model` section, as the run config names it).
 
     Written into the export's metadata; compute settings are the neutral ones (float32, no remat or drop-path):
@@ -65,7 +65,7 @@ def import_config(size: str, image_size: int, patch_size: int, decoder: dict, sc
     (`sarc.teacher`: kind, size, patch_size, checkpoint), which `sarmae-export --format sarmae-pretrain` reads back.
     """
     model = config_lib.default_config().model  # the one schema: every key a run config has
-    model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=3, drop_path_rate=0.0,
+    model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=in_channels, drop_path_rate=0.0,
                  dtype="float32", param_dtype="float32", scan_layers=scan, remat="none", pos_embed=pos_embed,
                  final_norm=final_norm)
     model.decoder.update(dict(decoder))
@@ -79,7 +79,7 @@ def model_shapes(config) -> dict[str, Any]:
     """Parameter shapes of the model `config` (from `import_config`) describes, every part included."""
     m = config.model
     encoder = sarmae.build_encoder(m)
-    decoder = mae.MAEDecoder(patch_size=m.patch_size, out_channels=m.in_channels, width=m.decoder.width,
+    decoder = mae.MAEDecoder(patch_size=m.patch_size, out_channels=sarmae.input_channels(m), width=m.decoder.width,
                              depth=m.decoder.depth, num_heads=m.decoder.num_heads, stack=sarmae.stack_options(m))
     width = config.sarc.teacher_width
     head = anchor.AnchorHead(width) if width is not None else None
@@ -126,7 +126,8 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
     teacher_width = head["fc2"]["kernel"].shape[-1] if head is not None else None
     teacher = released_teacher_config(sd, src)
     config = import_config(size, image_size, patch, decoder, scan, teacher_width, teacher=teacher,
-                           pos_embed="learned" if "pos_embed" in enc else "sincos", final_norm="norm" in enc)
+                           pos_embed="learned" if "pos_embed" in enc else "sincos", final_norm="norm" in enc,
+                           in_channels=int(enc["patch_embed"]["proj"]["kernel"].shape[2]))
     shapes = model_shapes(config)
     for part, value in params.items():  # the whole model, not just the converter, agrees on every name and shape
         param_trees.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
@@ -205,7 +206,8 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         else:
             sd, hf_config = torch_export.to_hf_vitmae(params, image_size, model_cfg.get("mask_ratio", 0.75),
                                                       model_cfg.get("norm_pix_loss", False))
-        preprocessor = torch_export.hf_preprocessor_config(image_size, model_card.sar_normalization(meta))
+        preprocessor = torch_export.hf_preprocessor_config(image_size, model_card.sar_normalization(meta),
+                                                           torch_export.encoder_arch(params["encoder"])["channels"])
         paths.write_atomic(out / "config.json", json.dumps(hf_config, indent=2).encode())
         paths.write_atomic(out / "preprocessor_config.json", json.dumps(preprocessor, indent=2).encode())
         _save(out / "model.safetensors", sd)

@@ -50,10 +50,23 @@ def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
     return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
 
 
-def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any]) -> dict:
+def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any], channels: int = 3) -> dict:
     """`preprocessor_config.json` for `AutoImageProcessor`: the pre-training input rule (8-bit pixels / 255, the
-    SAR mean / std of `data_pipelines.normalization`, grayscale repeated to RGB, Pillow bilinear resize)."""
+    SAR mean / std of `data_pipelines.normalization`, grayscale repeated to RGB, Pillow bilinear resize).
+
+    An encoder of `channels` != 3 (polarisations) takes its channels as they are: no RGB conversion, and no 1/255
+    rescale (its stored values are 16-bit or float: the caller gives [0, 1] values), the mean / std per channel.
+    """
     sar = sar_normalization
+    if channels != 3:
+        return {
+            "image_processor_type": "ViTImageProcessor",
+            "do_convert_rgb": False,
+            "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,
+            "do_rescale": False,
+            "do_normalize": True, "image_mean": [float(sar["mean"])] * channels,
+            "image_std": [float(sar["std"])] * channels,
+        }
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_convert_rgb": True,

@@ -43,7 +43,7 @@ class Encoder(NamedTuple):
 def init_encoder_params(model_cfg, key: jax.Array) -> dict[str, Any]:
     """Fresh (unboxed) encoder parameters for `model_cfg`, as pre-training initialises them."""
     s = model_cfg.image_size
-    images = jnp.zeros((1, s, s, model_cfg.in_channels), jnp.float32)
+    images = jnp.zeros((1, s, s, sarmae.input_channels(model_cfg)), jnp.float32)
     return nn.unbox(sarmae.build_encoder(model_cfg).init(key, images)["params"])
 
 
@@ -75,11 +75,14 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     return Encoder(model_cfg, params, metadata, path)
 
 
-def normalised_inputs(pixels: jax.Array, in_channels: int) -> jax.Array:
-    """`[B, H, W, 1]` integer SAR pixels -> `[B, H, W, in_channels]` model input (the one normalisation)."""
-    if pixels.shape[-1] != 1:
-        raise ValueError(f"SAR images must have 1 channel (grey, repeated to the model's {in_channels} "
-                         f"inside the model input), got shape {tuple(pixels.shape)}")
+def normalised_inputs(pixels: jax.Array, in_channels: int | None) -> jax.Array:
+    """`[B, H, W, C]` integer SAR pixels -> `[B, H, W, in_channels]` model input: the one normalisation, as in
+    pre-training (`objective.prepare_inputs`). C = 1 (grey, repeated to the model's channels) or C = in_channels
+    (polarisations, taken as they are); anything else is an error naming both counts."""
+    in_channels = sarmae.DEFAULT_IN_CHANNELS if in_channels is None else in_channels
+    if pixels.shape[-1] not in (1, in_channels):
+        raise ValueError(f"SAR images have {pixels.shape[-1]} channels (shape {tuple(pixels.shape)}), but the encoder "
+                         f"takes {in_channels}: expected 1 channel (grey, repeated) or exactly {in_channels}")
     return preprocess.normalize_sar(preprocess.to_unit_interval(pixels), in_channels)
 
 
