@@ -38,7 +38,9 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int], box: tuple[float, fl
     if mode is None:
         raise ValueError(f"resize_image: pixels {pixels.shape} {pixels.dtype}: expected [H, W, C] uint8/uint16 "
                          "or [H, W, 3] uint8")
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, mode)
+    # Pillow infers `mode` from the array (L, I;16, RGB); passing it explicitly is refused for uint16 by Pillow 12.
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+    assert image.mode == mode, (image.mode, mode)
     out = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR, box=box))
     return out.reshape(size[0], size[1], pixels.shape[-1])
 
