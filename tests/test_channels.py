@@ -220,3 +220,12 @@ def test_dualpol_generator_refuses_to_replace_what_it_did_not_write(tmp_path):
                                                 image_size=16) and str(tmp_path / "new"))
     assert manifest["features"]["sar"]["shape"] == [16, 16, 2] and manifest["sar_units"]["domain"] == "db"
     assert isinstance(ml_collections.ConfigDict(manifest).sar_units.db_range, (list, tuple))
+
+
+def test_evaluation_refuses_data_whose_channels_differ_from_pre_training(dual_run):
+    workdir, _ = dual_run
+    encoder = encoder_lib.load(f"{workdir}/export")
+    assert encoder_lib.data_channels(encoder.metadata) == (2, ["VV", "VH"])
+    encoder_lib.check_data_channels(encoder, np.zeros((2, 32, 32, 2), np.uint16), "dual")
+    with pytest.raises(ValueError, match=r"grey: SAR images have 1 channel\(s\).*pre-trained on 2 \(VV, VH\)"):
+        encoder_lib.check_data_channels(encoder, np.zeros((2, 32, 32, 1), np.uint16), "grey")

@@ -75,6 +75,23 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     return Encoder(model_cfg, params, metadata, path)
 
 
+def data_channels(metadata: dict[str, Any]) -> tuple[int, list[str]]:
+    """(count, names) of the SAR channels the encoder was pre-trained on: its run's `config.data.sar_units`;
+    (1, ["SAR"]) for exports written before that entry (single-channel data)."""
+    units = metadata.get("config", {}).get("data", {}).get("sar_units") or {"channels": ["SAR"]}
+    return len(units["channels"]), list(units["channels"])
+
+
+def check_data_channels(encoder: Encoder, images: np.ndarray, source: str) -> None:
+    """Evaluation data must hold the channels pre-training saw (a grey image is not a VV + VH pair, and an
+    RGB picture is not repeated grey). Raises ValueError naming `source`, both counts and the channel names."""
+    count, names = data_channels(encoder.metadata)
+    if images.shape[-1] != count:
+        raise ValueError(f"{source}: SAR images have {images.shape[-1]} channel(s) (shape {tuple(images.shape)}), but "
+                         f"{encoder.name} was pre-trained on {count} ({', '.join(names)}); evaluate it on data stored "
+                         "as its pre-training data was")
+
+
 def normalised_inputs(pixels: jax.Array, in_channels: int | None) -> jax.Array:
     """`[B, H, W, C]` integer SAR pixels -> `[B, H, W, in_channels]` model input: the one normalisation, as in
     pre-training (`objective.prepare_inputs`). C = 1 (grey, repeated to the model's channels) or C = in_channels

@@ -61,6 +61,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train = datasets.load_split(cfg.dataset, cfg.dataset.train_split, image_size, workdir=workdir)
     test = datasets.load_split(cfg.dataset, cfg.dataset.test_split, image_size, workdir=workdir)
     _check_same_classes(train, test, cfg.dataset.test_split)
+    for split, data in ((cfg.dataset.train_split, train), (cfg.dataset.test_split, test)):
+        encoder_lib.check_data_channels(enc, data.images, f"{cfg.dataset.path} split {split!r}")
     pool, val = _validation(cfg, train, image_size, workdir)
     num_classes = len(train.class_names)
     results: dict[str, Any] = {
