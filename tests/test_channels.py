@@ -229,3 +229,14 @@ def test_evaluation_refuses_data_whose_channels_differ_from_pre_training(dual_ru
     encoder_lib.check_data_channels(encoder, np.zeros((2, 32, 32, 2), np.uint16), "dual")
     with pytest.raises(ValueError, match=r"grey: SAR images have 1 channel\(s\).*pre-trained on 2 \(VV, VH\)"):
         encoder_lib.check_data_channels(encoder, np.zeros((2, 32, 32, 1), np.uint16), "grey")
+
+
+def test_teacher_tokens_precompute_keeps_the_channels_and_units(dualpol, tmp_path):
+    from data_pipelines import shard_io
+    from sarmae_jax.training import teacher_tokens
+
+    out = str(tmp_path / "with_tokens")
+    manifest = teacher_tokens.precompute(dualpol, out, tiny_config().sarc.teacher, batch_size=16, splits=["test"])
+    assert manifest["features"]["sar"]["shape"] == [32, 32, 2] and manifest["sar_units"] == DUAL_UNITS
+    src, dst = shard_io.ShardedRecordSource(dualpol, "test"), shard_io.ShardedRecordSource(out, "test")
+    np.testing.assert_array_equal(dst.read_batch(range(len(dst)))[0]["sar"], src.read_batch(range(len(src)))[0]["sar"])

@@ -119,7 +119,8 @@ def _precompute(data_dir: str, out_dir: str, teacher_cfg, batch_size: int, examp
         raise ValueError(f"{data_dir}: images are {spec.image_size}; the teacher needs square images divisible by "
                          f"its patch size {teacher_cfg.patch_size}")
     tokens_fn, token_shape = make_teacher_fn(teacher_cfg, spec.image_size[0])
-    new_spec = records.RecordSpec(image_size=spec.image_size, sar_dtype=spec.sar_dtype, teacher_tokens=token_shape,
+    new_spec = records.RecordSpec(image_size=spec.image_size, sar_dtype=spec.sar_dtype, sar_channels=spec.sar_channels,
+                                  teacher_tokens=token_shape,
                                   teacher_name=teachers.teacher_identity(teacher_cfg))
     os.makedirs(out_dir, exist_ok=True)
     written = {}
