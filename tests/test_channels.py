@@ -259,3 +259,14 @@ def test_reconstruction_metrics_on_a_two_channel_db_encoder(dual_run, dualpol, t
     if out["flat_windows"]:
         assert 0.5 < level["enl_noisy"] < 2.0
     assert (tmp_path / "figure.png").exists()
+
+
+def test_evaluation_refuses_db_data_of_another_range_or_domain(dual_run):
+    workdir, _ = dual_run
+    encoder = encoder_lib.load(f"{workdir}/export")
+    encoder_lib.check_data_units(encoder, DUAL_UNITS, "same")
+    encoder_lib.check_data_units(encoder, None, "unknown")
+    with pytest.raises(ValueError, match=r"other: SAR stored as db \[-30.0, 10.0\].*pre-trained on db \[-35.0, 5.0\]"):
+        encoder_lib.check_data_units(encoder, dict(DUAL_UNITS, db_range=[-30.0, 10.0]), "other")
+    with pytest.raises(ValueError, match="linear: SAR stored as intensity"):
+        encoder_lib.check_data_units(encoder, {"domain": "intensity", "channels": ["VV", "VH"]}, "linear")

@@ -92,6 +92,23 @@ def check_data_channels(encoder: Encoder, images: np.ndarray, source: str) -> No
                          "as its pre-training data was")
 
 
+def check_data_units(encoder: Encoder, units: dict[str, Any] | None, source: str) -> None:
+    """Decibel data must be stored as the pre-training data was: both in dB over the same range, or neither in
+    dB (the encoder's inputs are the stored values: another dB mapping, or linear values for a dB-trained encoder,
+    would be other numbers for the same backscatter). `units`: the evaluation data's `sar_units` (None: unknown,
+    not checked). Raises ValueError naming `source` and both entries."""
+    trained = encoder.metadata.get("config", {}).get("data", {}).get("sar_units")
+    if units is None or trained is None:
+        return
+    db = (trained.get("domain") == "db", units.get("domain") == "db")
+    if db == (False, False):
+        return
+    if db != (True, True) or [float(v) for v in trained["db_range"]] != [float(v) for v in units["db_range"]]:
+        raise ValueError(f"{source}: SAR stored as {units.get('domain')} {units.get('db_range', '')}, but "
+                         f"{encoder.name} was pre-trained on {trained.get('domain')} {trained.get('db_range', '')}; "
+                         "store the evaluation data in the pre-training data's units (for dB: the same db_range)")
+
+
 def normalised_inputs(pixels: jax.Array, in_channels: int | None) -> jax.Array:
     """`[B, H, W, C]` integer SAR pixels -> `[B, H, W, in_channels]` model input: the one normalisation, as in
     pre-training (`objective.prepare_inputs`). C = 1 (grey, repeated to the model's channels) or C = in_channels

@@ -29,7 +29,8 @@ def _validation(cfg, train: datasets.LabelledImages, image_size: int, workdir: s
         return np.arange(len(train.labels)), None
     if spec.startswith("holdout:"):
         pool, val_idx = splits.holdout(train.labels, float(spec.split(":", 1)[1]), cfg.split_seed, train.class_names)
-        return pool, datasets.LabelledImages(train.images[val_idx], train.labels[val_idx], train.class_names)
+        return pool, datasets.LabelledImages(train.images[val_idx], train.labels[val_idx], train.class_names,
+                                                train.sar_units)
     val = datasets.load_split(cfg.dataset, spec, image_size, workdir=workdir)
     _check_same_classes(train, val, spec)
     return np.arange(len(train.labels)), val
@@ -63,6 +64,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     _check_same_classes(train, test, cfg.dataset.test_split)
     for split, data in ((cfg.dataset.train_split, train), (cfg.dataset.test_split, test)):
         encoder_lib.check_data_channels(enc, data.images, f"{cfg.dataset.path} split {split!r}")
+        encoder_lib.check_data_units(enc, data.sar_units, f"{cfg.dataset.path} split {split!r}")
     pool, val = _validation(cfg, train, image_size, workdir)
     num_classes = len(train.class_names)
     results: dict[str, Any] = {
