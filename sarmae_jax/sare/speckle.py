@@ -1,10 +1,14 @@
 """SARE: speckle injection on device, batched and jit-able (no per-image Python loops).
 
-The train step calls `apply_sare_from_config(key, images, config.sare)` on the clean batch
-`images: [B, H, W, C] float32` in [0, 1] (the pixel contract of `docs/architecture.md`: clean
-intensity, grayscale repeated to C channels) before normalisation; the reconstruction target stays
-the clean batch. Each image gets ONE multiplicative field `[H, W]` shared by its C channels, is
-noised with probability `prob`, and draws its own strength from `strength_range`.
+The train step calls `apply_sare_from_config(key, images, config.sare, domain)` on the clean batch
+`images: [B, H, W, C] float32` of stored values in [0, 1] (the pixel contract of
+`docs/architecture.md`: one channel, or C polarisations) before normalisation; the reconstruction
+target stays the clean batch. Each image gets ONE multiplicative field `[H, W]` shared by its C
+channels, is noised with probability `prob`, and draws its own strength from `strength_range`.
+`domain` (`domains.StoredDomain`, from the dataset's manifest) says what the stored values encode:
+the physical models below multiply linear intensity and are applied in that domain (`domains.py`,
+docs/speckle.md); the laws below are written for the legacy intensity storage, where they are
+exactly what they were before the domain existed.
 
 Models (`MODELS`):
 - "gamma_intensity": y = x * G, G ~ Gamma(L, 1/L) (unit mean, variance 1/L), x read as intensity.
