@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sarmae_jax.convert import vit_layout
+from sarmae_jax.convert import source_normalization, vit_layout
 from sarmae_jax.models import vit
 
 TRANSFORMERS_VERSION = "5.24.0"  # written to config.json; the tests check the key sets against this version's files
@@ -51,28 +51,28 @@ def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
 
 
 def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any], channels: int = 3) -> dict:
-    """`preprocessor_config.json` for `AutoImageProcessor`: the pre-training input rule (8-bit pixels / 255, the
-    SAR mean / std of `data_pipelines.normalization`, grayscale repeated to RGB, Pillow bilinear resize).
+    """`preprocessor_config.json` for `AutoImageProcessor`: the weights' input rule as the export's metadata records
+    it (8-bit pixels / 255, then its mean / std, grayscale repeated to RGB, Pillow bilinear resize). A rule that is
+    not known (an import of a file that does not say) is refused: ValueError with the reason.
 
     An encoder of `channels` != 3 (polarisations) takes its channels as they are: no RGB conversion, and no 1/255
     rescale (its stored values are 16-bit or float: the caller gives [0, 1] values), the mean / std per channel.
     """
-    sar = sar_normalization
+    mean, std = source_normalization.per_channel(sar_normalization, channels)
     if channels != 3:
         return {
             "image_processor_type": "ViTImageProcessor",
             "do_convert_rgb": False,
             "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,
             "do_rescale": False,
-            "do_normalize": True, "image_mean": [float(sar["mean"])] * channels,
-            "image_std": [float(sar["std"])] * channels,
+            "do_normalize": True, "image_mean": mean, "image_std": std,
         }
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_convert_rgb": True,
         "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,  # PIL.Image.BILINEAR
         "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": [float(sar["mean"])] * 3, "image_std": [float(sar["std"])] * 3,
+        "do_normalize": True, "image_mean": mean, "image_std": std,
     }
 
 
