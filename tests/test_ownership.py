@@ -1,0 +1,95 @@
+"""Issue 20: no command deletes or overwrites what it did not write; every refusal is one clear line.
+
+Each test reproduces one of the issue's cases; each failed on the code before the ownership mechanism."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data_pipelines import ownership, synthetic
+
+SMALL = dict(num_examples=16, num_test_examples=8, image_size=16, examples_per_shard=8)
+
+
+def _user_dataset(path):
+    os.makedirs(path)
+    open(os.path.join(path, "notes.txt"), "w").write("my notes")
+    open(os.path.join(path, "manifest.json"), "w").write(json.dumps({"dataset_name": "mine"}))
+
+
+# ----------------------------------------------------------------------------- the mechanism
+def test_claim_new_resume_refuse_and_atomic_replace(tmp_path):
+    out = str(tmp_path / "out")
+    c = ownership.claim(out, tool="t", kind="k", identity={"a": 1}, resumable=True)
+    assert c.state == "new" and ownership.read_marker(out)["kind"] == "k"
+    open(os.path.join(out, "old.txt"), "w").write("old")
+    c.commit()
+    assert ownership.claim(out, tool="t", kind="k", identity={"a": 1}, resumable=True).state == "resume"
+    with pytest.raises(ownership.OutputError, match=r"holds an earlier k .*--overwrite"):
+        ownership.claim(out, tool="t", kind="k", identity={"a": 2}, resumable=True)
+    os.makedirs(tmp_path / "o2")
+    ownership.write_marker(str(tmp_path / "o2"), tool="t2", kind="other")
+    with pytest.raises(ownership.OutputError, match=r"holds a other output of t2"):
+        ownership.claim(str(tmp_path / "o2"), tool="t", kind="k")
+    c = ownership.claim(out, tool="t", kind="k", identity={"a": 2}, overwrite=True)
+    assert c.state == "replace" and c.target != out
+    assert os.path.exists(os.path.join(out, "old.txt"))  # untouched until the swap
+    open(os.path.join(c.target, "new.txt"), "w").write("new")
+    c.commit()
+    assert sorted(os.listdir(out)) == [ownership.MARKER, "new.txt"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("out.")]
+
+
+def test_claim_refuses_foreign_content_naming_it(tmp_path):
+    _user_dataset(tmp_path / "mine")
+    with pytest.raises(ownership.OutputError, match=r"holds files this command did not write \(manifest.json, notes.txt\)"):
+        ownership.claim(str(tmp_path / "mine"), tool="t", kind="k", overwrite=True)
+    assert sorted(os.listdir(tmp_path / "mine")) == ["manifest.json", "notes.txt"]
+
+
+def test_claim_refuses_output_equal_to_or_inside_input(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    with pytest.raises(ownership.OutputError, match="is the input --data"):
+        ownership.claim(str(d) + "/", tool="t", kind="k", inputs={"--data": str(d)})
+    with pytest.raises(ownership.OutputError, match="lies inside the input --data"):
+        ownership.claim(str(d / "tokens"), tool="t", kind="k", inputs={"--data": str(d)}, nested=True)
+    with pytest.raises(ownership.OutputError, match="lies around the input --data"):
+        ownership.claim(str(tmp_path), tool="t", kind="k", inputs={"--data": str(d)}, nested=True)
+
+
+# ----------------------------------------------------------------------------- case 2 and 3: synthetic sets
+def test_case2_synthetic_dataset_refuses_the_users_data_directory(tmp_path):
+    mine = tmp_path / "W" / "data"
+    _user_dataset(mine)
+    with pytest.raises(ownership.OutputError, match="notes.txt"):
+        synthetic.ensure_synthetic_dataset(str(mine), **SMALL)
+    assert sorted(os.listdir(mine)) == ["manifest.json", "notes.txt"]
+
+
+def test_case3_synthetic_image_folder_refuses_a_real_image_folder(tmp_path):
+    folder = tmp_path / "MyImageFolder"
+    for split in ("Train", "Val"):
+        (folder / split / "ship").mkdir(parents=True)
+    (folder / "README").write_text("mine")
+    with pytest.raises(ownership.OutputError, match=r"README, Train, Val"):
+        synthetic.ensure_synthetic_dataset(str(folder), **SMALL)
+    with pytest.raises(ownership.OutputError, match=r"README, Train, Val"):
+        synthetic.write_image_folder(str(folder), num_train=5, num_val=5, image_size=16)
+    assert sorted(os.listdir(folder)) == ["README", "Train", "Val"]
+
+
+def test_synthetic_set_is_reused_or_replaced_only_when_it_is_one(tmp_path):
+    out = str(tmp_path / "syn")
+    synthetic.ensure_synthetic_dataset(out, **SMALL)
+    shard = [f for f in os.listdir(out) if ".array_record" in f][0]
+    mtime = os.path.getmtime(os.path.join(out, shard))
+    synthetic.ensure_synthetic_dataset(out, **SMALL)  # reused
+    assert os.path.getmtime(os.path.join(out, shard)) == mtime
+    manifest = synthetic.ensure_synthetic_dataset(out, **{**SMALL, "seed": 5})  # its own cache: regenerated
+    assert manifest["generator"]["seed"] == 5
+    # A set written before markers existed is still recognised as the generator's own.
+    os.remove(os.path.join(out, ownership.MARKER))
+    assert synthetic.ensure_synthetic_dataset(out, **{**SMALL, "seed": 5})["generator"]["seed"] == 5
