@@ -118,7 +118,7 @@ class Claim:
         if self.target == self.path:
             return
         # Swap: the old output (ours, checked by `claim`) moves aside, the new one takes its name.
-        old = f"{self.path}.old-{os.getpid()}"
+        old = f"{self.path}~old-{os.getpid()}"
         os.rename(self.path, old)
         os.rename(self.target, self.path)
         self.target = self.path
@@ -188,7 +188,7 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
                           "or give a new directory")
     if _is_gcs(path):
         return Claim(path, path, "replace", tool, kind, identity)
-    staging = f"{path}.new-{os.getpid()}"
+    staging = f"{path}~new-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     return Claim(path, staging, "replace", tool, kind, identity)

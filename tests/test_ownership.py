@@ -39,7 +39,7 @@ def test_claim_new_resume_refuse_and_atomic_replace(tmp_path):
     open(os.path.join(c.target, "new.txt"), "w").write("new")
     c.commit()
     assert sorted(os.listdir(out)) == [ownership.MARKER, "new.txt"]
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("out.")]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("out~")]
 
 
 def test_claim_refuses_foreign_content_naming_it(tmp_path):
@@ -93,3 +93,51 @@ def test_synthetic_set_is_reused_or_replaced_only_when_it_is_one(tmp_path):
     # A set written before markers existed is still recognised as the generator's own.
     os.remove(os.path.join(out, ownership.MARKER))
     assert synthetic.ensure_synthetic_dataset(out, **{**SMALL, "seed": 5})["generator"]["seed"] == 5
+
+
+# ----------------------------------------------------------------------------- case 4: sarmae-import
+def test_case4_import_refuses_an_existing_export_unless_overwrite(tmp_path, capsys):
+    from sarmae_jax.convert import cli
+    from sarmae_jax.training import checkpoint
+    from tests import test_convert
+
+    src = str(tmp_path / "other.pth")
+    test_convert._fake_released_checkpoint(src)
+    out = str(tmp_path / "export")
+    args = ["--size", "tiny", "--image-size", str(test_convert.IMAGE), "--decoder-width", "32",
+            "--decoder-depth", "1", "--decoder-heads", "4"]
+    assert cli.import_main([src, out] + args) == 0
+    meta_before = open(os.path.join(out, "metadata.json")).read()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.import_main([src, out] + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds an earlier params-only export" in err and "--overwrite" in err
+    assert open(os.path.join(out, "metadata.json")).read() == meta_before
+    # A trained export written before markers existed (metadata.json + params/) is recognised, and still refused.
+    os.remove(os.path.join(out, ownership.MARKER))
+    with pytest.raises(SystemExit):
+        cli.import_main([src, out] + args)
+    assert cli.import_main([src, out, "--overwrite"] + args) == 0
+    params, meta = checkpoint.load_export(out)
+    assert meta["source"] == src and not [p for p in os.listdir(tmp_path) if p.startswith("export~")]
+    # A directory holding anything else is refused even with --overwrite.
+    _user_dataset(tmp_path / "mine")
+    with pytest.raises(SystemExit):
+        cli.import_main([src, str(tmp_path / "mine"), "--overwrite"] + args)
+    assert "notes.txt" in capsys.readouterr().err
+
+
+def test_export_refuses_an_existing_file_unless_overwrite_and_its_own_input(tmp_path):
+    from sarmae_jax.convert import cli
+    from tests.conftest import write_tiny_export
+
+    export = write_tiny_export(str(tmp_path / "export"))
+    out = str(tmp_path / "enc.safetensors")
+    open(out, "w").write("someone's file")
+    with pytest.raises(ownership.OutputError, match="enc.safetensors exists; pass --overwrite"):
+        cli.run_export(export, out, "timm")
+    assert open(out).read() == "someone's file"
+    assert cli.run_export(export, out, "timm", overwrite=True) == out
+    with pytest.raises(ownership.OutputError, match="is the input export_dir"):
+        cli.run_export(export, export, "hf-vit")

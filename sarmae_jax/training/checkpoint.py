@@ -238,6 +238,10 @@ def config_differences(saved: dict, current: dict, prefix: str = "config.") -> l
     return out
 
 
+EXPORT_KIND = "params-only export"  # data_pipelines.ownership kind of `export_params` directories
+EXPORT_FILES = ("metadata.json", "params")  # what every such directory holds (recognised without a marker)
+
+
 def export_params(directory: str | os.PathLike, params: Any, metadata: dict) -> str:
     """Params-only export: `directory/params` (Orbax) + `directory/metadata.json` + `directory/README.md` (the model
     card), local or gs://. All processes call it (each writes its shards); process 0 writes the metadata and the
