@@ -141,3 +141,21 @@ def test_export_refuses_an_existing_file_unless_overwrite_and_its_own_input(tmp_
     assert cli.run_export(export, out, "timm", overwrite=True) == out
     with pytest.raises(ownership.OutputError, match="is the input export_dir"):
         cli.run_export(export, export, "hf-vit")
+
+
+# ----------------------------------------------------------------------------- case 1: sarmae-precompute-teacher
+def test_case1_precompute_refuses_its_own_input_before_any_work(tmp_path, capsys):
+    from sarmae_jax.training import teacher_tokens
+
+    data = str(tmp_path / "D")
+    synthetic.write_synthetic_dataset(data, **SMALL)
+    before = {f: open(os.path.join(data, f), "rb").read() for f in os.listdir(data)}
+    common = ["--kind", "vit", "--size", "mini", "--patch_size", "8", "--checkpoint", "random-init"]
+    for out, said in ((data, "is the input --data"), (os.path.join(data, "tokens"), "lies inside the input --data"),
+                      (str(tmp_path), "lies around the input --data")):
+        with pytest.raises(SystemExit) as exit_info:
+            teacher_tokens.main(["--data", data, "--out", out] + common)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and said in err, err
+    assert {f: open(os.path.join(data, f), "rb").read() for f in os.listdir(data)} == before
