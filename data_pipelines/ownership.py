@@ -130,6 +130,19 @@ class Claim:
             shutil.rmtree(self.target, ignore_errors=True)
 
 
+def _made_from(old: Any, new: Any) -> str:
+    """' (made from X)' for a refusal: the old identity's input, or the keys that differ, kept short."""
+    if old is None:
+        return ""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if "input" in old and old.get("input") != new.get("input"):
+            return f" (made from {old['input']})"
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return f" (made with other {', '.join(differ)})" if differ else ""
+    text = str(old)
+    return f" (made from {text[:160]}{'...' if len(text) > 160 else ''})"
+
+
 def owner(path: str, kind: str, legacy: Iterable[str] = ()) -> dict[str, Any] | None:
     """The marker if `path` holds an output of `kind` (a legacy output: a marker-less directory holding
     every name of `legacy`, returned as {"kind": kind, "identity": None}); else None."""
@@ -138,6 +151,8 @@ def owner(path: str, kind: str, legacy: Iterable[str] = ()) -> dict[str, Any] | 
         return marker if marker.get("kind") == kind else None
     if callable(legacy):
         recognised = legacy(path)
+        if isinstance(recognised, dict):
+            return recognised
     else:
         legacy = list(legacy)
         recognised = bool(legacy) and all(name in _entries(path) for name in legacy)
@@ -154,7 +169,7 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
     Args:
       identity: what the output was made from (compared when resuming; JSON-serialisable).
       legacy: names that mark a marker-less output of this kind (written before markers existed), or a
-        predicate on the path.
+        predicate on the path (which may return the marker it infers).
       may_replace: a regenerable cache (the synthetic datasets): an output of this kind with another
         identity is replaced (atomically) without `overwrite`.
     Raises:
@@ -183,7 +198,7 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
     if resumable and same:
         return Claim(path, path, "resume", tool, kind, identity)
     if not (overwrite or may_replace):
-        made_from = f" (made from {found.get('identity')})" if found.get("identity") is not None else ""
+        made_from = _made_from(found.get("identity"), identity)
         raise OutputError(f"{flag} {path} holds an earlier {kind}{made_from}; pass --overwrite to replace it, "
                           "or give a new directory")
     if _is_gcs(path):

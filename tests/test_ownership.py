@@ -159,3 +159,88 @@ def test_case1_precompute_refuses_its_own_input_before_any_work(tmp_path, capsys
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and said in err, err
     assert {f: open(os.path.join(data, f), "rb").read() for f in os.listdir(data)} == before
+
+
+# ----------------------------------------------------------------------------- cases 5, 6, 7, 12, 13a: sarmae-convert-sar1m
+def _tiles(root, n=4, seed=0):
+    import numpy as np
+
+    from tests.conftest import save_image
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        save_image(f"{root}/img{i}.png", rng.integers(0, 255, (24, 24), dtype=np.uint8))
+
+
+def _convert(argv, capsys):
+    from data_pipelines import sar1m
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        sar1m.main(argv + ["--image_size", "16", "--workers", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) <= 2, err
+    return err
+
+
+def test_case5_convert_of_another_input_into_an_output_is_refused(tmp_path, capsys):
+    from data_pipelines import records, sar1m
+    a, b, out = (str(tmp_path / n) for n in ("A", "B", "O"))
+    _tiles(a)
+    _tiles(b, seed=1)
+    sar1m.main(["--input", a, "--output", out, "--image_size", "16", "--workers", "1"])
+    before = open(os.path.join(out, "manifest.json")).read()
+    err = _convert(["--input", b, "--output", out], capsys)
+    assert "holds an earlier sar1m conversion" in err and a in err and "--overwrite" in err
+    assert open(os.path.join(out, "manifest.json")).read() == before
+    sar1m.main(["--input", b, "--output", out, "--image_size", "16", "--workers", "1", "--overwrite"])
+    manifest = records.read_manifest(out)
+    assert manifest["converter"]["input"] == b
+    on_disk = sorted(f for f in os.listdir(out) if ".array_record" in f and not f.endswith(".json"))
+    assert on_disk == sorted(s["file"] for s in manifest["splits"]["train"]["shards"])  # none of A's left
+    assert "is the input --input" in _convert(["--input", a, "--output", a], capsys)
+
+
+def test_case6_a_corrupted_kept_shard_is_rewritten_and_the_manifest_describes_the_disk(tmp_path):
+    from data_pipelines import records, sar1m, shard_io
+    root, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _tiles(root, n=6)
+    manifest = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
+    shard = os.path.join(out, manifest["splits"]["train"]["shards"][0]["file"])
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    open(shard, "wb").write(bytes(data))
+    again = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
+    assert again["converter"]["counts"]["kept_from_earlier_run"] == 2
+    for entry in again["splits"]["train"]["shards"]:
+        assert shard_io.file_sha256(os.path.join(out, entry["file"])) == entry["sha256"]
+    shard_io.verify_shards(out, "train")
+    assert len(shard_io.ShardedRecordSource(out, "train")) == 6
+
+
+def test_case7_and_13a_opt_without_paired_json_fails_saying_what_was_found(tmp_path, capsys):
+    from tests.conftest import save_image
+    import numpy as np
+    root = str(tmp_path / "sar1m")
+    _tiles(os.path.join(root, "SAR"))
+    save_image(f"{root}/OPT/o1.png", np.zeros((24, 24, 3), np.uint8))
+    with open(f"{root}/unpaired.json", "w") as f:
+        json.dump(["img0.png", "img1.png"], f)
+    err = _convert(["--input", root, "--output", str(tmp_path / "out")], capsys)
+    assert "has OPT/ but no paired.json" in err and "unpaired.json: 2 entries" in err
+    assert not os.path.exists(tmp_path / "out")
+    # 13a: no usable samples says what the pairing lists hold.
+    os.rename(f"{root}/OPT", f"{tmp_path}/OPT_moved")
+    with open(f"{root}/unpaired.json", "w") as f:
+        json.dump([], f)
+    err = _convert(["--input", root, "--output", str(tmp_path / "out")], capsys)
+    assert "no usable samples" in err and "paired.json: absent; unpaired.json: 0 entries" in err
+
+
+def test_case12_convert_into_another_kind_of_dataset_is_refused_untouched(tmp_path, capsys):
+    root, out = str(tmp_path / "in"), str(tmp_path / "syn")
+    _tiles(root)
+    synthetic.write_synthetic_dataset(out, **SMALL)
+    before = sorted(os.listdir(out))
+    err = _convert(["--input", root, "--output", out], capsys)
+    assert "holds a synthetic records dataset output of data_pipelines.synthetic" in err
+    assert sorted(os.listdir(out)) == before
