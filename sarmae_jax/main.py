@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from sarmae_jax.runtime import distributed, tpu_topology
+from sarmae_jax.runtime import cli, distributed, tpu_topology
 from sarmae_jax.training import dry_run, loop, metrics, tpu_plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -68,7 +68,8 @@ def _plan_for_slice() -> None:
 
 def run():
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
-    app.run(main, flags_parser=metrics.parse_flags_with_logging)
+    app.run(cli.main_with_user_errors("sarmae-train", main),
+            flags_parser=lambda argv: cli.parse_flags("sarmae-train", argv, then=metrics.setup_logging))
 
 
 if __name__ == "__main__":
