@@ -314,8 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             maybe_save(checkpoints, step, state, data_iter, meta, config, writer,
                        force=last or preempted_at is not None)
             if preempted_at is not None:
-                log.warning("preemption notice: saved step %d of %d and stopping; rerun the same command to "
-                            "resume", step, total_steps)
+                log.warning("%s: saved step %d of %d and stopping; rerun the same command to resume",
+                            preemption.reason or "preemption notice", step, total_steps)
                 break
 
     # 8. Finish: wait for the last checkpoint; a complete run exports params for evaluation and conversion.
