@@ -46,3 +46,63 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "second Ctrl-C: exiting at once" in proc.stderr and "not reached" not in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def _six_step_workdir(tmp_path, tiny_dataset, stop_at=None):
+    """A tiny run stopped (SIGTERM) at `stop_at` after saving, or run to its end (6 steps, checkpoints 2, 4, 6)."""
+    workdir = str(tmp_path / "run")
+    c = six_step_config(tiny_dataset)
+    c.train.checkpoint_every = 2
+
+    def stop(step):
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.train_and_evaluate(c, workdir, on_step=stop)
+    return c, workdir
+
+
+def test_case8_resume_with_another_lr_or_data_is_refused_unless_accepted_and_then_recorded(tmp_path, tiny_dataset):
+    import json
+
+    import pytest
+
+    from sarmae_jax.training import resume
+
+    c, workdir = _six_step_workdir(tmp_path, tiny_dataset, stop_at=4)
+    changed = c.copy_and_resolve_references()
+    changed.optim.lr = 0.5
+    changed.train.log_every = 3  # free: no refusal for it
+    with pytest.raises(resume.ResumeChangeError, match=r"resuming from step 4 with a changed run: optim.lr: .* -> 0.5"
+                       r"\. Pass --resume_accept=optim.lr") as info:
+        loop.train_and_evaluate(changed, workdir)
+    assert "log_every" not in str(info.value)
+    loop.train_and_evaluate(changed, workdir, resume_accept=resume.parse_accept("config.optim.lr"))
+    meta = json.load(open(os.path.join(workdir, "export", "metadata.json")))
+    assert meta["resume_changes"] == [{"step": 4, "changes": ["optim.lr: 0.001 -> 0.5"]}]
+    card = open(os.path.join(workdir, "export", "README.md")).read()
+    assert "Resumed at step 4 with a changed config" in card and "optim.lr: 0.001 -> 0.5" in card
+
+
+def test_case10_damaged_latest_checkpoint_is_named_and_the_intact_one_taken_on_request(tmp_path, tiny_dataset):
+    import shutil
+
+    import pytest
+
+    from sarmae_jax.training import resume
+
+    c, workdir = _six_step_workdir(tmp_path, tiny_dataset)
+    damaged = os.path.join(workdir, "checkpoints", "6", "state", "ocdbt.process_0")
+    shutil.rmtree(damaged)
+    c.train.num_steps = 8
+    with pytest.raises(resume.DamagedCheckpointError) as info:
+        loop.train_and_evaluate(c, workdir, resume_accept=("train.num_steps",))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "checkpoint step 6" in message and "is damaged" in message and "the previous step is 4" in message
+    assert "--resume_from_intact" in message
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "6", "state"))  # untouched
+    final = loop.train_and_evaluate(c, workdir, resume_accept=("train.num_steps",), resume_from_intact=True)
+    assert "preempted_at_step" not in final
+    assert os.path.isdir(os.path.join(workdir, resume.DAMAGED_DIR, "6", "state"))  # moved aside, not deleted
+    assert 8 in checkpoint.Checkpoints(workdir, keep=3).all_steps()

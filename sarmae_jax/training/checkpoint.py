@@ -122,8 +122,13 @@ class Checkpoints:
         except OSError:
             return []
 
-    def restore_latest(self, abstract_state: Any, data_iter, metadata: dict | None = None) -> tuple[int, Any] | None:
-        """Restore the newest complete checkpoint onto the shardings in `abstract_state`.
+    def saved_metadata(self, step: int) -> dict:
+        """The run metadata saved with checkpoint `step` (config, dataset, accepted resume changes)."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"])
+
+    def restore_latest(self, abstract_state: Any, data_iter, metadata: dict | None = None,
+                       step: int | None = None) -> tuple[int, Any] | None:
+        """Restore the newest complete checkpoint (or `step`) onto the shardings in `abstract_state`.
 
         `abstract_state`: a tree of `jax.ShapeDtypeStruct` with `.sharding` (the *current* mesh, which
         may differ from the one that saved it: other device count, other axis sizes). `data_iter` is
@@ -131,7 +136,7 @@ class Checkpoints:
         Raises IncompatibleCheckpointError, naming the step and every differing array (and, given this
         run's `metadata`, the config keys that differ), when the checkpoint holds another model's state.
         """
-        step = self.manager.latest_step()
+        step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
         step_dir = self.directory / str(step)
