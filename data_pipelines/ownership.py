@@ -66,11 +66,15 @@ def check_not_input(out: str, inputs: Mapping[str, str | None], *, nested: bool 
             raise OutputError(f"{out_flag} {out} lies {where} the input {flag} {path}: give a directory outside it")
 
 
-def _entries(path: str) -> list[str]:
+def entries(path: str) -> list[str]:
+    """The names in `path`, without the write probes of `sarmae_jax.runtime.paths.check_writable` (deleted by it,
+    but another process's may be there for a moment)."""
     if _is_gcs(path):
         p = epath.Path(path)
-        return sorted(c.name for c in p.iterdir()) if p.exists() else []
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+        names = [c.name for c in p.iterdir()] if p.exists() else []
+    else:
+        names = os.listdir(path) if os.path.isdir(path) else []
+    return sorted(n for n in names if not n.startswith(".write_probe."))
 
 
 def read_marker(path: str) -> dict[str, Any] | None:
@@ -155,7 +159,7 @@ def owner(path: str, kind: str, legacy: Iterable[str] = ()) -> dict[str, Any] | 
             return recognised
     else:
         legacy = list(legacy)
-        recognised = bool(legacy) and all(name in _entries(path) for name in legacy)
+        recognised = bool(legacy) and all(name in entries(path) for name in legacy)
     if recognised:
         return {"kind": kind, "tool": "?", "identity": None}
     return None
@@ -179,8 +183,8 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
     path = str(path) if _is_gcs(path) else os.path.abspath(os.path.expanduser(str(path)))
     if not _is_gcs(path) and os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{flag} {path} is a file, not a directory")
-    entries = _entries(path)
-    if not entries:
+    names = entries(path)
+    if not names:
         if _is_gcs(path):
             epath.Path(path).mkdir(parents=True, exist_ok=True)
         else:
@@ -192,7 +196,7 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
     if found is None:
         other = read_marker(path)
         what = (f"a {other.get('kind')} output of {other.get('tool')}" if other else
-                f"files this command did not write ({describe(entries)})")
+                f"files this command did not write ({describe(names)})")
         raise OutputError(f"{flag} {path} holds {what}; refusing to write there. Give an empty or new directory")
     same = found.get("identity") == identity or found.get("identity") is None and identity is None
     if resumable and same:

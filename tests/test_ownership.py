@@ -244,3 +244,46 @@ def test_case12_convert_into_another_kind_of_dataset_is_refused_untouched(tmp_pa
     err = _convert(["--input", root, "--output", out], capsys)
     assert "holds a synthetic records dataset output of data_pipelines.synthetic" in err
     assert sorted(os.listdir(out)) == before
+
+
+# ----------------------------------------------------------------------------- case 2 and 3 through the commands
+def test_case2_train_refuses_a_workdir_holding_the_users_data(tmp_path, tiny_dataset):
+    from sarmae_jax.training import loop
+    from tests.conftest import six_step_config
+
+    workdir = tmp_path / "W"
+    _user_dataset(workdir / "data")
+    c = six_step_config(tiny_dataset)
+    c.data.path = None  # the synthetic set would go to W/data
+    with pytest.raises(ownership.OutputError, match=r"synthetic dataset directory .*/W/data holds files this command "
+                       r"did not write \(manifest.json, notes.txt\)"):
+        loop.train_and_evaluate(c, str(workdir))
+    (workdir / "notes.txt").write_text("mine")  # a workdir holding other things is refused too
+    with pytest.raises(ownership.OutputError, match=r"--workdir .*/W holds files this command did not write "
+                       r"\(data, notes.txt\)"):
+        loop.train_and_evaluate(c, str(workdir))
+    assert sorted(os.listdir(workdir / "data")) == ["manifest.json", "notes.txt"]
+
+
+def test_case3_eval_with_synthetic_kind_on_a_real_image_folder_refuses_it(tmp_path):
+    from sarmae_jax.evaluate import config as eval_config
+    from sarmae_jax.evaluate import pipeline
+    from tests.conftest import write_tiny_export
+
+    folder = tmp_path / "MyImageFolder"
+    for split in ("Train", "Val"):
+        (folder / split / "ship").mkdir(parents=True)
+    (folder / "mine.txt").write_text("mine")
+    cfg = eval_config.default_config() if hasattr(eval_config, "default_config") else None
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("synthetic_eval", "configs/eval/synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.checkpoint = write_tiny_export(str(tmp_path / "export"))
+    cfg.dataset.path = str(folder)
+    with pytest.raises(ownership.OutputError, match=r"Train, Val, mine.txt"):
+        pipeline.run(cfg, str(tmp_path / "eval"))
+    assert sorted(os.listdir(folder)) == ["Train", "Val", "mine.txt"]
+    with pytest.raises(ownership.OutputError, match="lies inside the input --checkpoint"):
+        pipeline.run(cfg, os.path.join(cfg.checkpoint, "eval"))

@@ -235,6 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir = resolve_paths(config, workdir)
     paths.check_writable(workdir, "--workdir")
     main = metrics.is_main_process()
+    if main:  # a directory holding anything but a run is refused, naming what is there
+        resume.claim_workdir(str(workdir), config.data.path)
 
     # 2. Mesh.
     mesh = sharding.make_mesh(config.mesh)

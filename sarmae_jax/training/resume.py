@@ -6,6 +6,9 @@ step, what could not be read, and the previous step; with `sarmae-train --resume
 the damaged step out of Orbax's reach, to `<workdir>/damaged_checkpoints/<step>` (kept for inspection), and
 resumes from the newest step that restores.
 
+Run directory: a workdir is new, or holds a run (`claim_workdir`): a directory holding anything else is refused
+before any work, naming what is there.
+
 Changes: a resume that changes the run, and the record of accepted changes (in the checkpoint metadata,
 the export's metadata and its model card).
 
@@ -23,6 +26,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from data_pipelines import ownership
 from sarmae_jax.runtime import paths
 from sarmae_jax.training import checkpoint
 
@@ -40,6 +44,27 @@ FREE_KEYS = (
     "mesh",  # checkpoints restore onto any mesh
 )
 KEY = "resume_changes"
+
+
+RUN_KIND = "training run"
+# What a run writes into its workdir (loop.py, metrics.py, profiling.py, checkpoint.py): a marker-less directory
+# holding only these is a run of an earlier version.
+RUN_NAMES = ("checkpoints", "metrics.jsonl", "tensorboard", "images", "export", "data", "profile", DAMAGED_DIR)
+
+
+def claim_workdir(workdir: str, data_path: str | None) -> None:
+    """Refuses (ownership.OutputError) a workdir holding anything but a run's files (and the run's own dataset when
+    `data_path` lies inside it); marks a new one. Called by process 0 only (the others read what it wrote)."""
+    inside = None
+    if data_path and not paths.is_gcs(workdir):
+        rel = os.path.relpath(os.path.abspath(data_path), os.path.abspath(workdir))
+        inside = None if rel.startswith("..") else rel.split(os.sep)[0]
+
+    def legacy(path: str) -> bool:
+        names = set(ownership.entries(path)) - {inside}
+        return bool(names) and names <= set(RUN_NAMES) or not names
+
+    ownership.claim(str(workdir), tool="sarmae-train", kind=RUN_KIND, resumable=True, legacy=legacy, flag="--workdir")
 
 
 class ResumeChangeError(ValueError):
