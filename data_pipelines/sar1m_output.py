@@ -12,12 +12,14 @@ kept from an earlier run still is what its receipt says, and that no pair is dro
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from data_pipelines import ownership, records, shard_io
 
+log = logging.getLogger("data_pipelines")
 KIND = "sar1m conversion"
 TOOL = "sarmae-convert-sar1m"
 
@@ -50,9 +52,17 @@ def verified_receipt(path: str, receipt: Mapping[str, Any] | None) -> Mapping[st
     if receipt is None:
         return None
     shard = receipt.get("shard", {})
-    if not os.path.isfile(path) or os.path.getsize(path) != shard.get("num_bytes"):
+    if not os.path.isfile(path):
+        log.warning("%s: missing, though its receipt says it was written: writing it again", path)
         return None
-    if shard_io.file_sha256(path) != shard.get("sha256"):
+    size = os.path.getsize(path)
+    if size != shard.get("num_bytes"):
+        log.warning("%s: %d bytes, its receipt says %s: not kept, writing it again", path, size, shard.get("num_bytes"))
+        return None
+    digest = shard_io.file_sha256(path)
+    if digest != shard.get("sha256"):
+        log.warning("%s: sha256 %s..., its receipt says %s...: changed since it was written, writing it again",
+                    path, digest[:12], str(shard.get("sha256"))[:12])
         return None
     return receipt
 

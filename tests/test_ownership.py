@@ -200,7 +200,7 @@ def test_case5_convert_of_another_input_into_an_output_is_refused(tmp_path, caps
     assert "is the input --input" in _convert(["--input", a, "--output", a], capsys)
 
 
-def test_case6_a_corrupted_kept_shard_is_rewritten_and_the_manifest_describes_the_disk(tmp_path):
+def test_case6_a_corrupted_kept_shard_is_rewritten_and_the_manifest_describes_the_disk(tmp_path, caplog):
     from data_pipelines import records, sar1m, shard_io
     root, out = str(tmp_path / "in"), str(tmp_path / "out")
     _tiles(root, n=6)
@@ -211,6 +211,7 @@ def test_case6_a_corrupted_kept_shard_is_rewritten_and_the_manifest_describes_th
     open(shard, "wb").write(bytes(data))
     again = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
     assert again["converter"]["counts"]["kept_from_earlier_run"] == 2
+    assert f"{shard}: sha256 " in caplog.text and "changed since it was written, writing it again" in caplog.text
     for entry in again["splits"]["train"]["shards"]:
         assert shard_io.file_sha256(os.path.join(out, entry["file"])) == entry["sha256"]
     shard_io.verify_shards(out, "train")
