@@ -68,13 +68,13 @@ def check_not_input(out: str, inputs: Mapping[str, str | None], *, nested: bool 
 
 def entries(path: str) -> list[str]:
     """The names in `path`, without the write probes of `sarmae_jax.runtime.paths.check_writable` (deleted by it,
-    but another process's may be there for a moment)."""
+    but another process's may be there for a moment) and the `.lock` file of `paths.host_lock`."""
     if _is_gcs(path):
         p = epath.Path(path)
         names = [c.name for c in p.iterdir()] if p.exists() else []
     else:
         names = os.listdir(path) if os.path.isdir(path) else []
-    return sorted(n for n in names if not n.startswith(".write_probe."))
+    return sorted(n for n in names if not n.startswith(".write_probe.") and n != ".lock")
 
 
 def read_marker(path: str) -> dict[str, Any] | None:
@@ -184,6 +184,10 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
     if not _is_gcs(path) and os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{flag} {path} is a file, not a directory")
     names = entries(path)
+    if names == [MARKER] and (read_marker(path) or {}).get("kind") == kind:
+        # A run of this kind that failed before writing anything (e.g. on a bad teacher file): nothing to
+        # keep or replace, so the next run, whatever its identity, starts afresh without --overwrite.
+        names = []
     if not names:
         if _is_gcs(path):
             epath.Path(path).mkdir(parents=True, exist_ok=True)

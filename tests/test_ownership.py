@@ -42,6 +42,17 @@ def test_claim_new_resume_refuse_and_atomic_replace(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out~")]
 
 
+def test_an_output_holding_only_its_marker_is_claimed_afresh(tmp_path):
+    # A run that failed before writing anything (a precompute with an unreadable teacher file) leaves the
+    # marker alone: the corrected rerun, of another identity, needs no --overwrite.
+    out = str(tmp_path / "tokens")
+    ownership.claim(out, tool="t", kind="k", identity="teacher-a")
+    c = ownership.claim(out, tool="t", kind="k", identity="teacher-b")
+    assert c.state == "new" and c.target == out and ownership.read_marker(out)["identity"] == "teacher-b"
+    with pytest.raises(ownership.OutputError, match="holds a k output of t"):  # another kind's: still refused
+        ownership.claim(out, tool="t2", kind="k2")
+
+
 def test_claim_refuses_foreign_content_naming_it(tmp_path):
     _user_dataset(tmp_path / "mine")
     with pytest.raises(ownership.OutputError, match=r"holds files this command did not write \(manifest.json, notes.txt\)"):
