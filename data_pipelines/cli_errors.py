@@ -27,14 +27,14 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in (sys.argv[1:] if argv is None else argv)
 
 
-def first_line(error: BaseException) -> str:
-    """The message of `error`: its first two non-empty lines (the rest is detail for --debug)."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
-    return "\n".join(lines[:2])
+def message(error: BaseException) -> str:
+    """The message of `error` as the project wrote it: one line, except the few deliberate listings (an
+    incompatible checkpoint's differing arrays, at most a dozen lines)."""
+    return str(error).strip() or type(error).__name__
 
 
 def report(prog: str, error: BaseException) -> int:
-    print(f"{prog}: error: {first_line(error)}", file=sys.stderr)
+    print(f"{prog}: error: {message(error)}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 

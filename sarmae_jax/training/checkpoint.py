@@ -141,7 +141,7 @@ class Checkpoints:
             return None
         step_dir = self.directory / str(step)
         if abstract_state is not None:
-            self._check_compatible(step, abstract_state, metadata)
+            self.check_compatible(step, abstract_state, metadata)
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         stream = data_iter is not None and (step_dir / "data_stream").exists()
         if data_iter is not None:
@@ -155,7 +155,8 @@ class Checkpoints:
                                 source=str(step_dir / "data_iter"))
         return step, restored["state"]
 
-    def _check_compatible(self, step: int, abstract_state: Any, metadata: dict | None) -> None:
+    def check_compatible(self, step: int, abstract_state: Any, metadata: dict | None) -> None:
+        """Raises IncompatibleCheckpointError when checkpoint `step` holds another model's train state."""
         # The handler reads the item's own array metadata (the checkpointer would look for step-level files).
         saved_tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
         saved_tree = getattr(saved_tree, "tree", saved_tree)

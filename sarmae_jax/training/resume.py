@@ -98,6 +98,10 @@ def restore(checkpoints: checkpoint.Checkpoints, abstract_state: Any, data_iter,
     for i, step in enumerate(steps):
         try:
             saved_meta = checkpoints.saved_metadata(step)
+            if abstract_state is not None:  # another model's state: its own message, naming the arrays
+                checkpoints.check_compatible(step, abstract_state, meta)
+        except checkpoint.IncompatibleCheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001 -- any read failure of this step is damage, said below
             saved_meta, error = None, e
         if saved_meta is not None:
