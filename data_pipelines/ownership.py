@@ -180,6 +180,8 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
       OutputError: output is an input, holds something else, or holds an earlier output and not `overwrite`.
     """
     check_not_input(path, inputs, nested=nested, out_flag=flag)
+    # Compared with the marker's (read back from JSON): tuples become lists, so compare in JSON's terms.
+    identity = json.loads(json.dumps(identity, default=str))
     path = str(path) if _is_gcs(path) else os.path.abspath(os.path.expanduser(str(path)))
     if not _is_gcs(path) and os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{flag} {path} is a file, not a directory")

@@ -42,6 +42,15 @@ def test_claim_new_resume_refuse_and_atomic_replace(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out~")]
 
 
+def test_an_identity_with_tuples_resumes(tmp_path):
+    # Settings dataclasses hold tuples; the marker holds JSON lists: the same identity must still match.
+    out = str(tmp_path / "o")
+    identity = {"input": "/x", "settings": {"polarisations": ("VV", "VH"), "size": 16}}
+    ownership.claim(out, tool="t", kind="k", identity=identity, resumable=True)
+    open(os.path.join(out, "shard"), "w").write("1")
+    assert ownership.claim(out, tool="t", kind="k", identity=identity, resumable=True).state == "resume"
+
+
 def test_an_output_holding_only_its_marker_is_claimed_afresh(tmp_path):
     # A run that failed before writing anything (a precompute with an unreadable teacher file) leaves the
     # marker alone: the corrected rerun, of another identity, needs no --overwrite.
