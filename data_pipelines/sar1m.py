@@ -294,25 +294,28 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
         found = f"; {sar1m_output.describe_lists(root)}" if layout == "sar1m" else ""
         raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]}{found})")
     rasters.set_max_image_pixels(settings.max_image_pixels)
+    sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
+    num_paired_planned = sum(s.optical is not None for s in samples)
+    # Claimed before any image is read: an output the converter may not write is refused first.
+    claim = None if dry_run else sar1m_output.claim_output(output_dir, root, dataclasses.asdict(settings),
+                                                           examples_per_shard, overwrite=overwrite)
+    try:
+        decision = _units_decision(samples, settings)
+        return _convert_into(claim, root, samples, errors, layout, planned, sizes, num_paired_planned, settings,
+                             examples_per_shard, workers, max_error_share, progress, decision)
+    except BaseException:
+        if claim is not None:
+            claim.abort()  # a replacement's staging directory only; the earlier output stays
+        raise
+
+
+def _units_decision(samples: Sequence[Sample], settings: Settings) -> dict[str, Any]:
     try:
         decision = raster_plan.decide_domain([s.sar_parts or (s.sar,) for s in samples], settings)
     except images.BadImage as e:
         raise ConversionError(f"cannot decide the SAR units: {e}") from None
     log.info("SAR units: %s (%s: %s)", decision["domain"], decision["decision"], decision["reason"])
-    sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
-    num_paired_planned = sum(s.optical is not None for s in samples)
-    claim = None
-    if not dry_run:
-        claim = sar1m_output.claim_output(output_dir, root, dataclasses.asdict(settings), examples_per_shard,
-                                          overwrite=overwrite)
-        try:
-            return _convert_into(claim, root, samples, errors, layout, planned, sizes, num_paired_planned,
-                                 settings, examples_per_shard, workers, max_error_share, progress, decision)
-        except BaseException:
-            claim.abort()  # a replacement's staging directory only; the earlier output stays
-            raise
-    return _convert_into(None, root, samples, errors, layout, planned, sizes, num_paired_planned, settings,
-                         examples_per_shard, workers, max_error_share, progress, decision)
+    return decision
 
 
 def _convert_into(claim, root, samples, errors, layout, planned, sizes, num_paired_planned, settings,

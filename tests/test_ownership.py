@@ -4,6 +4,7 @@ Each test reproduces one of the issue's cases; each failed on the code before th
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -202,17 +203,21 @@ def _convert(argv, capsys):
     return err
 
 
-def test_case5_convert_of_another_input_into_an_output_is_refused(tmp_path, capsys):
+def test_case5_convert_of_another_input_into_an_output_is_refused(tmp_path, capsys, caplog):
     from data_pipelines import records, sar1m
     a, b, out = (str(tmp_path / n) for n in ("A", "B", "O"))
     _tiles(a)
     _tiles(b, seed=1)
     sar1m.main(["--input", a, "--output", out, "--image_size", "16", "--workers", "1"])
     before = open(os.path.join(out, "manifest.json")).read()
+    caplog.set_level(logging.INFO, logger="data_pipelines")
+    caplog.clear()
     err = _convert(["--input", b, "--output", out], capsys)
+    assert "SAR units" not in caplog.text  # refused before any image was read
     assert "holds an earlier sar1m conversion" in err and a in err and "--overwrite" in err
     assert open(os.path.join(out, "manifest.json")).read() == before
     sar1m.main(["--input", b, "--output", out, "--image_size", "16", "--workers", "1", "--overwrite"])
+    assert "SAR units" in caplog.text  # (what a run that reads the images logs)
     manifest = records.read_manifest(out)
     assert manifest["converter"]["input"] == b
     on_disk = sorted(f for f in os.listdir(out) if ".array_record" in f and not f.endswith(".json"))
