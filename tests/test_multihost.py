@@ -51,6 +51,21 @@ def test_two_processes_match_one_process(tmp_path, tiny_dataset, two_process_run
     assert [l["step"] for l in lines] == [2]  # one writer, not one per process
 
 
+def test_each_process_writes_its_own_profiler_trace(two_process_run):
+    """train.profile_all_processes: each process's trace whole in its own folder (a shared folder lost one
+    process's files, or crashed JAX's Perfetto writer)."""
+    from tests.test_profiling import traced_steps
+
+    _, log, workdir = two_process_run
+    assert sorted(os.listdir(workdir / "profile")) == ["process_0", "process_1"]
+    for process in (0, 1):
+        runs = list((workdir / "profile" / f"process_{process}" / "plugins" / "profile").iterdir())
+        assert len(runs) == 1, runs
+        assert len(list(runs[0].glob("*.xplane.pb"))) == 1
+        perfetto = list(runs[0].glob("*.trace.json.gz"))
+        assert len(perfetto) == 1 and traced_steps(str(perfetto[0])) == [2]
+
+
 def test_cloud_launchers_dry_run_print_their_commands():
     tpu = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu_pod.sh"), "--dry_run", "my-pod", "us-east5-a",
                           "my-project", "--", "--config", "configs/sarmae_vit_b16.py", "--workdir", "gs://b/run"],
