@@ -106,3 +106,18 @@ def test_case10_damaged_latest_checkpoint_is_named_and_the_intact_one_taken_on_r
     assert "preempted_at_step" not in final
     assert os.path.isdir(os.path.join(workdir, resume.DAMAGED_DIR, "6", "state"))  # moved aside, not deleted
     assert 8 in checkpoint.Checkpoints(workdir, keep=3).all_steps()
+
+
+def test_keys_added_to_the_code_since_the_checkpoint_are_no_change_at_their_default():
+    import json
+
+    from sarmae_jax import config as config_lib
+    from sarmae_jax.training import resume
+
+    current = json.loads(config_lib.default_config().to_json_best_effort())
+    saved = json.loads(json.dumps(current))
+    del saved["train"]["profile_all_processes"], saved["optim"]["min_lr"]  # written before these keys existed
+    assert resume.changed_keys(saved, current) == []
+    current["optim"]["min_lr"] = 1e-6  # not the default: a change the user made
+    current["train"]["profile_all_processes"] = True  # profiling: free
+    assert resume.changed_keys(saved, current) == [("optim.min_lr", "'<absent>' -> 1e-06")]

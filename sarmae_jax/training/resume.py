@@ -21,12 +21,14 @@ every later checkpoint and the export carry forward, and which the model card li
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from data_pipelines import ownership
+from sarmae_jax import config as config_lib
 from sarmae_jax.runtime import paths
 from sarmae_jax.training import checkpoint
 
@@ -36,7 +38,7 @@ DAMAGED_DIR = "damaged_checkpoints"
 # Keys (dotted, under `config.`) whose change does not change what is trained; a prefix covers its section.
 FREE_KEYS = (
     "train.log_every", "train.image_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_period",
-    "train.profile", "train.peak_tflops_per_device", "train.max_consecutive_skips", "train.init_from",
+    "train.profile", "train.profile_all_processes", "train.peak_tflops_per_device", "train.max_consecutive_skips", "train.init_from",
     "train.grad_accum_steps",  # the update equals the full-batch one (training/step.py)
     "data.num_workers", "data.worker_buffer_size", "data.read_threads", "data.prefetch_batches",
     "data.max_corrupt_records",
@@ -143,13 +145,30 @@ def _free(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in FREE_KEYS)
 
 
+_MISSING = object()
+
+
+def _lookup(tree: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
 def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(dotted key, "old -> new") of every config key that differs and is not free."""
+    """(dotted key, "old -> new") of every config key that differs and is not free. A key the checkpoint's
+    config lacks (added to the code since it was written) is no change when this run keeps its default."""
+    defaults = json.loads(config_lib.default_config().to_json_best_effort())
     out = []
     for line in checkpoint.config_differences(saved, current, prefix=""):
         key, change = line.split(": ", 1)
-        if not _free(key):
-            out.append((key, change))
+        if _free(key):
+            continue
+        added = _lookup(saved, key) is _MISSING and _lookup(defaults, key) is not _MISSING
+        if added and _lookup(current, key) == _lookup(defaults, key):
+            continue
+        out.append((key, change))
     return out
 
 
