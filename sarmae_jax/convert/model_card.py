@@ -133,6 +133,9 @@ def _provenance(metadata, config) -> str:
     if steps:
         lines.append(f"- Steps: {steps} at global batch {train.get('batch_size')} "
                      f"({steps * int(train.get('batch_size') or 0):,} examples).")
+    for change in metadata.get("resume_changes", []):  # accepted by sarmae-train --resume_accept
+        lines.append(f"- Resumed at step {change['step']} with a changed config (the settings above hold from there "
+                     "on): " + "; ".join(f"`{c}`" for c in change["changes"]) + ".")
     sare, sarc = config.get("sare"), config.get("sarc", {})
     if sare:
         if sare.get("enabled"):

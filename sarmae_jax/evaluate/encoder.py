@@ -57,6 +57,9 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     if not path:
         raise ValueError("config.checkpoint is empty: give an export directory (<workdir>/export); with "
                          "--random_init it supplies the model description only")
+    if not paths.as_path(path).exists():
+        raise FileNotFoundError(f"config.checkpoint {path} does not exist: give an export directory "
+                                "(<workdir>/export of a finished sarmae-train run, or the output of sarmae-import)")
     params, metadata = checkpoint.load_export(path, device=jax.devices()[0])
     model_cfg = ml_collections.ConfigDict(metadata["config"]["model"])
     if expected_size and model_cfg.size != expected_size:
