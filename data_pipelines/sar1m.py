@@ -44,8 +44,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipelines import (images, optical_values, raster_examples, raster_plan, rasters, records, sar_values,
-                            shard_io, tiles)
+from data_pipelines import (cli_errors, images, optical_values, raster_examples, raster_plan, rasters, records,
+                            sar1m_output, sar_values, shard_io, tiles)
 from data_pipelines import sar_units as sar_units_lib
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,10 @@ def plan_samples(root: str, polarisations: Sequence[str] = (), optical_bands: Se
         return raster_plan.group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found],
                                                polarisations, errors), errors, "folder"
 
+    try:
+        sar1m_output.check_pairing_lists(root)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
     samples: list[Sample] = []
 
     def check(path, origin):
@@ -259,9 +263,7 @@ def _finished_receipt(path: str, samples: Sequence[Sample], settings: Settings) 
         return None
     if receipt.get("fingerprint") != _fingerprint(samples, settings):
         return None
-    if not os.path.isfile(path) or os.path.getsize(path) != receipt["shard"]["num_bytes"]:
-        return None
-    return receipt
+    return sar1m_output.verified_receipt(path, receipt)  # the bytes still hash to the receipt's sha256
 
 
 # ----------------------------------------------------------------------------- the run
@@ -269,13 +271,18 @@ def _finished_receipt(path: str, samples: Sequence[Sample], settings: Settings) 
 
 def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(), examples_per_shard: int = 1000,
             workers: int = 1, max_error_share: float = 0.01, dry_run: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Converts `input_dir` into a dataset at `output_dir` (split "train"). Returns the manifest
     (dry run: a summary with counts and errors, nothing written).
+
+    `output_dir` must be new, or hold this converter's output of the same input and settings (then finished
+    shards whose bytes match their receipts are kept), or, with `overwrite`, an earlier conversion (then the
+    new one is written beside it and swapped in at the end). See `sar1m_output`.
 
     Raises:
       ConversionError: malformed JSON list, no images, or error share > `max_error_share`
         (then errors.jsonl is written and the manifest is not).
+      ownership.OutputError: an output holding anything else, or the input itself.
     """
     settings.validate()
     if not 0 <= max_error_share <= 1:
@@ -284,17 +291,39 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
     samples, errors, layout = plan_samples(root, settings.polarisations, settings.optical_bands)
     planned = len(samples) + len(errors)
     if not samples:
-        raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]})")
+        found = f"; {sar1m_output.describe_lists(root)}" if layout == "sar1m" else ""
+        raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]}{found})")
     rasters.set_max_image_pixels(settings.max_image_pixels)
+    sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
+    num_paired_planned = sum(s.optical is not None for s in samples)
+    # Claimed before any image is read: an output the converter may not write is refused first.
+    claim = None if dry_run else sar1m_output.claim_output(output_dir, root, dataclasses.asdict(settings),
+                                                           examples_per_shard, overwrite=overwrite)
+    try:
+        decision = _units_decision(samples, settings)
+        return _convert_into(claim, root, samples, errors, layout, planned, sizes, num_paired_planned, settings,
+                             examples_per_shard, workers, max_error_share, progress, decision)
+    except BaseException:
+        if claim is not None:
+            claim.abort()  # a replacement's staging directory only; the earlier output stays
+        raise
+
+
+def _units_decision(samples: Sequence[Sample], settings: Settings) -> dict[str, Any]:
     try:
         decision = raster_plan.decide_domain([s.sar_parts or (s.sar,) for s in samples], settings)
     except images.BadImage as e:
         raise ConversionError(f"cannot decide the SAR units: {e}") from None
     log.info("SAR units: %s (%s: %s)", decision["domain"], decision["decision"], decision["reason"])
-    sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
-    num_paired_planned = sum(s.optical is not None for s in samples)
-    if not dry_run:
-        os.makedirs(output_dir, exist_ok=True)
+    return decision
+
+
+def _convert_into(claim, root, samples, errors, layout, planned, sizes, num_paired_planned, settings,
+                  examples_per_shard, workers, max_error_share, progress, decision) -> dict[str, Any]:
+    """Converts into `claim.target` (claim None: a dry run, nothing written); `decision`: the SAR units
+    (raster_plan.decide_domain)."""
+    dry_run = claim is None
+    output_dir = "" if dry_run else claim.target
     tasks, receipts, start = [], {}, 0
     for index, size in enumerate(sizes):
         path = os.path.join(output_dir, shard_io.shard_filename(DATASET_NAME, "train", index, len(sizes)))
@@ -336,15 +365,17 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
     # Paired-first holds across shards: samples are planned paired first and each shard keeps order.
     split = {"num_examples": counts["written"], "num_paired": counts["paired"], "shards": shards}
     h = w = settings.image_size
-    return records.write_dataset_metadata(
+    manifest = records.write_dataset_metadata(
         output_dir, dataset_name=DATASET_NAME, spec=settings.spec, splits={"train": split}, class_names=[],
         resize_rule=images.RESIZE_RULE.format(h=h, w=w), writer_options=settings.writer_options,
         description=f"SAR images converted from {root} ({layout} layout) by data_pipelines.sar1m.",
         extra={"converter": {"version": CONVERTER_VERSION, "input": root, "layout": layout,
                              "settings": dataclasses.asdict(settings),
                              "intensity_rule": images.INTENSITY_RULES[settings.intensity_rule],
-                             "counts": counts, "error_log": ERROR_LOG},
+                             "examples_per_shard": examples_per_shard, "counts": counts, "error_log": ERROR_LOG},
                sar_units_lib.KEY: units_entry, "optical_units": raster_plan.optical_entry(settings, offsets)})
+    claim.commit()
+    return manifest
 
 
 def _run_tasks(tasks, receipts, *, workers, progress, total, done):
@@ -381,6 +412,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max_error_share", type=float, default=0.01)
     parser.add_argument("--dry_run", action="store_true", help="only list, decode and validate; write nothing")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in --output "
+                        "(of another input or settings): written beside it, then swapped in")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     raster_plan.add_arguments(parser)
     return parser
 
@@ -391,11 +425,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         min_size=args.min_size, writer_options=args.writer_options,
                         **raster_plan.settings_kwargs(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        result = convert(args.input, args.output, settings=settings, examples_per_shard=args.examples_per_shard,
-                         workers=args.workers, max_error_share=args.max_error_share, dry_run=args.dry_run)
-    except (ConversionError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    result = cli_errors.run("sarmae-convert-sar1m", lambda: convert(
+        args.input, args.output, settings=settings, examples_per_shard=args.examples_per_shard,
+        workers=args.workers, max_error_share=args.max_error_share, dry_run=args.dry_run, overwrite=args.overwrite),
+        user_errors=(ConversionError,), argv=argv)
     counts = result["counts"] if args.dry_run else result["converter"]["counts"]
     print(f"{counts['written']} examples ({counts['paired']} paired) of {counts['planned']} planned; "
           f"{counts['errors']} errors; {counts['color_sar_averaged']} colour SAR images averaged to one channel; "

@@ -194,7 +194,7 @@ class ShardedRecordSource:
         return self._features
 
     def decode(self, record: RawRecord) -> dict[str, Any]:
-        """Decodes a record into NumPy: sar [H,W,1], optical [H,W,3], is_paired, label, ...
+        """Decodes a record into NumPy: sar [H,W,C], optical [H,W,3], is_paired, label, ...
 
         Raises records.CorruptRecordError naming the shard and record index if the bytes do not parse
         against the dataset's feature spec.
@@ -208,7 +208,7 @@ class ShardedRecordSource:
     def batch_fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """The per-example fields :meth:`read_batch` returns: key -> (shape, dtype)."""
         h, w = self.spec.image_size
-        fields = {"sar": ((h, w, 1), np.dtype(records.SAR_DTYPES[self.spec.sar_dtype]).newbyteorder("<")),
+        fields = {"sar": ((h, w, self.spec.sar_channels), np.dtype(records.SAR_DTYPES[self.spec.sar_dtype]).newbyteorder("<")),
                   "optical": ((h, w, 3), np.dtype(np.uint8)),
                   "is_paired": ((), np.dtype(np.bool_)), "label": ((), np.dtype(np.int32))}
         if self.spec.teacher_tokens is not None:

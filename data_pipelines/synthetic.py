@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_pipelines import images, records, shard_io
+from data_pipelines import images, ownership, records, shard_io
 from data_pipelines.synthetic_scenes import CLASS_NAMES, generate_scenes
 
 DATASET_NAME = "synthetic_sar"
@@ -93,20 +92,56 @@ def _validate(params: Mapping[str, Any]) -> None:
             raise ValueError(f"synthetic dataset: {key}={params[key]!r}, expected {allowed[key]}")
 
 
+KIND = "synthetic records dataset"
+FOLDER_KIND = "synthetic image folder"
+
+
+def _is_legacy_synthetic(path: str) -> bool:
+    """A synthetic set written before ownership markers: its manifest names this generator, and the
+    directory holds only the manifest, dataset_info.json and shards of this dataset."""
+    try:
+        manifest = records.read_manifest(path)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    if manifest.get("dataset_name") != DATASET_NAME or "generator" not in manifest:
+        return False
+    return all(name.startswith(DATASET_NAME) or name.endswith(".json") for name in os.listdir(path))
+
+
+def _claim(out_dir: str, params: Mapping[str, Any], resumable: bool = False) -> ownership.Claim:
+    """Refuses a directory holding anything but a synthetic set (the set itself is a regenerable cache: one
+    with other parameters is replaced, atomically)."""
+    return ownership.claim(out_dir, tool="data_pipelines.synthetic", kind=KIND, identity=dict(params),
+                           legacy=_is_legacy_synthetic, may_replace=True, resumable=resumable,
+                           flag="synthetic dataset directory")
+
+
+def _write_claimed(claim: ownership.Claim, params: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        manifest = _write_dataset(claim.target, params)
+        claim.commit()
+    except BaseException:
+        claim.abort()
+        raise
+    return manifest
+
+
 def write_synthetic_dataset(out_dir: str, **overrides) -> dict[str, Any]:
     """Writes splits 'train' (num_examples) and 'test' (num_test_examples, if > 0) with manifest;
     `overrides` replace keys of `DEFAULTS`.
 
-    Replaces whatever `out_dir` held. Returns the manifest.
+    Replaces an earlier synthetic set in `out_dir` (written beside, then swapped in); refuses a directory
+    holding anything else (`ownership.OutputError`). Returns the manifest.
     """
     params = generator_params(**overrides)
     _validate(params)
+    return _write_claimed(_claim(out_dir, params), params)
+
+
+def _write_dataset(out_dir: str, params: Mapping[str, Any]) -> dict[str, Any]:
     num_examples, num_test_examples = params["num_examples"], params["num_test_examples"]
     image_size, paired_fraction, seed = params["image_size"], params["paired_fraction"], params["seed"]
     examples_per_shard, sar_dtype = params["examples_per_shard"], params["sar_dtype"]
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir)
     spec = records.RecordSpec((image_size, image_size), sar_dtype)
     sizes = {"train": num_examples, "test": num_test_examples}
     splits = {}
@@ -128,30 +163,46 @@ def ensure_synthetic_dataset(out_dir: str, **kwargs) -> dict[str, Any]:
     """Reuses a complete dataset in `out_dir` generated with the same parameters (shard sizes
     checked against the manifest), otherwise (re)generates it. Returns the manifest."""
     wanted = generator_params(**kwargs)
-    try:
-        manifest = records.read_manifest(out_dir)
-        if manifest.get("generator") == wanted:
-            for split in manifest["splits"]:
-                shard_io.verify_shards(out_dir, split, checksums=False)
-            return manifest
-    except (FileNotFoundError, ValueError):
-        pass
-    return write_synthetic_dataset(out_dir, **kwargs)
+    _validate(wanted)
+    if ownership.owner(out_dir, KIND, _is_legacy_synthetic) is not None:
+        try:
+            manifest = records.read_manifest(out_dir)
+            if manifest.get("generator") == wanted:
+                for split in manifest["splits"]:
+                    shard_io.verify_shards(out_dir, split, checksums=False)
+                return manifest
+        except (FileNotFoundError, ValueError):
+            pass
+    # Refuses a directory holding anything else; replaces (beside, then swap) a set with other parameters.
+    return _write_claimed(_claim(out_dir, wanted), wanted)
 
 
 def write_image_folder(out_dir: str, *, num_train: int = 100, num_val: int = 50, image_size: int = 64, seed: int = 0,
                        bit_depth: int = 8) -> dict[str, int]:
     """Writes the scenes as an ImageFolder classification tree -- ``Train/<class>/<id>.png`` and
     ``Val/<class>/<id>.png``, grayscale PNG of `bit_depth` 8 or 16 -- the layout of MSTAR,
-    FUSAR-Ship and SAR-ACD (input of data_pipelines/tfds/image_folder.py). Replaces `out_dir`.
+    FUSAR-Ship and SAR-ACD (input of data_pipelines/tfds/image_folder.py). Replaces an earlier synthetic
+    folder in `out_dir` (atomically); refuses a directory holding anything else (`ownership.OutputError`).
 
     Labels cycle through the classes so every class folder is non-empty when a split has at
     least 5 images. Returns {split folder: image count}.
     """
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth}: expected 8 or 16")
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
+    identity = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, bit_depth=bit_depth)
+    claim = ownership.claim(out_dir, tool="data_pipelines.synthetic", kind=FOLDER_KIND, identity=identity,
+                            may_replace=True, flag="image folder")
+    try:
+        counts = _write_folder(claim.target, num_train, num_val, image_size, seed, bit_depth)
+        claim.commit()
+    except BaseException:
+        claim.abort()
+        raise
+    return counts
+
+
+def _write_folder(out_dir: str, num_train: int, num_val: int, image_size: int, seed: int, bit_depth: int
+                  ) -> dict[str, int]:
     counts = {}
     for folder, n in (("Train", num_train), ("Val", num_val)):
         labels = np.arange(n) % len(CLASS_NAMES)

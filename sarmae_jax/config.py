@@ -22,7 +22,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.size = "base"  # encoder size: tiny | small | base | large | huge (see vit.VIT_SIZES)
     m.patch_size = 16
     m.image_size = 224  # square input; the released recipe resizes everything to 224 (aspect not kept)
-    m.in_channels = 3  # grayscale SAR is repeated to 3 channels so ImageNet MAE weights load unchanged
+    # Encoder input channels. None follows the dataset (training/dataset_config.py): 3 for single-channel SAR
+    # (grey repeated to 3 channels so ImageNet MAE weights load unchanged), C for C polarisation channels.
+    m.in_channels = ml_collections.FieldReference(None, field_type=int)
     m.mask_ratio = 0.75
     m.norm_pix_loss = False  # per-patch normalised targets; off in the released SARMAE recipe
     m.drop_path_rate = 0.0  # stochastic depth in the encoder; MAE pre-training uses none
@@ -143,7 +145,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(m.patch_size, int) and m.patch_size > 0, "model.patch_size", m.patch_size, "a positive integer")
     _check(isinstance(m.image_size, int) and m.image_size > 0 and m.image_size % m.patch_size == 0,
            "model.image_size", m.image_size, f"a positive multiple of model.patch_size={m.patch_size}")
-    _check(m.in_channels in (1, 3), "model.in_channels", m.in_channels, "1 or 3")
+    _check(m.in_channels is None or (isinstance(m.in_channels, int) and m.in_channels >= 1), "model.in_channels",
+           m.in_channels, "None (follow the dataset) or a positive channel count")
     _check(m.pos_embed in ("sincos", "learned"), "model.pos_embed", m.pos_embed, "'sincos' or 'learned'")
     _check(isinstance(m.final_norm, bool), "model.final_norm", m.final_norm, "True or False")
     _check(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "a value in (0, 1)")

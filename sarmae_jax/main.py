@@ -12,8 +12,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from sarmae_jax.runtime import distributed, tpu_topology
-from sarmae_jax.training import dry_run, layout_plan, loop, metrics, tpu_plan
+from sarmae_jax.runtime import cli, distributed, tpu_topology
+from sarmae_jax.training import dry_run, layout_plan, loop, metrics, resume, tpu_plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and images.")
@@ -29,6 +29,11 @@ _PLAN = flags.DEFINE_bool("plan", False, "With --topology: search the slice's la
 _PLAN_COMPILES = flags.DEFINE_integer("plan_compiles", 3, "With --plan: how many of the best candidates to compile.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: this many slices joined over DCN (multi-slice); "
                                    "config.mesh lays out one slice and the data axis spans the slices.")
+_RESUME_ACCEPT = flags.DEFINE_string("resume_accept", None, "Resume although these config keys differ from the "
+                                     "checkpoint's (comma-separated, e.g. optim.lr,data.path; or 'all'); the change "
+                                     "is recorded in the metadata and the model card.")
+_RESUME_FROM_INTACT = flags.DEFINE_bool("resume_from_intact", False, "If the latest checkpoint is damaged, move it "
+                                        "to <workdir>/damaged_checkpoints/ and resume from the newest intact step.")
 flags.mark_flags_as_required(["config"])
 flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["dry_run"].value,
                          message="--workdir is required (except with --dry_run)")
@@ -46,7 +51,8 @@ def main(argv):
         if metrics.is_main_process():
             print(dry_run.format_report(report), flush=True)
         return
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_accept=resume.parse_accept(_RESUME_ACCEPT.value),
+                            resume_from_intact=_RESUME_FROM_INTACT.value)
 
 
 def _plan_for_slice() -> None:
@@ -89,7 +95,8 @@ def _plan_for_slice() -> None:
 
 def run():
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
-    app.run(main, flags_parser=metrics.parse_flags_with_logging)
+    app.run(cli.main_with_user_errors("sarmae-train", main),
+            flags_parser=lambda argv: cli.parse_flags("sarmae-train", argv, then=metrics.setup_logging))
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ def test_import_refuses_wrong_size_truncated_and_foreign_files(tmp_path, capsys)
     src = str(tmp_path / "tiny.pth")
     _fake_released_checkpoint(src)
     args = ["--image-size", str(IMAGE), "--decoder-width", "32", "--decoder-depth", "1", "--decoder-heads", "4"]
-    assert cli.import_main([src, str(tmp_path / "o1"), "--size", "small"] + args) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        cli.import_main([src, str(tmp_path / "o1"), "--size", "small"] + args)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "the encoder is 192 wide, a ViT-tiny, not the ViT-small --size asks for" in err
     truncated = tmp_path / "truncated.pth"

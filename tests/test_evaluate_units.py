@@ -226,9 +226,14 @@ def test_records_resize_follows_the_image_rules():
     assert datasets.resize(same, 8) is same
 
 
-def test_model_input_with_wrong_channels_is_an_error():
-    with pytest.raises(ValueError, match=r"1 channel.*got shape \(2, 8, 8, 3\)"):
-        encoder_lib.normalised_inputs(jnp.zeros((2, 8, 8, 3), jnp.uint8), 3)
+def test_model_input_with_wrong_channels_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"SAR images have 2 channels \(shape \(2, 8, 8, 2\)\).*takes 3"):
+        encoder_lib.normalised_inputs(jnp.zeros((2, 8, 8, 2), jnp.uint8), 3)
+    # An encoder pre-trained on grey (repeated to 3 channels) is not fed 3-channel pictures.
+    encoder = encoder_lib.load(write_tiny_export(str(tmp_path / "export")))
+    encoder_lib.check_data_channels(encoder, np.zeros((2, 8, 8, 1), np.uint8), "grey")
+    with pytest.raises(ValueError, match=r"rgb: SAR images have 3 channel\(s\).*pre-trained on 1 \(SAR\)"):
+        encoder_lib.check_data_channels(encoder, np.zeros((2, 8, 8, 3), np.uint8), "rgb")
 
 
 def test_checkpoint_of_another_model_size_is_an_error(tmp_path):

@@ -350,11 +350,13 @@ def test_cli_reports_units_and_refuses_bad_flags(made, tmp_path, capsys):
                 *flags["scene"]])
     printed = capsys.readouterr().out
     assert "tiles skipped: 6 mostly no-data" in printed and "SAR units: db (auto: float pixels with negative" in printed
-    with pytest.raises(SystemExit, match="boa_add_offset='x'"):
+    with pytest.raises(SystemExit) as exit_info:  # user errors: one line on stderr, exit code 2
         sar1m.main(["--input", f"{root}/scene", "--output", str(tmp_path / "p"), "--boa_add_offset", "x"])
-    with pytest.raises(SystemExit, match="1 of 1 inputs"):
+    assert exit_info.value.code == 2 and "boa_add_offset='x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         sar1m.main(["--input", f"{root}/scene", "--output", str(tmp_path / "q"), "--workers", "1",
                     "--max_error_share", "0"])
+    assert exit_info.value.code == 2 and "1 of 1 inputs" in capsys.readouterr().err
     error = json.loads(open(tmp_path / "q" / sar1m.ERROR_LOG).read())
     assert error["file"].endswith("scene/SAR/s0.tif") and error["reason"] == (
         "2 bands (dtype float32, 2 bands, shape (192, 256, 2)), but 1 SAR channel is stored without "

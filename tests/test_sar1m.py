@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import images, records, sar1m, shard_io
+from data_pipelines import images, ownership, records, sar1m, shard_io
 from tests.conftest import make_sar1m_folder, ramp_image, save_image
 
 SIZE = 32
@@ -151,8 +151,11 @@ def test_plain_folder_resume_dry_run_and_workers(tmp_path):
     assert again["splits"]["train"]["shards"][:2] == shards[:2]
     assert [ex["source"].decode() for ex in shard_io.ShardedRecordSource(out, "train")] == [
         f"{'ab'[i % 2]}/img{i}.png" for i in (0, 2, 4, 1, 3, 5)]
-    # Other settings invalidate every receipt.
-    other = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
+    # Other settings: refused without overwrite; with it, a fresh conversion swapped in.
+    with pytest.raises(ownership.OutputError, match="holds an earlier sar1m conversion"):
+        sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False)
+    other = sar1m.convert(root, out, settings=sar1m.Settings(image_size=16), examples_per_shard=2, progress=False,
+                          overwrite=True)
     assert other["converter"]["counts"]["kept_from_earlier_run"] == 0
 
 
@@ -163,6 +166,7 @@ def test_cli_main(tmp_path, capsys):
     assert "8 examples (3 paired) of 8 planned; 0 errors; 1 colour SAR" in capsys.readouterr().out
     assert records.read_manifest(out)["features"]["sar"]["dtype"] == "uint16"
     _bad_inputs(str(tmp_path / "bad"))
-    with pytest.raises(SystemExit, match="above max_error_share"):
+    with pytest.raises(SystemExit) as exit_info:
         sar1m.main(["--input", str(tmp_path / "bad"), "--output", str(tmp_path / "bad_out"), "--workers", "1",
                     "--image_size", "32"])
+    assert exit_info.value.code == 2 and "above max_error_share" in capsys.readouterr().err

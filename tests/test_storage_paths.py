@@ -101,3 +101,27 @@ def test_metrics_file_torn_line_and_bad_lines(tmp_path):
     path.write_text('{"step": 2}\nnot json\n{"step": 4}\n')
     with pytest.raises(ValueError, match=f"{path} line 2: not a JSON object"):
         metrics_file.MetricsFile(path, resume_step=4)
+
+
+def test_output_ownership_on_a_bucket(gcs_dir):
+    """Issue 20 on gs://: a new output is marked, reused when resumed, refused when it holds another output
+    unless --overwrite (replaced in place: a bucket has no rename), and refused when it holds anything else."""
+    from data_pipelines import ownership
+
+    out = f"{gcs_dir}/export"
+    claim = ownership.claim(out, tool="t", kind="k", identity="a", resumable=True)
+    assert claim.state == "new" and ownership.read_marker(out)["identity"] == "a"
+    epath.Path(out, "params").write_text("p")
+    assert ownership.claim(out, tool="t", kind="k", identity="a", resumable=True).state == "resume"
+    with pytest.raises(ownership.OutputError, match=r"holds an earlier k \(made from a\); pass --overwrite"):
+        ownership.claim(out, tool="t", kind="k", identity="b")
+    replace = ownership.claim(out, tool="t", kind="k", identity="b", overwrite=True)
+    assert replace.state == "replace" and replace.target == out
+    replace.commit()
+    assert ownership.read_marker(out)["identity"] == "b"
+    mine = f"{gcs_dir}/mine"
+    epath.Path(mine, "notes.txt").write_text("my notes")
+    with pytest.raises(ownership.OutputError, match=r"holds files this command did not write \(notes.txt\)"):
+        ownership.claim(mine, tool="t", kind="k", overwrite=True)
+    with pytest.raises(ownership.OutputError, match="is the input --data"):
+        ownership.claim(f"{gcs_dir}/data/", tool="t", kind="k", inputs={"--data": f"{gcs_dir}/data"})

@@ -22,7 +22,7 @@ def folder(tmp_path_factory):
 
 
 def test_synthetic_image_folder_layout(folder):
-    assert sorted(os.listdir(folder)) == ["Train", "Val"]
+    assert sorted(os.listdir(folder)) == [".sarmae_output.json", "Train", "Val"]  # + the generator's ownership marker
     assert sorted(os.listdir(os.path.join(folder, "Train"))) == sorted(synthetic.CLASS_NAMES)
     assert sum(len(files) for _, _, files in os.walk(os.path.join(folder, "Val"))) == 10
     image = Image.open(os.path.join(folder, "Train", "harbour", "000000.png"))

@@ -236,9 +236,9 @@ def test_end_to_end_training_writes_outputs_and_resumes(tmp_path, tiny_dataset):
     params, meta = checkpoint.load_export(os.path.join(workdir, "export"))
     assert set(params) == {"encoder", "decoder", "anchor_head"}
     assert meta["normalization"]["sar"]["mean"] == 0.5 and meta["config"]["model"]["size"] == "mini"
-    # Resume: asking for more steps continues from step 4, not from scratch.
+    # Resume: asking for more steps (a schedule change, accepted explicitly) continues from step 4.
     c.train.num_steps = 6
-    loop.train_and_evaluate(c, workdir)
+    loop.train_and_evaluate(c, workdir, resume_accept=("train.num_steps",))
     lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [l["step"] for l in lines] == [2, 4, 6]
 

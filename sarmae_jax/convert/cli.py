@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from data_pipelines import normalization
+from data_pipelines import cli_errors, normalization, ownership
 from sarmae_jax import config as config_lib
 from sarmae_jax.convert import (model_card, released, source_normalization, state_dicts, teacher_weights, torch_export,
                                 torch_import)
@@ -59,7 +58,7 @@ def size_for_width(width: int, source: str) -> str:
 
 def import_config(size: str, image_size: int, patch_size: int, decoder: dict, scan: bool,
                   teacher_width: int | None = None, *, teacher: dict | None = None, pos_embed: str = "sincos",
-                  final_norm: bool = True) -> ml_collections.ConfigDict:
+                  final_norm: bool = True, in_channels: int = 3) -> ml_collections.ConfigDict:
     """The config describing the imported model (its `model` section, as the run config names it).
 
     Written into the export's metadata; compute settings are the neutral ones (float32, no remat or drop-path):
@@ -67,7 +66,7 @@ def import_config(size: str, image_size: int, patch_size: int, decoder: dict, sc
     (`sarc.teacher`: kind, size, patch_size, checkpoint), which `sarmae-export --format sarmae-pretrain` reads back.
     """
     model = config_lib.default_config().model  # the one schema: every key a run config has
-    model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=3, drop_path_rate=0.0,
+    model.update(size=size, patch_size=patch_size, image_size=image_size, in_channels=in_channels, drop_path_rate=0.0,
                  dtype="float32", param_dtype="float32", scan_layers=scan, remat="none", pos_embed=pos_embed,
                  final_norm=final_norm)
     model.decoder.update(dict(decoder))
@@ -81,7 +80,7 @@ def model_shapes(config) -> dict[str, Any]:
     """Parameter shapes of the model `config` (from `import_config`) describes, every part included."""
     m = config.model
     encoder = sarmae.build_encoder(m)
-    decoder = mae.MAEDecoder(patch_size=m.patch_size, out_channels=m.in_channels, width=m.decoder.width,
+    decoder = mae.MAEDecoder(patch_size=m.patch_size, out_channels=sarmae.input_channels(m), width=m.decoder.width,
                              depth=m.decoder.depth, num_heads=m.decoder.num_heads, stack=sarmae.stack_options(m))
     width = config.sarc.teacher_width
     head = anchor.AnchorHead(width) if width is not None else None
@@ -107,12 +106,29 @@ def released_teacher_config(sd: dict, src: str) -> dict | None:
 
 def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: int = 224,
                parts: Sequence[str] | None = None, decoder: dict, scan: bool = True,
-               head_prefix: str | None = None, stated_normalization: str | None = None) -> str:
+               head_prefix: str | None = None, stated_normalization: str | None = None, overwrite: bool = False
+               ) -> str:
     """Convert `src` to a params-only export in `out_dir` (either local or gs://); returns `out_dir`.
     `size=None`: read off the width. The metadata records the source's own input normalisation
-    (`source_normalization.of_import`; `stated_normalization` overrides it)."""
+    (`source_normalization.of_import`; `stated_normalization` overrides it). An existing export is replaced only
+    with `overwrite` (written beside it, then swapped in); a directory holding anything else is refused
+    (`ownership.OutputError`)."""
     src = str(paths.resolve(src, "checkpoint"))  # a string: the converters name it in their messages
     out_dir = paths.resolve(out_dir, "out_dir")
+    claim = ownership.claim(str(out_dir), tool="sarmae-import", kind=checkpoint.EXPORT_KIND, identity=src,
+                            inputs={"checkpoint": src}, nested=True, overwrite=overwrite,
+                            legacy=checkpoint.EXPORT_FILES, flag="out_dir")
+    try:
+        _import_into(src, claim, size, image_size, parts, decoder, scan, head_prefix, stated_normalization)
+        claim.commit()
+    except BaseException:
+        claim.abort()
+        raise
+    return str(out_dir)
+
+
+def _import_into(src, claim, size, image_size, parts, decoder, scan, head_prefix, stated_normalization) -> None:
+    out_dir = paths.resolve(claim.target, "out_dir")
     paths.check_writable(out_dir, "out_dir")
     sd, info = state_dicts.load_with_info(src)
     width = torch_import.encoder_width(torch_import.student_state_dict(sd)[0], src)
@@ -129,7 +145,8 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
     teacher_width = head["fc2"]["kernel"].shape[-1] if head is not None else None
     teacher = released_teacher_config(sd, src)
     config = import_config(size, image_size, patch, decoder, scan, teacher_width, teacher=teacher,
-                           pos_embed="learned" if "pos_embed" in enc else "sincos", final_norm="norm" in enc)
+                           pos_embed="learned" if "pos_embed" in enc else "sincos", final_norm="norm" in enc,
+                           in_channels=int(enc["patch_embed"]["proj"]["kernel"].shape[2]))
     shapes = model_shapes(config)
     for part, value in params.items():  # the whole model, not just the converter, agrees on every name and shape
         param_trees.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
@@ -141,7 +158,6 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
     checkpoint.export_params(out_dir, jax.tree.map(np.asarray, params), meta)
     log.info("imported %s (ViT-%s) from %s into %s%s", sorted(params), size, src, out_dir,
              f"; its released teacher is recorded as sarc.teacher={teacher}" if teacher else "")
-    return str(out_dir)
 
 
 def import_parser() -> argparse.ArgumentParser:
@@ -161,6 +177,9 @@ def import_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scan", action="store_true", help="write per-block params (model.scan_layers=False)")
     p.add_argument("--source-normalization", choices=source_normalization.CHOICES, default=None,
                    help="the input normalisation the weights were trained with, for a file that does not say")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing export in out_dir (written beside it, then swapped in)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 
 
@@ -169,24 +188,44 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     decoder = dict(width=a.decoder_width, depth=a.decoder_depth, num_heads=a.decoder_heads)
-    try:
-        run_import(a.checkpoint, a.out_dir, size=a.size, image_size=a.image_size, parts=a.parts, decoder=decoder,
-                   scan=not a.no_scan, head_prefix=a.head_prefix, stated_normalization=a.source_normalization)
-    except (ValueError, FileNotFoundError, paths.StorageAccessError) as e:
-        print(f"sarmae-import: {e}", file=sys.stderr)
-        return 1
+    cli_errors.run("sarmae-import", lambda: run_import(
+        a.checkpoint, a.out_dir, size=a.size, image_size=a.image_size, parts=a.parts, decoder=decoder,
+        scan=not a.no_scan, head_prefix=a.head_prefix, stated_normalization=a.source_normalization,
+        overwrite=a.overwrite),
+        user_errors=(paths.StorageAccessError,), argv=argv)
     return 0
 
 
 # ------------------------------------------------------------------------------------------ export
 def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = None,
-               teacher_checkpoint: str | None = None) -> str:
-    """Write `out` in format `fmt` (see the module docstring) and its model card; returns `out`."""
+               teacher_checkpoint: str | None = None, overwrite: bool = False) -> str:
+    """Write `out` in format `fmt` (see the module docstring) and its model card; returns `out`. An existing
+    `out` is replaced (atomically) only with `overwrite`; one holding something else is refused."""
     if fmt in RENAMED_FORMATS:
         raise ValueError(RENAMED_FORMATS[fmt])
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
     export_dir, out = str(paths.resolve(export_dir, "export_dir")), paths.resolve(out, "out")
+    ownership.check_not_input(str(out), {"export_dir": export_dir}, nested=True, out_flag="out")
+    if fmt.startswith("hf-"):
+        claim = ownership.claim(str(out), tool="sarmae-export", kind=f"{fmt} export", identity=export_dir,
+                                overwrite=overwrite, legacy=("config.json", "model.safetensors"), flag="out")
+        try:
+            _export(export_dir, paths.resolve(claim.target, "out"), fmt, image_size, teacher_checkpoint)
+            claim.commit()
+        except BaseException:
+            claim.abort()
+            raise
+        return str(out)
+    card = model_card.card_path(str(out))
+    for path in (out, paths.as_path(card)):
+        if path.exists() and not overwrite:
+            raise ownership.OutputError(f"out {path} exists; pass --overwrite to replace it (atomically), or give "
+                                        "a new name")
+    return _export(export_dir, out, fmt, image_size, teacher_checkpoint)
+
+
+def _export(export_dir: str, out, fmt: str, image_size: int | None, teacher_checkpoint: str | None) -> str:
     paths.check_writable(out if fmt.startswith("hf-") else out.parent, "out", arrays=False)
     params, meta = checkpoint.load_export(export_dir)
     params = jax.tree.map(np.asarray, params)
@@ -216,7 +255,8 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         sar_rule = model_card.sar_normalization(meta)
         paths.write_atomic(out / "config.json", json.dumps(hf_config, indent=2).encode())
         if source_normalization.is_known(sar_rule):
-            preprocessor = torch_export.hf_preprocessor_config(image_size, sar_rule)
+            preprocessor = torch_export.hf_preprocessor_config(image_size, sar_rule,
+                                                               torch_export.encoder_arch(params["encoder"])["channels"])
             paths.write_atomic(out / "preprocessor_config.json", json.dumps(preprocessor, indent=2).encode())
         else:
             log.warning("%s: no preprocessor_config.json: the input normalisation is not known (%s)", out,
@@ -268,6 +308,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="position-table size (default: the run's image size)")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="sarmae-pretrain: where the run's released teacher is (default: sarc.teacher.checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 
 
@@ -275,9 +317,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     a = export_parser().parse_args(argv)
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        print(run_export(a.export_dir, a.out, a.format, a.image_size, a.teacher_checkpoint))
-    except (ValueError, FileNotFoundError, paths.StorageAccessError) as e:
-        print(f"sarmae-export: {e}", file=sys.stderr)
-        return 1
+    print(cli_errors.run("sarmae-export", lambda: run_export(
+        a.export_dir, a.out, a.format, a.image_size, a.teacher_checkpoint, overwrite=a.overwrite),
+        user_errors=(paths.StorageAccessError,), argv=argv))
     return 0

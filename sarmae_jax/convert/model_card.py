@@ -56,11 +56,15 @@ def render(metadata: Mapping[str, Any], target: str, name: str, arch: Mapping[st
     if arch:
         width, depth, heads, patch = arch["width"], arch["depth"], arch["num_heads"], arch["patch_size"]
         size = next((k for k, v in _DEPTH_HEADS.items() if v == (width, depth, heads)), f"{width}w{depth}d")
+    channels = int((arch or {}).get("channels") or m.get("in_channels") or 3)
+    m = dict(m, in_channels=channels)
+    units = config.get("data", {}).get("sar_units")
     sections = [
         f"# {name}: SARMAE ViT-{size} / {patch} ({_WHAT[target]})",
         _architecture(m, size, width, depth, heads, patch, image),
         _provenance(metadata, config),
-        _normalisation(metadata),
+        _normalisation(metadata) if channels == 3 and _single_channel(units) else _channel_normalisation(
+            metadata, channels, units),
         _positions(patch, image, m.get("pos_embed", "sincos")),
         "## Loading\n\n" + _loading(target, name, m, width, depth, heads, patch, image)
         + ("\n\nThis file does not hold: " + "; ".join(absent) + ". A strict load into the released model reports "
@@ -88,7 +92,7 @@ def _architecture(m, size, width, depth, heads, patch, image) -> str:
         f"- ViT-{size}: width {width}, depth {depth}, {heads} heads, MLP ratio 4, pre-norm blocks, "
         f"LayerNorm eps {_num(vit.LAYER_NORM_EPS)},"
         " exact GELU, a class token, qkv bias.",
-        f"- Patch {patch} x {patch}, input {image} x {image} x {m.get('in_channels', 3)} "
+        f"- Patch {patch} x {patch}, input {image} x {image} x {m.get('in_channels') or 3} "
         f"({image // patch} x {image // patch} = {(image // patch) ** 2} patches).",
         "- Positions: " + ("a learned table (imported from a fine-tuned classifier)." if learned else
                            "fixed 2-D sin-cos (MAE's table; the class row is zeros). Not trained."),
@@ -129,6 +133,9 @@ def _provenance(metadata, config) -> str:
     if steps:
         lines.append(f"- Steps: {steps} at global batch {train.get('batch_size')} "
                      f"({steps * int(train.get('batch_size') or 0):,} examples).")
+    for change in metadata.get("resume_changes", []):  # accepted by sarmae-train --resume_accept
+        lines.append(f"- Resumed at step {change['step']} with a changed config (the settings above hold from there "
+                     "on): " + "; ".join(f"`{c}`" for c in change["changes"]) + ".")
     sare, sarc = config.get("sare"), config.get("sarc", {})
     if sare:
         if sare.get("enabled"):
@@ -225,6 +232,51 @@ def _normalisation(metadata) -> str:
     ])
 
 
+def _single_channel(units: Mapping[str, Any] | None) -> bool:
+    return units is None or len(units.get("channels", [])) == 1
+
+
+def _stored_meaning(units: Mapping[str, Any] | None) -> str:
+    """What a stored value x in [0, 1] is, from the `sar_units` entry of the run's dataset."""
+    if units is None:
+        return "SAR intensity scaled to [0, 1]"
+    domain = units.get("domain")
+    if domain == "db":
+        lo, hi = units["db_range"]
+        return f"decibels mapped linearly, `x = (dB - ({_num(lo)})) / ({_num(hi)} - ({_num(lo)}))`"
+    return f"{domain} scaled to [0, 1]"
+
+
+def _channel_normalisation(metadata, channels: int, units: Mapping[str, Any] | None) -> str:
+    """The input rule of an encoder that does not take grey repeated to 3 channels (polarisations, or 1 channel)."""
+    sar = sar_normalization(metadata)
+    if not source_normalization.is_known(sar):
+        return _normalisation(metadata)  # says it is not known, whatever the channels
+    means, stds = source_normalization.per_channel(sar, channels)
+    if len(set(means)) > 1 or len(set(stds)) > 1:
+        raise ValueError(f"export metadata: per-channel SAR statistics {means} / {stds} for a {channels}-channel "
+                         "encoder; the project's rule has one mean and one std for every channel")
+    mean, std = means[0], stds[0]
+    names = list((units or {}).get("channels", [])) if units and len(units.get("channels", [])) == channels else []
+    order = f" in the order {', '.join(names)}" if names else ""
+    fed = (f"{channels} SAR channels{order}, each" if channels > 1 or names else "1 SAR channel")
+    return "\n".join([
+        "## Input normalisation",
+        "",
+        f"Pre-training fed {fed} a stored value x in [0, 1] (integer pixels / dtype max): {_stored_meaning(units)}; "
+        f"then `(x - {_num(mean)}) / {_num(std)}`. No channel is repeated or dropped: the patch embedding takes "
+        f"exactly {channels} channel(s). The same in each toolkit's units:",
+        "",
+        "| toolkit | where | values |",
+        "|---|---|---|",
+        f"| timm / PyTorch | on [0, 1] tensors, `in_chans={channels}` | `mean=({_num(mean)},) * {channels}, "
+        f"std=({_num(std)},) * {channels}` |",
+        f"| Hugging Face | `preprocessor_config.json` (written with every HF export), `num_channels={channels}` | "
+        f"`do_rescale=False` (give it the [0, 1] stored values as float arrays), `image_mean=[{_num(mean)}] * {channels}`, "
+        f"`image_std=[{_num(std)}] * {channels}`, `do_convert_rgb=False` |",
+    ])
+
+
 def _num(x: float) -> str:
     return f"{x:g}"
 
@@ -256,14 +308,16 @@ def _positions(patch: int, image: int, pos_embed: str) -> str:
     ])
 
 
-def _timm_constructor(width, depth, heads, patch, image, extra="num_classes=0") -> str:
-    return (f"VisionTransformer(img_size={image}, patch_size={patch}, embed_dim={width}, depth={depth}, "
+def _timm_constructor(width, depth, heads, patch, image, extra="num_classes=0", channels=3) -> str:
+    chans = "" if channels == 3 else f"in_chans={channels}, "
+    return (f"VisionTransformer(img_size={image}, patch_size={patch}, {chans}embed_dim={width}, depth={depth}, "
             f"num_heads={heads}, {extra})")
 
 
 def _loading(target, name, m, width, depth, heads, patch, image) -> str:
     has_norm = bool(m.get("final_norm", True))
-    ctor = _timm_constructor(width, depth, heads, patch, image)
+    channels = int(m.get("in_channels") or 3)
+    ctor = _timm_constructor(width, depth, heads, patch, image, channels=channels)
     if target == "params":
         return "\n".join([
             "```python",
@@ -331,7 +385,8 @@ def _loading(target, name, m, width, depth, heads, patch, image) -> str:
         "import torch",
         "from timm.models.vision_transformer import VisionTransformer",
         f'state = torch.load("{name}", map_location="cpu", weights_only=True)["model"]',
-        "model = " + _timm_constructor(width, depth, heads, patch, image, 'num_classes=NUM_CLASSES, global_pool="avg"'),
+        "model = " + _timm_constructor(width, depth, heads, patch, image, 'num_classes=NUM_CLASSES, global_pool="avg"',
+                                       channels),
         "missing, unexpected = model.load_state_dict(state, strict=False)",
         'assert set(missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}  # the new classifier',
         f"assert set(unexpected) == {unexpected_cls}  # average pooling normalises with fc_norm, not norm",
@@ -340,7 +395,8 @@ def _loading(target, name, m, width, depth, heads, patch, image) -> str:
         "final norm, four feature-pyramid branches):",
         "```python",
         f"backbone = dict(type='VisionTransformer_timm', img_size=608, patch_size={patch}, embed_dim={width}, "
-        f"depth={depth}, num_heads={heads}, pretrained='{name}')",
+        f"depth={depth}, num_heads={heads}, " + (f"in_chans={channels}, " if channels != 3 else "")
+        + f"pretrained='{name}')",
         "```",
         f"Its loader reports missing `fpn1.*`, `fpn2.*` (new; plus `fc_norm.*`, `head.*` in the segmentation copy) and "
         f"unexpected {unexpected_det}: the parts that backbone does not have.",

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import pickle
+import re
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -118,12 +119,15 @@ def read_torch_file(path: str | os.PathLike):
             found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(source()) if g not in names]
         except (RuntimeError, ValueError):  # legacy files: torch cannot list them
             found = []
+        # torch's own message advises weights_only=False (arbitrary code execution): never quoted; only the
+        # global it refused is kept.
+        found = found or re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = f"pickled objects of {found}" if found else "pickled objects outside the allowlist"
         raise ValueError(
             f"{path}: holds {what} beside its tensors; only tensors, plain Python values and {sorted(names)} are "
-            f"unpickled (torch.load weights_only=True), since unpickling runs code. If you trust the file, save its "
-            f"state dict alone (torch.save(ckpt['model'], 'weights.pth')) and read that. torch said: "
-            f"{str(e).splitlines()[-1].strip()}") from e
+            f"unpickled, since unpickling runs code (this project never loads with weights_only=False). If you "
+            f"trust the file, save its state dict alone (torch.save(ckpt['model'], 'weights.pth')) and read that"
+        ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         kind = "a zip archive (torch.save's format)" if zipped else "a legacy torch.save pickle"
         cause = (str(e).splitlines() or [""])[0].split(". ")[0].strip() or type(e).__name__

@@ -50,11 +50,23 @@ def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
     return vit_layout.encoder_to_torch(params["encoder"], image_size, vit_layout.TIMM_ENCODER)
 
 
-def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any]) -> dict:
+def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any], channels: int = 3) -> dict:
     """`preprocessor_config.json` for `AutoImageProcessor`: the weights' input rule as the export's metadata records
     it (8-bit pixels / 255, then its mean / std, grayscale repeated to RGB, Pillow bilinear resize). A rule that is
-    not known (an import of a file that does not say) is refused: ValueError with the reason."""
-    mean, std = source_normalization.per_channel(sar_normalization)
+    not known (an import of a file that does not say) is refused: ValueError with the reason.
+
+    An encoder of `channels` != 3 (polarisations) takes its channels as they are: no RGB conversion, and no 1/255
+    rescale (its stored values are 16-bit or float: the caller gives [0, 1] values), the mean / std per channel.
+    """
+    mean, std = source_normalization.per_channel(sar_normalization, channels)
+    if channels != 3:
+        return {
+            "image_processor_type": "ViTImageProcessor",
+            "do_convert_rgb": False,
+            "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,
+            "do_rescale": False,
+            "do_normalize": True, "image_mean": mean, "image_std": std,
+        }
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_convert_rgb": True,

@@ -96,8 +96,12 @@ def import_mae_family(sd, source: str, *, num_heads: int, image_size: int, decod
         raise ValueError(f"{source}: parts {absent} requested but not in the checkpoint (it holds {present})")
     r = StrictReader(sd, source)
     out: dict[str, Any] = {}
+    # The student's input channels are the file's (grey repeated to 3, or C polarisations): the imported model is
+    # built with as many (`cli.import_config(in_channels=...)`), so a 2-channel encoder never lands in a 3-channel one.
+    patch_w = sd.get(enc_prefix + enc_names.patch + ".weight")
+    channels = int(patch_w.shape[1]) if patch_w is not None and len(patch_w.shape) == 4 else 3
     out["encoder"] = vit_layout.encoder_from_torch(
-        r, enc_names, num_heads=num_heads, image_size=image_size, scan=scan, prefix=enc_prefix,
+        r, enc_names, num_heads=num_heads, image_size=image_size, channels=channels, scan=scan, prefix=enc_prefix,
         learned_pos=positions.PLAIN_BICUBIC if finetuned else None, final_norm=final_norm)
     width = out["encoder"]["cls_token"].shape[-1]
     patch = out["encoder"]["patch_embed"]["proj"]["kernel"].shape[0]

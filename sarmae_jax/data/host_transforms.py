@@ -26,15 +26,21 @@ _MODES = {(np.dtype(np.uint8), 1): "L", (np.dtype(np.uint16), 1): "I;16", (np.dt
 
 def resize_image(pixels: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float] | None = None,
                  ) -> np.ndarray:
-    """Bilinear resize of one image `[H, W, C]` (uint8 C in {1, 3}, or uint16 C = 1) to `size` (h, w).
+    """Bilinear resize of one image `[H, W, C]` (uint8 C in {1, 3}, or uint8 / uint16 SAR with any C) to
+    `size` (h, w). SAR channels other than 1 (polarisations) are resized one by one, each as C = 1.
 
     `box` = (left, upper, right, lower) in pixels selects the region to resize (a crop).
     """
     mode = _MODES.get((pixels.dtype, pixels.shape[-1]))
+    if mode is None and pixels.ndim == 3 and (pixels.dtype, 1) in _MODES:
+        return np.concatenate([resize_image(pixels[..., c:c + 1], size, box) for c in range(pixels.shape[-1])],
+                              axis=-1)
     if mode is None:
-        raise ValueError(f"resize_image: pixels {pixels.shape} {pixels.dtype}: expected [H, W, 1] uint8/uint16 "
+        raise ValueError(f"resize_image: pixels {pixels.shape} {pixels.dtype}: expected [H, W, C] uint8/uint16 "
                          "or [H, W, 3] uint8")
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, mode)
+    # Pillow infers `mode` from the array (L, I;16, RGB); passing it explicitly is refused for uint16 by Pillow 12.
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+    assert image.mode == mode, (image.mode, mode)
     out = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR, box=box))
     return out.reshape(size[0], size[1], pixels.shape[-1])
 
@@ -67,7 +73,7 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int, s
 
 
 def resize_batch(batch: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Plain resize of `sar` [b, H, W, 1] and `optical` [b, H, W, 3] to `size` (aspect not kept).
+    """Plain resize of `sar` [b, H, W, C] and `optical` [b, H, W, 3] to `size` (aspect not kept).
     A no-op when the images already have that size; unpaired optical rows stay zero."""
     if batch["sar"].shape[1:3] == tuple(size):
         return batch

@@ -23,7 +23,7 @@ pipeline fast: Grain's per-element overhead and TFDS's per-record decoder cost m
 the pixels (docs/data.md has the profile and the numbers).
 
 Batches follow the contract in docs/architecture.md:
-  sar [b, H, W, 1] uint8|uint16, optical [b, H, W, 3] uint8 (zeros where unpaired),
+  sar [b, H, W, C] uint8|uint16 (C = the manifest's SAR channels, 1 by default), optical [b, H, W, 3] uint8 (zeros where unpaired),
   is_paired [b] bool, label [b] int32 (-1 = no label); plus teacher_tokens [b, N, Dt] float16
   when the dataset stores precomputed teacher features (zeros where unpaired).
 """
@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from data_pipelines import normalization, records, shard_io, synthetic
+from data_pipelines import normalization, records, sar_units, shard_io, synthetic
 from sarmae_jax.data import batch_sampling, host_transforms
 from sarmae_jax.runtime import paths
 
@@ -61,6 +61,10 @@ def default_config() -> ml_collections.ConfigDict:
     # ($SARMAE_CACHE_DIR, else ~/.cache/sarmae_jax)/synthetic/<digest>, and fills this in.
     cfg.path = ml_collections.FieldReference(None, field_type=str)
     cfg.split = "train"
+    # What the stored SAR values mean (the manifest's `sar_units` entry: domain, channel names, dB
+    # range; data_pipelines/sar_units.py). None: the trainer fills it in from the dataset's manifest
+    # (training/dataset_config.py); a value set here must equal the manifest's.
+    cfg.sar_units = None
     # Parameters of the synthetic set used when path is None.
     cfg.synthetic = ml_collections.ConfigDict(synthetic.DEFAULTS)
     # Share of paired examples in every stretch of the stream. A number p: paired and unpaired
@@ -168,6 +172,8 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "image_size": (cfg.image_size, cfg.image_size) if cfg.image_size else spec.image_size,
         "stored_image_size": spec.image_size,
         "sar_dtype": spec.sar_dtype,
+        "sar_channels": spec.sar_channels,
+        "sar_units": sar_units.read(manifest, f"{path}/{records.MANIFEST_FILENAME}"),
         "num_examples": entry["num_examples"],
         "num_paired": entry["num_paired"],
         "epoch_size": epoch_size(entry["num_examples"], entry["num_paired"], cfg.paired_share),

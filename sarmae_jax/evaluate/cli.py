@@ -8,7 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sarmae_jax.evaluate import pipeline, report
-from sarmae_jax.runtime import tpu_topology
+from sarmae_jax.runtime import cli, tpu_topology
 from sarmae_jax.training import metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval/*.py).", lock_config=True)
@@ -36,7 +36,8 @@ def main(argv):
 
 def run():
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
-    app.run(main, flags_parser=metrics.parse_flags_with_logging)
+    app.run(cli.main_with_user_errors("sarmae-eval", main),
+            flags_parser=lambda argv: cli.parse_flags("sarmae-eval", argv, then=metrics.setup_logging))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def load_split(dataset_cfg: ml_collections.ConfigDict, split: str, image_size: int, *, workdir: str) -> LabelledImages:
-    """Images `[N, image_size, image_size, 1]`, labels `[N]` int32 and class names of one split.
+    """Images `[N, image_size, image_size, C]` (C: the dataset's SAR channels), labels `[N]` int32 and class names of one split.
 
     `workdir` is the evaluation's output directory, the default home of image-folder builds; when it is a
     gs:// bucket they go to this host's cache directory instead (`paths.local_cache_dir("datasets")`),
@@ -111,7 +111,7 @@ def image_folder_split(folder: str) -> str:
 
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    """`[N, H, W, C]` uint8|uint16 -> `[N, size, size, C]`, same dtype, by the resize rule of
+    """`[N, H, W, C]` uint8|uint16 -> `[N, size, size, C]`, same dtype (each channel alone), by the resize rule of
     `data_pipelines/images.py` (the one the builders use); a no-op when the size already matches."""
     if pixels.shape[1:3] == (size, size):
         return pixels

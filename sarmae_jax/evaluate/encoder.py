@@ -43,7 +43,7 @@ class Encoder(NamedTuple):
 def init_encoder_params(model_cfg, key: jax.Array) -> dict[str, Any]:
     """Fresh (unboxed) encoder parameters for `model_cfg`, as pre-training initialises them."""
     s = model_cfg.image_size
-    images = jnp.zeros((1, s, s, model_cfg.in_channels), jnp.float32)
+    images = jnp.zeros((1, s, s, sarmae.input_channels(model_cfg)), jnp.float32)
     return nn.unbox(sarmae.build_encoder(model_cfg).init(key, images)["params"])
 
 
@@ -57,6 +57,9 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     if not path:
         raise ValueError("config.checkpoint is empty: give an export directory (<workdir>/export); with "
                          "--random_init it supplies the model description only")
+    if not paths.as_path(path).exists():
+        raise FileNotFoundError(f"config.checkpoint {path} does not exist: give an export directory "
+                                "(<workdir>/export of a finished sarmae-train run, or the output of sarmae-import)")
     params, metadata = checkpoint.load_export(path, device=jax.devices()[0])
     model_cfg = ml_collections.ConfigDict(metadata["config"]["model"])
     if expected_size and model_cfg.size != expected_size:
@@ -75,11 +78,48 @@ def load(path: str, *, random_init: bool = False, seed: int = 0, expected_size: 
     return Encoder(model_cfg, params, metadata, path)
 
 
-def normalised_inputs(pixels: jax.Array, in_channels: int) -> jax.Array:
-    """`[B, H, W, 1]` integer SAR pixels -> `[B, H, W, in_channels]` model input (the one normalisation)."""
-    if pixels.shape[-1] != 1:
-        raise ValueError(f"SAR images must have 1 channel (grey, repeated to the model's {in_channels} "
-                         f"inside the model input), got shape {tuple(pixels.shape)}")
+def data_channels(metadata: dict[str, Any]) -> tuple[int, list[str]]:
+    """(count, names) of the SAR channels the encoder was pre-trained on: its run's `config.data.sar_units`;
+    (1, ["SAR"]) for exports written before that entry (single-channel data)."""
+    units = metadata.get("config", {}).get("data", {}).get("sar_units") or {"channels": ["SAR"]}
+    return len(units["channels"]), list(units["channels"])
+
+
+def check_data_channels(encoder: Encoder, images: np.ndarray, source: str) -> None:
+    """Evaluation data must hold the channels pre-training saw (a grey image is not a VV + VH pair, and an
+    RGB picture is not repeated grey). Raises ValueError naming `source`, both counts and the channel names."""
+    count, names = data_channels(encoder.metadata)
+    if images.shape[-1] != count:
+        raise ValueError(f"{source}: SAR images have {images.shape[-1]} channel(s) (shape {tuple(images.shape)}), but "
+                         f"{encoder.name} was pre-trained on {count} ({', '.join(names)}); evaluate it on data stored "
+                         "as its pre-training data was")
+
+
+def check_data_units(encoder: Encoder, units: dict[str, Any] | None, source: str) -> None:
+    """Decibel data must be stored as the pre-training data was: both in dB over the same range, or neither in
+    dB (the encoder's inputs are the stored values: another dB mapping, or linear values for a dB-trained encoder,
+    would be other numbers for the same backscatter). `units`: the evaluation data's `sar_units` (None: unknown,
+    not checked). Raises ValueError naming `source` and both entries."""
+    trained = encoder.metadata.get("config", {}).get("data", {}).get("sar_units")
+    if units is None or trained is None:
+        return
+    db = (trained.get("domain") == "db", units.get("domain") == "db")
+    if db == (False, False):
+        return
+    if db != (True, True) or [float(v) for v in trained["db_range"]] != [float(v) for v in units["db_range"]]:
+        raise ValueError(f"{source}: SAR stored as {units.get('domain')} {units.get('db_range', '')}, but "
+                         f"{encoder.name} was pre-trained on {trained.get('domain')} {trained.get('db_range', '')}; "
+                         "store the evaluation data in the pre-training data's units (for dB: the same db_range)")
+
+
+def normalised_inputs(pixels: jax.Array, in_channels: int | None) -> jax.Array:
+    """`[B, H, W, C]` integer SAR pixels -> `[B, H, W, in_channels]` model input: the one normalisation, as in
+    pre-training (`objective.prepare_inputs`). C = 1 (grey, repeated to the model's channels) or C = in_channels
+    (polarisations, taken as they are); anything else is an error naming both counts."""
+    in_channels = sarmae.DEFAULT_IN_CHANNELS if in_channels is None else in_channels
+    if pixels.shape[-1] not in (1, in_channels):
+        raise ValueError(f"SAR images have {pixels.shape[-1]} channels (shape {tuple(pixels.shape)}), but the encoder "
+                         f"takes {in_channels}: expected 1 channel (grey, repeated) or exactly {in_channels}")
     return preprocess.normalize_sar(preprocess.to_unit_interval(pixels), in_channels)
 
 

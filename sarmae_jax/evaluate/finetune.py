@@ -148,12 +148,12 @@ def _programs(model_json: str, num_classes: int, cfg_json: str) -> Programs:
     model = Classifier(sarmae.build_encoder(m, deterministic=False, drop_path_rate=cfg.drop_path_rate), num_classes)
     eval_model = Classifier(sarmae.build_encoder(m, deterministic=True, drop_path_rate=0.0), num_classes)
     s = m.image_size
-    abstract = jax.eval_shape(lambda k: nn.unbox(eval_model.init(k, jnp.zeros((1, s, s, m.in_channels)))["params"]),
+    abstract = jax.eval_shape(lambda k: nn.unbox(eval_model.init(k, jnp.zeros((1, s, s, sarmae.input_channels(m))))["params"]),
                               jax.random.key(0))
     tx = make_optimizer(cfg, abstract, depth)
 
     def init(key):
-        return nn.unbox(eval_model.init(key, jnp.zeros((1, s, s, m.in_channels)))["params"])
+        return nn.unbox(eval_model.init(key, jnp.zeros((1, s, s, sarmae.input_channels(m))))["params"])
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, pixels, labels, drop_key, lr):

@@ -14,6 +14,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import ownership
+
 from sarmae_jax.evaluate import config as config_lib
 from sarmae_jax.evaluate import datasets, finetune, knn, linear_probe, reconstruction, report, splits
 from sarmae_jax.evaluate import encoder as encoder_lib
@@ -46,6 +48,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg)
     workdir = paths.resolve(workdir, "--workdir")
     paths.check_writable(workdir, "--workdir", arrays=False)
+    claim_workdir(str(workdir), cfg)
 
     # 1. Encoder ---------------------------------------------------------------------------------
     checkpoint = str(paths.resolve(cfg.checkpoint, "config.checkpoint")) if cfg.checkpoint else ""
@@ -62,6 +65,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train = datasets.load_split(cfg.dataset, cfg.dataset.train_split, image_size, workdir=workdir)
     test = datasets.load_split(cfg.dataset, cfg.dataset.test_split, image_size, workdir=workdir)
     _check_same_classes(train, test, cfg.dataset.test_split)
+    for split, data in ((cfg.dataset.train_split, train), (cfg.dataset.test_split, test)):
+        encoder_lib.check_data_channels(enc, data.images, f"{cfg.dataset.path} split {split!r}")
+        encoder_lib.check_data_units(enc, data.sar_units, f"{cfg.dataset.path} split {split!r}")
     pool, val = _validation(cfg, train, image_size, workdir)
     num_classes = len(train.class_names)
     results: dict[str, Any] = {
@@ -138,6 +144,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     json_path, md_path = report.write(results, workdir)
     log.info("results: %s, %s", json_path, md_path)
     return results
+
+
+EVAL_KIND = "evaluation"
+EVAL_NAMES = ("results.json", "results.md", "reconstruction.png", "features", "datasets")  # what run() writes
+
+
+def claim_workdir(workdir: str, cfg) -> None:
+    """Refuses a --workdir that is the checkpoint or the dataset (or holds or lies in one), or that holds anything
+    but an evaluation's files, naming what is there; a rerun into an evaluation's workdir reuses its feature cache
+    and replaces its results."""
+    inputs = {"--checkpoint": cfg.checkpoint or None, "config.dataset.path": cfg.dataset.path or None}
+    ownership.claim(workdir, tool="sarmae-eval", kind=EVAL_KIND, inputs=inputs, nested=True, resumable=True,
+                    legacy=lambda path: set(ownership.entries(path)) <= set(EVAL_NAMES), flag="--workdir")
 
 
 def _all_seeds(cfg) -> list[int]:

@@ -9,6 +9,12 @@ the decoder predicts every patch. Measured against the clean image, on [0, 1] in
   windows whose CLEAN intensity varies by less than `flat_cv` (coefficient of variation): on such
   windows the input's ENL estimates L, and a despeckler should raise it.
 Writes a PNG figure (per level: clean | speckled | visible | prediction) for a few scenes.
+
+Multi-channel encoders (polarisations) and other stored domains: the speckle is applied in the stored
+domain the pre-training's dataset recorded (`config.data.sar_units` of the export, `sare/domains.py`),
+one field per image shared by its channels; PSNR is over all channels, SSIM the mean over channels, and
+ENL and the flat windows are measured on the first channel converted to linear intensity. The figure
+shows the first channel.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ from sarmae_jax.data import preprocess
 from sarmae_jax.evaluate import encoder as encoder_lib
 from sarmae_jax.models import mae, patches, sarmae
 from sarmae_jax.runtime import paths
-from sarmae_jax.sare import speckle
+from sarmae_jax.sare import domains, speckle
+from sarmae_jax.training import dataset_config
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -104,27 +111,36 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
     mask_ratio = m.mask_ratio if cfg.mask_ratio < 0 else cfg.mask_ratio
     n_patches = patches.num_patches(m.image_size, m.patch_size)
     clean_pixels = clean_pixels[: cfg.num_images]
+    channels, shown = sarmae.input_channels(m), clean_pixels.shape[-1]
+    domain = dataset_config.stored_domain(ml_collections.ConfigDict(encoder.metadata.get("config", {})))
+
+    def stored01(x):  # model output -> [B, H, W, shown] stored values in [0, 1]
+        return jnp.clip(x[..., :shown] * preprocess.SAR_STD + preprocess.SAR_MEAN, 0.0, 1.0)
+
+    def channel_ssim(x, y):
+        return jnp.mean(jnp.stack([ssim(x[..., c:c + 1], y[..., c:c + 1]) for c in range(shown)]), axis=0)
 
     @jax.jit
     def run(params, pixels, key, looks):
         clean = preprocess.to_unit_interval(pixels)
         k_noise, k_mask = jax.random.split(key)
-        noisy, _ = speckle.apply_sare(k_noise, clean, model="gamma_intensity", prob=1.0, strength_range=(looks, looks))
+        noisy, _ = speckle.apply_sare(k_noise, clean, model="gamma_intensity", prob=1.0, strength_range=(looks, looks),
+                                      domain=domain)
         masking = mae.random_masking(k_mask, pixels.shape[0], n_patches, mask_ratio)
-        latent = modules.encoder.apply({"params": params["encoder"]}, preprocess.normalize_sar(noisy, m.in_channels),
+        latent = modules.encoder.apply({"params": params["encoder"]}, preprocess.normalize_sar(noisy, channels),
                                        masking.ids_keep)
         pred = modules.decoder.apply({"params": params["decoder"]}, latent, masking.ids_restore)
-        recon = preprocess.denormalize_sar(patches.unpatchify(pred, m.patch_size, m.in_channels))
+        recon = stored01(patches.unpatchify(pred, m.patch_size, channels))
         hidden = patches.unpatchify(jnp.repeat(masking.mask[:, :, None], m.patch_size**2, axis=2), m.patch_size, 1)
-        masked_mse = jnp.sum(hidden * (recon - clean) ** 2, axis=(1, 2, 3)) / jnp.maximum(hidden.sum(axis=(1, 2, 3)), 1)
+        masked_mse = jnp.sum(hidden * (recon - clean) ** 2, axis=(1, 2, 3)) / jnp.maximum(hidden.sum(axis=(1, 2, 3)) * shown, 1)
         return {"clean": clean, "noisy": noisy, "recon": recon, "hidden": hidden,
                 "psnr_noisy": psnr(jnp.clip(noisy, 0, 1), clean), "psnr_recon": psnr(recon, clean),
                 "psnr_recon_masked": -10.0 * jnp.log10(jnp.maximum(masked_mse, 1e-12)),
-                "ssim_noisy": ssim(jnp.clip(noisy, 0, 1), clean), "ssim_recon": ssim(recon, clean)}
+                "ssim_noisy": channel_ssim(jnp.clip(noisy, 0, 1), clean), "ssim_recon": channel_ssim(recon, clean)}
 
     params = {"encoder": encoder.params["encoder"], "decoder": encoder.params["decoder"]}
     clean01 = clean_pixels.astype(np.float32) / np.iinfo(clean_pixels.dtype).max
-    flat = flat_windows(clean01, cfg.window, cfg.flat_cv)
+    flat = flat_windows(_intensity(clean01, domain), cfg.window, cfg.flat_cv)
     levels, figure_rows = [], []
     for li, looks in enumerate(cfg.looks):
         outs = []
@@ -135,13 +151,19 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
         levels.append({"looks": float(looks),
                        **{k: float(np.mean(cat[k])) for k in ("psnr_noisy", "psnr_recon", "psnr_recon_masked",
                                                                 "ssim_noisy", "ssim_recon")},
-                       "enl_noisy": mean_enl(cat["noisy"], flat, cfg.window),
-                       "enl_recon": mean_enl(cat["recon"], flat, cfg.window)})
+                       "enl_noisy": mean_enl(_intensity(cat["noisy"], domain), flat, cfg.window),
+                       "enl_recon": mean_enl(_intensity(cat["recon"], domain), flat, cfg.window)})
         figure_rows.append(cat)
     save_figure(figure_path, figure_rows, cfg.looks, cfg.figure_images)
     return {"levels": levels, "num_images": len(clean_pixels), "mask_ratio": mask_ratio, "window": cfg.window,
             "flat_cv": cfg.flat_cv, "flat_windows": int(flat.sum()), "figure": str(figure_path),
             "speckle_model": "gamma_intensity"}
+
+
+def _intensity(stored: np.ndarray, domain: domains.StoredDomain) -> np.ndarray:
+    """Stored values `[B, H, W, C]` -> the first channel's linear intensity `[B, H, W, 1]` (ENL's quantity)."""
+    first = stored[..., :1]
+    return first if domain.domain == "intensity" else np.asarray(domains.to_intensity(first, domain))
 
 
 def save_figure(path: str, rows: list[dict], looks, count: int) -> None:
@@ -154,7 +176,8 @@ def save_figure(path: str, rows: list[dict], looks, count: int) -> None:
         for i in range(min(count, len(cat["clean"]))):
             noisy = np.clip(cat["noisy"][i], 0, 1)
             visible = noisy * (1 - cat["hidden"][i]) + 0.25 * cat["hidden"][i]
-            row = np.concatenate([cat["clean"][i], noisy, visible, cat["recon"][i]], axis=1)[..., 0]
+            row = np.concatenate([cat["clean"][i][..., :1], noisy[..., :1], visible[..., :1], cat["recon"][i][..., :1]],
+                                 axis=1)[..., 0]
             tiles.append((level, np.sqrt(np.clip(row, 0, 1))))
     s = rows[0]["clean"].shape[1]
     scale = max(1, 128 // s)

@@ -16,6 +16,15 @@ from sarmae_jax.models import anchor, mae, patches, teachers, vit
 # No float16: its 5 exponent bits underflow small gradients without loss scaling, which this trainer does
 # not do; bfloat16 keeps float32's range.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Input channels of a model whose `model.in_channels` is None and that no dataset has resolved
+# (training/dataset_config.py): single-channel SAR repeated to 3, so ImageNet MAE weights load unchanged.
+DEFAULT_IN_CHANNELS = 3
+
+
+def input_channels(model_cfg) -> int:
+    """`model.in_channels`, or `DEFAULT_IN_CHANNELS` while it is None (not yet resolved from a dataset)."""
+    channels = model_cfg.get("in_channels", DEFAULT_IN_CHANNELS)
+    return DEFAULT_IN_CHANNELS if channels is None else int(channels)
 
 
 class Modules(NamedTuple):
@@ -53,7 +62,7 @@ def build(config) -> Modules:
     dtype, param_dtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
     encoder = build_encoder(m, deterministic=m.drop_path_rate == 0.0)
     decoder = mae.MAEDecoder(
-        patch_size=m.patch_size, out_channels=m.in_channels, width=m.decoder.width, depth=m.decoder.depth,
+        patch_size=m.patch_size, out_channels=input_channels(m), width=m.decoder.width, depth=m.decoder.depth,
         num_heads=m.decoder.num_heads, dtype=dtype, param_dtype=param_dtype,
         attention_impl=m.attention_impl or None, stack=stack_options(m),
     )
@@ -71,7 +80,7 @@ def init_params(modules: Modules, config, key: jax.Array) -> dict[str, Any]:
     n = patches.num_patches(s, m.patch_size)
     k = mae.num_kept(n, m.mask_ratio)
     k_enc, k_dec, k_head = jax.random.split(key, 3)
-    images = jnp.zeros((1, s, s, m.in_channels), jnp.float32)
+    images = jnp.zeros((1, s, s, input_channels(m)), jnp.float32)
     ids_keep = jnp.zeros((1, k), jnp.int32)
     ids_restore = jnp.zeros((1, n), jnp.int32)
     width = vit.VIT_SIZES[m.size]["width"]

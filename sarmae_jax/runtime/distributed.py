@@ -56,26 +56,41 @@ class PreemptionWatch:
     Several processes: the processes must agree on the step at which all of them save, so the notice
     goes through JAX's preemption service (started by `jax.distributed.initialize`, which listens for
     SIGTERM on every host): `reached_preemption_sync_point(step)` turns True at the same step everywhere.
-    Use as a context manager; the previous SIGTERM handler is put back on exit.
+    Ctrl-C (SIGINT) in one process is a stop request like SIGTERM, with one line on stderr saying so; a
+    second Ctrl-C exits at once (exit code 130, nothing saved). Several processes keep Python's SIGINT
+    (a launcher interrupts them all; the preemption service hears SIGTERM only).
+    Use as a context manager; the previous handlers are put back on exit.
     """
 
     def __init__(self):
         self.signalled = False
-        self._previous = None
+        self.reason = ""  # "SIGTERM" | "SIGINT" | "" (a JAX preemption notice)
+        self._previous: dict[int, object] = {}
         self._service_missing_logged = False
 
     def __enter__(self) -> "PreemptionWatch":
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def _on_sigterm(self, signum, frame) -> None:
         self.signalled = True  # nothing else here: a signal handler must not block or log
+        self.reason = self.reason or "SIGTERM"
+
+    def _on_sigint(self, signum, frame) -> None:
+        # os.write and os._exit only: they are safe inside a signal handler (logging and print are not).
+        if self.signalled:
+            os.write(2, b"\nsecond Ctrl-C: exiting at once, without saving\n")
+            os._exit(130)
+        self.signalled, self.reason = True, "SIGINT"
+        os.write(2, b"\nCtrl-C: saving a checkpoint at the end of this step, then stopping "
+                    b"(Ctrl-C again to exit at once without saving)\n")
 
     def should_stop(self, step: int) -> bool:
         """Call after every step on every process (the multi-host protocol needs each step)."""

@@ -1,10 +1,14 @@
 """SARE: speckle injection on device, batched and jit-able (no per-image Python loops).
 
-The train step calls `apply_sare_from_config(key, images, config.sare)` on the clean batch
-`images: [B, H, W, C] float32` in [0, 1] (the pixel contract of `docs/architecture.md`: clean
-intensity, grayscale repeated to C channels) before normalisation; the reconstruction target stays
-the clean batch. Each image gets ONE multiplicative field `[H, W]` shared by its C channels, is
-noised with probability `prob`, and draws its own strength from `strength_range`.
+The train step calls `apply_sare_from_config(key, images, config.sare, domain)` on the clean batch
+`images: [B, H, W, C] float32` of stored values in [0, 1] (the pixel contract of
+`docs/architecture.md`: one channel, or C polarisations) before normalisation; the reconstruction
+target stays the clean batch. Each image gets ONE multiplicative field `[H, W]` shared by its C
+channels, is noised with probability `prob`, and draws its own strength from `strength_range`.
+`domain` (`domains.StoredDomain`, from the dataset's manifest) says what the stored values encode:
+the physical models below multiply linear intensity and are applied in that domain (`domains.py`,
+docs/speckle.md); the laws below are written for the legacy intensity storage, where they are
+exactly what they were before the domain existed.
 
 Models (`MODELS`):
 - "gamma_intensity": y = x * G, G ~ Gamma(L, 1/L) (unit mean, variance 1/L), x read as intensity.
@@ -47,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sarmae_jax.sare import quantiles, sampling
+from sarmae_jax.sare import domains, quantiles, sampling
 
 MODELS = ("gamma_intensity", "amplitude", "lognormal", "released")
 LOOKS_MODELS = ("gamma_intensity", "amplitude")  # strength = looks L, config key `looks`
@@ -172,18 +176,21 @@ def _draw_strength(key: jax.Array, batch: int, model: str, strength_range) -> ja
     return low + uniform * (high - low)
 
 
-def apply_sare(key: jax.Array, images: jax.Array, *, model: str, prob,
-               strength_range) -> tuple[jax.Array, dict[str, jax.Array]]:
+def apply_sare(key: jax.Array, images: jax.Array, *, model: str, prob, strength_range,
+               domain: domains.StoredDomain = domains.LEGACY) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Speckle a random subset of the batch; one field per image shared by its channels.
 
     Args:
       key: PRNG key (deterministic: the same key gives the same output).
-      images: `[B, H, W, C]` float32 clean intensities in [0, 1].
+      images: `[B, H, W, C]` float32 clean stored values in [0, 1], in `domain`.
       model: one of `MODELS` (static).
       prob: probability that an image is noised (Python float or traced scalar).
       strength_range: (lo, hi): looks for "gamma_intensity"/"amplitude" (log-uniform), sigma for
         "lognormal"/"released" (uniform). Python floats or traced scalars; traced values let one
         compiled function serve every range.
+      domain: what the stored values encode (static; `domains.py`, docs/speckle.md): the physical
+        models' fields multiply linear intensity and are applied in this domain; "released" works
+        on the stored values whatever they encode, as the released code did.
     Returns:
       (noisy `[B, H, W, C]` float32, {"applied": `[B]` bool, "strength": `[B]` float32}). The
       strength is drawn for every image and used only where `applied` is True.
@@ -194,40 +201,57 @@ def apply_sare(key: jax.Array, images: jax.Array, *, model: str, prob,
         raise ValueError(f"apply_sare: images shape {images.shape}; expected [B, H, W, C]")
     _check_concrete_arguments(model, prob, strength_range)
     low, high = strength_range
-    return _apply_sare(key, images, model, prob, low, high)
+    return _apply_sare(key, images, model, prob, low, high, domain)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _apply_sare(key, images, model, prob, low, high):
+@functools.partial(jax.jit, static_argnums=(2, 6))
+def _apply_sare(key, images, model, prob, low, high, domain=domains.LEGACY):
     # prob and the range are traced: one compiled function serves every value.
     batch, height, width, _ = images.shape
     key_apply, key_strength, key_field = jax.random.split(key, 3)
     applied = _row_uniform(key_apply, batch) < prob
     strength = _draw_strength(key_strength, batch, model, (low, high))
 
-    field_shape = (batch, height, width, 1)
-    if model == "gamma_intensity":
-        noisy = images * gamma_field(key_field, field_shape, strength)
-    elif model == "amplitude":
-        noisy = images * nakagami_field(key_field, field_shape, strength)
-    elif model == "lognormal":
-        noisy = images * lognormal_field(key_field, field_shape, strength)
-    else:
+    field_shape = (batch, height, width, 1)  # one field per image, shared by its C channels
+    if model == "released":
         noisy = released_noise(key_field, images, strength)
+    else:
+        noisy = domains.speckle_stored(images, intensity_field(key_field, field_shape, model, strength),
+                                       model_domain(model, domain))
     noisy = jnp.where(applied[:, None, None, None], noisy, images)
     return noisy, {"applied": applied, "strength": strength}
 
 
-def apply_sare_from_config(key: jax.Array, images: jax.Array,
-                           sare_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`apply_sare` with the settings of `config.sare`; `enabled=False` returns the images unchanged."""
+def intensity_field(key: jax.Array, shape: tuple[int, ...], model: str, strength) -> jax.Array:
+    """The unit-mean factor a physical model (`gamma_intensity`, `amplitude`, `lognormal`) applies to
+    linear INTENSITY: Gamma(L, 1/L) for both looks models (the "amplitude" law is its square root on
+    amplitude), exp(sigma n) for "lognormal". `shape` (B, H, W, 1), strength `[B]`."""
+    if model in LOOKS_MODELS:
+        return gamma_field(key, shape, strength)
+    return lognormal_field(key, shape, strength)
+
+
+def model_domain(model: str, domain: domains.StoredDomain) -> domains.StoredDomain:
+    """The domain a physical model applies its field in. "amplitude" reads the stored values as
+    amplitude: on intensity storage (legacy 8-bit images, often detected amplitude) that is the
+    user's reading over the manifest's, its original meaning; on amplitude storage it is the
+    manifest's; dB needs no choice (20 log10 A = 10 log10 I)."""
+    if model == "amplitude" and domain.domain == "intensity":
+        return domains.StoredDomain("amplitude")
+    return domain
+
+
+def apply_sare_from_config(key: jax.Array, images: jax.Array, sare_cfg: ml_collections.ConfigDict,
+                           domain: domains.StoredDomain = domains.LEGACY) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`apply_sare` with the settings of `config.sare`, in the stored `domain`; `enabled=False` returns
+    the images unchanged."""
     validate_config(sare_cfg)
     if not sare_cfg.enabled:
         batch = images.shape[0]
         return images, {"applied": jnp.zeros((batch,), bool), "strength": jnp.zeros((batch,), jnp.float32)}
     strength_range = sare_cfg.looks if sare_cfg.model in LOOKS_MODELS else sare_cfg.sigma
     return apply_sare(key, images, model=sare_cfg.model, prob=sare_cfg.prob,
-                      strength_range=tuple(strength_range))
+                      strength_range=tuple(strength_range), domain=domain)
 
 
 # ------------------------------------------------------------------------------------------------

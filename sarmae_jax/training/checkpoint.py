@@ -124,8 +124,13 @@ class Checkpoints:
                     f"{type(e).__name__}: {e})")
         return f"the previous checkpoint (step {max(good)}) is intact" if good else "no earlier checkpoint exists"
 
-    def restore_latest(self, abstract_state: Any, data_iter, metadata: dict | None = None) -> tuple[int, Any] | None:
-        """Restore the newest complete checkpoint onto the shardings in `abstract_state`.
+    def saved_metadata(self, step: int) -> dict:
+        """The run metadata saved with checkpoint `step` (config, dataset, accepted resume changes)."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"])
+
+    def restore_latest(self, abstract_state: Any, data_iter, metadata: dict | None = None,
+                       step: int | None = None) -> tuple[int, Any] | None:
+        """Restore the newest complete checkpoint (or `step`) onto the shardings in `abstract_state`.
 
         `abstract_state`: a tree of `jax.ShapeDtypeStruct` with `.sharding` (the *current* mesh, which
         may differ from the one that saved it: other device count, other axis sizes). `data_iter` is
@@ -133,12 +138,12 @@ class Checkpoints:
         Raises IncompatibleCheckpointError, naming the step and every differing array (and, given this
         run's `metadata`, the config keys that differ), when the checkpoint holds another model's state.
         """
-        step = self.manager.latest_step()
+        step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
         step_dir = self.directory / str(step)
         if abstract_state is not None:
-            self._check_compatible(step, abstract_state, metadata)
+            self.check_compatible(step, abstract_state, metadata)
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         stream = data_iter is not None and (step_dir / "data_stream").exists()
         if data_iter is not None:
@@ -152,7 +157,8 @@ class Checkpoints:
                                 source=str(step_dir / "data_iter"))
         return step, restored["state"]
 
-    def _check_compatible(self, step: int, abstract_state: Any, metadata: dict | None) -> None:
+    def check_compatible(self, step: int, abstract_state: Any, metadata: dict | None) -> None:
+        """Raises IncompatibleCheckpointError when checkpoint `step` holds another model's train state."""
         # The handler reads the item's own array metadata (the checkpointer would look for step-level files).
         saved_tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
         saved_tree = getattr(saved_tree, "tree", saved_tree)
@@ -238,6 +244,10 @@ def config_differences(saved: dict, current: dict, prefix: str = "config.") -> l
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+EXPORT_KIND = "params-only export"  # data_pipelines.ownership kind of `export_params` directories
+EXPORT_FILES = ("metadata.json", "params")  # what every such directory holds (recognised without a marker)
 
 
 def export_params(directory: str | os.PathLike, params: Any, metadata: dict) -> str:

@@ -25,7 +25,7 @@ from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, patches
 from sarmae_jax.models.teachers import RANDOM_INIT
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import flops, loop
+from sarmae_jax.training import dataset_config, flops, loop
 from sarmae_jax.training import state as state_lib
 
 GiB = 1024**3
@@ -73,6 +73,8 @@ def lower_train_step(config: ml_collections.ConfigDict, devices=None, *,
     """
     config = without_teacher_weights(config)
     config_lib.validate(config)
+    if config.data.path is not None:  # the dataset's channels and units shape the model and the step
+        config = dataset_config.resolve(config, pipeline.dataset_info(config.data))
     mesh = sharding.make_mesh(config.mesh, devices)
     sar_dtype, epoch_size, stored = data_spec(config)
     teacher_tokens = bool(config.sarc.enabled and (stored if teacher_tokens is None else teacher_tokens))

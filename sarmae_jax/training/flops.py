@@ -9,7 +9,7 @@ Per transformer block over T tokens, width D, MLP width M = 4D:
 """
 from __future__ import annotations
 
-from sarmae_jax.models import mae, patches, teachers, vit
+from sarmae_jax.models import mae, patches, sarmae, teachers, vit
 from sarmae_jax.runtime import tpu_topology
 from sarmae_jax.training import paired_rows
 
@@ -54,7 +54,7 @@ def _trained_forward_flops(config, head_row_fraction: float = 1.0) -> float:
     enc = vit.VIT_SIZES[m.size]
     n = patches.num_patches(m.image_size, m.patch_size)
     k = mae.num_kept(n, m.mask_ratio)
-    patch_pixels = m.patch_size**2 * m.in_channels
+    patch_pixels = m.patch_size**2 * sarmae.input_channels(m)
     dec = m.decoder
     # The encoder embeds all N patches, then keeps K (+ class token) through the blocks.
     encoder = vit_forward_flops(k + 1, enc["width"], enc["depth"], patch_pixels, n)

@@ -22,7 +22,7 @@ from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, teachers
 from sarmae_jax.runtime import compilation_cache, distributed, paths, sharding
-from sarmae_jax.training import checkpoint, flops, metrics, profiling
+from sarmae_jax.training import checkpoint, dataset_config, flops, metrics, profiling, resume
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
 
@@ -227,7 +227,8 @@ def stored_teacher_tokens(info: dict, config) -> bool:
 
 # ------------------------------------------------------------------------------------------ main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+                       on_step: Callable[[int], None] | None = None, *, resume_accept: tuple[str, ...] = (),
+                       resume_from_intact: bool = False) -> dict[str, float]:
     """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
 
     `workdir`: a local directory or a gs://BUCKET/PATH URI; process 0 writes metrics, TensorBoard events,
@@ -235,7 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     within seconds, before anything is compiled, if the directory cannot be written.
     Stops early, after saving a checkpoint, on SIGTERM or a JAX preemption notice (the returned
     metrics then hold `preempted_at_step`); a later call with the same workdir resumes exactly.
-    `on_step(step)` is called after each step is dispatched (profiling hooks, tests).
+    `on_step(step)` is called after each step is dispatched (profiling hooks, tests). A resume that changes
+    the config (other than `resume.FREE_KEYS`) needs its keys in `resume_accept`; `resume_from_intact` resumes
+    past a damaged latest checkpoint (training/resume.py).
     """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
@@ -243,6 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     paths.check_writable(workdir, "--workdir")
     compilation_cache.enable(config.train.compilation_cache_dir)
     main = metrics.is_main_process()
+    if main:  # a directory holding anything but a run is refused, naming what is there
+        resume.claim_workdir(str(workdir), config.data.path)
 
     # 2. Mesh.
     mesh = sharding.make_mesh(config.mesh)
@@ -252,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 3. Data: global batch i is a function of (seed, i) alone; each process reads the rows its devices
     #    hold, so any number of processes resumes the same stream. Batches become global arrays.
     data_cfg, info = prepare_data(config, workdir)
+    config = dataset_config.resolve(config, info)  # model.in_channels and data.sar_units from the manifest
     batch_sharding = sharding.batch_sharding(mesh)
     data_iter = pipeline.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
@@ -277,10 +283,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints,
                                          keep_period=config.train.keep_period)
     meta = checkpoint.run_metadata(config, dataset=info, total_steps=total_steps)
-    restored = checkpoints.restore_latest(parts.abstract_state, data_iter, meta)
+    restored = resume.restore(checkpoints, parts.abstract_state, data_iter, meta, accept=resume_accept,
+                              take_intact=resume_from_intact, workdir=str(workdir))
     if restored is not None:
-        start_step, state = restored
-        log.info("resumed from step %d", start_step)
+        start_step, state, meta = restored
+        log.info("resumed from step %d%s", start_step, "".join(
+            f"; changed at step {h['step']}: {', '.join(h['changes'])}" for h in meta.get(resume.KEY, [])
+            if h["step"] == start_step))
     else:
         state = parts.init_state(jax.random.key(config.seed))
         state = state.replace(params=maybe_init_from(state.params, config.train.init_from))
@@ -328,8 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             maybe_save(checkpoints, step, state, data_iter, meta, config, writer,
                        force=last or preempted_at is not None)
             if preempted_at is not None:
-                log.warning("preemption notice: saved step %d of %d and stopping; rerun the same command to "
-                            "resume", step, total_steps)
+                log.warning("%s: saved step %d of %d and stopping; rerun the same command to resume",
+                            preemption.reason or "preemption notice", step, total_steps)
                 break
 
     # 8. Finish: wait for the last checkpoint; a complete run exports params for evaluation and conversion.

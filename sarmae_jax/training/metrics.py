@@ -15,7 +15,6 @@ from typing import Mapping
 
 import jax
 import numpy as np
-from absl import flags
 from absl import logging as absl_logging
 from PIL import Image, ImageDraw, PngImagePlugin
 from tqdm.auto import tqdm
@@ -152,10 +151,3 @@ def setup_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
         ours.addHandler(handler)
-
-
-def parse_flags_with_logging(argv):
-    """absl `flags_parser` for the command-line tools: parse the flags, then set up logging."""
-    parsed = flags.FLAGS(argv)
-    setup_logging()
-    return parsed

@@ -10,22 +10,25 @@ import jax
 import jax.numpy as jnp
 
 from sarmae_jax.data import preprocess
-from sarmae_jax.models import anchor, mae, patches
+from sarmae_jax.models import anchor, mae, patches, sarmae
 from sarmae_jax.models.sarmae import Modules
 from sarmae_jax.sare import speckle
-from sarmae_jax.training import paired_rows
+from sarmae_jax.training import dataset_config, paired_rows
 
 
 def prepare_inputs(batch: dict[str, jax.Array], key: jax.Array, config) -> dict[str, jax.Array]:
     """Device batch -> normalised model inputs. SARE noises the encoder input; the target stays clean.
 
-    Returns `clean` and `noisy` `[B, H, W, in_channels]` (normalised SAR), `optical` `[B, H, W, 3]`
-    (ImageNet-normalised), `speckled` `[B]` bool and `strength` `[B]` float32; `teacher_tokens`
-    `[B, N, Dt]` passes through when the dataset stores precomputed teacher features.
+    `batch["sar"]` is `[B, H, W, C]` in the stored domain of `config.data.sar_units` (C = 1, repeated to
+    the model's channels, or C = in_channels polarisations); SARE speckles it in that domain, one field
+    per image shared by its channels. Returns `clean` and `noisy` `[B, H, W, in_channels]` (normalised
+    SAR), `optical` `[B, H, W, 3]` (ImageNet-normalised), `speckled` `[B]` bool and `strength` `[B]`
+    float32; `teacher_tokens` `[B, N, Dt]` passes through when the dataset stores precomputed teacher
+    features.
     """
-    channels = config.model.in_channels
+    channels = sarmae.input_channels(config.model)
     clean01 = preprocess.to_unit_interval(batch["sar"])
-    noisy01, info = speckle.apply_sare_from_config(key, clean01, config.sare)
+    noisy01, info = speckle.apply_sare_from_config(key, clean01, config.sare, dataset_config.stored_domain(config))
     extra = {"teacher_tokens": batch["teacher_tokens"]} if "teacher_tokens" in batch else {}
     return extra | {
         "clean": preprocess.normalize_sar(clean01, channels),

@@ -20,7 +20,7 @@ import optax
 
 from sarmae_jax.models import sarmae
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import optim
+from sarmae_jax.training import dataset_config, optim
 from sarmae_jax.training.step import make_train_step
 
 
@@ -113,7 +113,8 @@ class TrainParts:
         b, s = self.config.train.batch_size, self.config.model.image_size
         spec = sharding.batch_sharding(self.mesh)
         return {
-            "sar": jax.ShapeDtypeStruct((b, s, s, 1), np.dtype(sar_dtype), sharding=spec),
+            "sar": jax.ShapeDtypeStruct((b, s, s, dataset_config.data_channels(self.config)), np.dtype(sar_dtype),
+                                        sharding=spec),
             "optical": jax.ShapeDtypeStruct((b, s, s, 3), np.uint8, sharding=spec),
             "is_paired": jax.ShapeDtypeStruct((b,), np.bool_, sharding=spec),
         }

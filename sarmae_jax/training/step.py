@@ -187,13 +187,14 @@ def make_visualize(modules: sarmae.Modules, config):
         masking = mae.random_masking(k_mask, inputs["noisy"].shape[0], patches.num_patches(m.image_size, m.patch_size),
                                      m.mask_ratio)
         _, pred = objective.reconstruct(params, inputs, masking, modules)
-        pixels = m.patch_size**2 * m.in_channels
-        masked = patches.unpatchify(jnp.repeat(masking.mask[:, :, None], pixels, axis=2), m.patch_size, m.in_channels)
-        masked = masked[..., :1]  # [B, H, W, 1], 1 where the patch was hidden
-        noisy = preprocess.denormalize_sar(inputs["noisy"])
-        recon = preprocess.denormalize_sar(patches.unpatchify(pred, m.patch_size, m.in_channels))
+        channels, shown = sarmae.input_channels(m), batch["sar"].shape[-1]  # shown: the data's own channels
+        pixels = m.patch_size**2 * channels
+        masked = patches.unpatchify(jnp.repeat(masking.mask[:, :, None], pixels, axis=2), m.patch_size, channels)
+        masked = preprocess.denormalize_sar(masked[..., :shown] * 2.0 - 1.0, shown)  # 1 where the patch was hidden
+        noisy = preprocess.denormalize_sar(inputs["noisy"], shown)
+        recon = preprocess.denormalize_sar(patches.unpatchify(pred, m.patch_size, channels), shown)
         return (  # a tuple: pytrees sort dict keys, and the column order matters to a reader
-            preprocess.denormalize_sar(inputs["clean"]),
+            preprocess.denormalize_sar(inputs["clean"], shown),
             noisy,
             noisy * (1 - masked) + 0.5 * masked,  # hidden patches grey
             recon,

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_pipelines import records, shard_io
+from data_pipelines import cli_errors, ownership, records, shard_io
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import preprocess
 from sarmae_jax.models import patches, teachers
@@ -79,11 +79,42 @@ def _examples_with_tokens(source: shard_io.ShardedRecordSource, spec: records.Re
 
 
 def precompute(data_dir: str, out_dir: str, teacher_cfg, *, batch_size: int = 64, examples_per_shard: int | None = None,
-               splits: list[str] | None = None) -> dict:
+               splits: list[str] | None = None, overwrite: bool = False) -> dict:
     """Copy `data_dir` to `out_dir` (local or gs://) with the teacher's tokens added to every record.
-    Returns the new manifest."""
+    Returns the new manifest.
+
+    `out_dir` may not be `data_dir` nor lie inside or around it; an earlier output of this command there is
+    replaced only with `overwrite` (written beside, then swapped in); anything else there is refused
+    (`ownership.OutputError`), all before the teacher is loaded."""
     paths.require_local(data_dir, "--data", "reading a records dataset")
+    records.read_manifest(data_dir)  # a missing or foreign --data fails before anything is written
     out = paths.resolve(out_dir, "--out")
+    claim = ownership.claim(str(out), tool="sarmae-precompute-teacher", kind=TOKENS_KIND,
+                            identity=os.path.abspath(data_dir), inputs={"--data": data_dir}, nested=True,
+                            overwrite=overwrite, legacy=_is_legacy_output, flag="--out")
+    try:
+        manifest = _precompute_claimed(data_dir, paths.resolve(claim.target, "--out"), teacher_cfg, batch_size,
+                                       examples_per_shard, splits)
+        claim.commit()
+    except BaseException:
+        claim.abort()
+        raise
+    return manifest
+
+
+TOKENS_KIND = "teacher-token dataset"
+
+
+def _is_legacy_output(path: str) -> bool:
+    """An output written before ownership markers: a manifest recording `teacher_features`."""
+    try:
+        return "teacher_features" in records.read_manifest(path)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+
+
+def _precompute_claimed(data_dir: str, out, teacher_cfg, batch_size: int, examples_per_shard: int | None,
+                        splits: list[str] | None) -> dict:
     paths.check_writable(out, "--out", arrays=False)
     if not paths.is_gcs(out):
         return _precompute(data_dir, str(out), teacher_cfg, batch_size, examples_per_shard, splits)
@@ -119,7 +150,8 @@ def _precompute(data_dir: str, out_dir: str, teacher_cfg, batch_size: int, examp
         raise ValueError(f"{data_dir}: images are {spec.image_size}; the teacher needs square images divisible by "
                          f"its patch size {teacher_cfg.patch_size}")
     tokens_fn, token_shape = make_teacher_fn(teacher_cfg, spec.image_size[0])
-    new_spec = records.RecordSpec(image_size=spec.image_size, sar_dtype=spec.sar_dtype, teacher_tokens=token_shape,
+    new_spec = records.RecordSpec(image_size=spec.image_size, sar_dtype=spec.sar_dtype, sar_channels=spec.sar_channels,
+                                  teacher_tokens=token_shape,
                                   teacher_name=teachers.teacher_identity(teacher_cfg))
     os.makedirs(out_dir, exist_ok=True)
     written = {}
@@ -154,6 +186,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="teacher weights, or 'random-init' (tests only)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--splits", nargs="*", default=None)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of this command in --out (written beside, then swapped in)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
 
 
@@ -161,8 +196,10 @@ def main(argv=None) -> None:
     args = arg_parser().parse_args(argv)
     tpu_topology.quiet_libtpu_start()  # a host without TPU chips but with libtpu installed: no start-up warnings
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
-    manifest = precompute(args.data, args.out, teacher_config(args.kind, args.size, args.patch_size, args.checkpoint),
-                          batch_size=args.batch_size, splits=args.splits)
+    manifest = cli_errors.run("sarmae-precompute-teacher", lambda: precompute(
+        args.data, args.out, teacher_config(args.kind, args.size, args.patch_size, args.checkpoint),
+        batch_size=args.batch_size, splits=args.splits, overwrite=args.overwrite),
+        user_errors=(paths.StorageAccessError,), argv=argv)
     log.info("wrote %s with teacher tokens %s from %s", args.out, manifest["features"]["teacher_tokens"]["shape"],
              manifest["features"]["teacher_tokens"]["teacher"])
 

@@ -37,7 +37,8 @@ if __name__ == "__main__":
     distributed.maybe_initialize()
     workdir, data_path, record = sys.argv[1:4]
     pipeline.make_train_iterator = lambda cfg, **kw: RecordingIterator(cfg, **kw)
-    result = loop.train_and_evaluate(six_step_config(data_path), workdir)
+    # The saved run was the same config stopped at 2 steps: its num_steps change is accepted explicitly.
+    result = loop.train_and_evaluate(six_step_config(data_path), workdir, resume_accept=("train.num_steps",))
     with open(f"{record}.{jax.process_index()}.json", "w") as f:
         json.dump({"processes": jax.process_count(), "devices": jax.device_count(),
                    "seen": RecordingIterator.seen, "result": result}, f)

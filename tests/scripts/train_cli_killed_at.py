@@ -16,8 +16,8 @@ if __name__ == "__main__":
     kill_at = int(sys.argv.pop(1))
     train_and_evaluate = loop.train_and_evaluate
 
-    def killed_at_step(config, workdir, on_step=None):
-        return train_and_evaluate(config, workdir,
+    def killed_at_step(config, workdir, on_step=None, **kwargs):
+        return train_and_evaluate(config, workdir, **kwargs,
                                   on_step=lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_at else None)
 
     loop.train_and_evaluate = killed_at_step
