@@ -137,7 +137,7 @@ def estimate(config, cand: Candidate, chip: tpu_topology.Chip, steps: int) -> di
     params = 4 * trained / (cand.fsdp * cand.tensor)
     moments = 8 * trained / (cand.fsdp * cand.tensor * cand.data // cand.slices)
     teacher = 4 * teacher_params if cand.live_teacher else 0
-    batch = t.batch_size // shards * m.image_size**2 * (m.in_channels + 3)
+    batch = t.batch_size // shards * m.image_size**2 * (sarmae.input_channels(m) + 3)
     memory = params + moments + teacher + batch + activations
     total, teacher_flops = flops.train_step_flops(config, shards, live_teacher=cand.live_teacher)
     trained_forward = (total - teacher_flops) / 3
