@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from sarmae_jax.evaluate import in_loop
 from sarmae_jax.runtime import distributed, tpu_topology
 from sarmae_jax.training import dry_run, loop, metrics, tpu_plan
 
@@ -38,7 +39,7 @@ def main(argv):
         if metrics.is_main_process():
             print(dry_run.format_report(report), flush=True)
         return
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, evaluators=in_loop.build)
 
 
 def _plan_for_slice() -> None:

@@ -217,7 +217,8 @@ def stored_teacher_tokens(info: dict, config) -> bool:
 
 # ------------------------------------------------------------------------------------------ main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+                       on_step: Callable[[int], None] | None = None, evaluators: Callable | None = None
+                       ) -> dict[str, float]:
     """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
 
     `workdir`: a local directory or a gs://BUCKET/PATH URI; process 0 writes metrics, TensorBoard events,
@@ -226,6 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Stops early, after saving a checkpoint, on SIGTERM or a JAX preemption notice (the returned
     metrics then hold `preempted_at_step`); a later call with the same workdir resumes exactly.
     `on_step(step)` is called after each step is dispatched (profiling hooks, tests).
+    `evaluators`: `sarmae_jax.evaluate.in_loop.build`, which runs `config.evals` (the trainer command passes
+    it; this package cannot import evaluate). Required when `config.evals` is not empty.
     """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
@@ -241,6 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 3. Data: global batch i is a function of (seed, i) alone; each process reads the rows its devices
     #    hold, so any number of processes resumes the same stream. Batches become global arrays.
     data_cfg, info = prepare_data(config, workdir)
+    if config.evals and evaluators is None:
+        raise ValueError(f"config.evals names {sorted(config.evals)}: pass evaluators=sarmae_jax.evaluate.in_loop.build "
+                         "(sarmae-train does)")
+    # In-loop evaluators: their labelled sets are read and checked now, before anything compiles.
+    evals = evaluators(config, mesh, workdir, data_cfg.path) if evaluators is not None else None
     batch_sharding = sharding.batch_sharding(mesh)
     data_iter = pipeline.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
@@ -288,6 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     window = MetricWindow(config, writer, progress, step_flops)
     preempted_at = None
     profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
+    if evals is not None:
+        evals.redo_interrupted(start_step, total_steps, state.params, writer, progress)
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
             profiler.maybe_start(step)
@@ -309,6 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if preemption.should_stop(step) and not last:
                 preempted_at = step
             window.maybe_write(step, force=last or preempted_at is not None)
+            if evals is not None and preempted_at is None and evals.maybe_evaluate(
+                    step, total_steps, state.params, writer, progress, preemption, window):
+                preempted_at = step  # a notice came during the evaluation: save this step, redo it on resume
             with jax.set_mesh(mesh):
                 maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=last)
             maybe_save(checkpoints, step, state, data_iter, meta, config, writer,

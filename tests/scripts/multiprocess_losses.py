@@ -1,9 +1,10 @@
 """One process of a many-host run on loopback (started by launch/local_multiprocess.sh): the losses of 3
 train steps of the tiny config on a data-parallel mesh over all processes' devices, each process feeding
 only its rows of the global batch; then a 2-step `train_and_evaluate` into a shared workdir (each process
-reading its share of the dataset, Orbax writing from all, metrics from process 0).
+reading its share of the dataset, Orbax writing from all, metrics from process 0) with an in-loop k-NN
+evaluation at its end (each process feeding its rows of the features).
 
-    launch/local_multiprocess.sh 2 2 python tests/scripts/multiprocess_losses.py WORKDIR DATA_PATH [--losses_only]
+    launch/local_multiprocess.sh 2 2 python tests/scripts/multiprocess_losses.py WORKDIR DATA_PATH [--losses_only | --labelled LABELLED_PATH]
 
 Process 0 prints one JSON line.
 """
@@ -13,6 +14,7 @@ import sys
 import jax
 
 from sarmae_jax.convert import teacher_weights
+from sarmae_jax.evaluate import in_loop
 from sarmae_jax.runtime import distributed, sharding
 from sarmae_jax.training import loop, metrics
 from tests.conftest import build_parts, synthetic_batch, tiny_config
@@ -45,6 +47,8 @@ if __name__ == "__main__":
     if "--losses_only" not in sys.argv:
         c = get_config()
         c.data.path, c.train.num_steps = data_path, 2
-        result["trained_loss"] = loop.train_and_evaluate(c, workdir)["loss"]
+        c.evals.knn = in_loop.evaluator_config("knn", at_end=True)  # every process feeds its rows, process 0 writes
+        c.evals.knn.dataset.path = sys.argv[sys.argv.index("--labelled") + 1]
+        result["trained_loss"] = loop.train_and_evaluate(c, workdir, evaluators=in_loop.build)["loss"]
     if metrics.is_main_process():
         print(json.dumps(result), flush=True)
