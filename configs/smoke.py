@@ -43,7 +43,8 @@ def get_config():
     c.train.image_every = 100
     c.train.checkpoint_every = 100
 
-    # k-NN on the run's own labelled synthetic scenes (train split -> test split): representation quality
-    # next to the loss, as eval/knn/top1 in metrics.jsonl, TensorBoard and the progress bar.
-    c.evals.knn = in_loop.evaluator_config("knn", every_steps=100)
+    # k-NN on the run's own labelled synthetic scenes (40 per class of the train split -> the 512 test scenes):
+    # representation quality next to the loss, as eval/knn/top1 in metrics.jsonl, TensorBoard and the
+    # progress bar. 40-shot keeps each evaluation to a few seconds of the smoke run (docs/evaluate.md).
+    c.evals.knn = in_loop.evaluator_config("knn", every_steps=100, split="shots:40")
     return c
