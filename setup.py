@@ -15,6 +15,10 @@ RUNTIME = [
     "tqdm>=4.66",        # progress bars
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",      # PNG grids and image decoding in the converters
+    # GeoTIFF products (bands, pages, uint16/float/complex, tiles) read with their true dtype; imagecodecs
+    # decodes deflate/LZW/zstd/JPEG tiles. Lighter than rasterio/GDAL (docs/data.md says why).
+    "tifffile>=2023.7",
+    "imagecodecs>=2023.7",
     "safetensors>=0.4",  # PyTorch-interop weight files without importing torch
     # gs:// run directories, exports and weights: etils.epath over gcsfs; tensorboardX's gs:// event
     # writer uses google-cloud-storage (Orbax's arrays go through tensorstore, already a dependency).

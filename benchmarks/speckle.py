@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--components", action=argparse.BooleanOptionalAction, default=True,
                         help="also time random bits (Threefry / rbg / unsafe_rbg) and normal transforms")
     parser.add_argument("--with_train_step", action="store_true",
-                        help="measure the ViT-B/16 train step at batch 8 (benchmarks/train_step.py)")
+                        help="measure the ViT-B/16 recipe's train step at batch 8, DINOv3 teacher included "
+                             "(benchmarks/train_step.py)")
     parser.add_argument("--train_step_seconds", type=float, default=None,
                         help="median ViT-B/16 train-step time at batch 8, if measured elsewhere")
     args = parser.parse_args()

@@ -24,7 +24,8 @@ def pretrain_recipe(size: str, num_epochs: float) -> ml_collections.ConfigDict:
     c.model.norm_pix_loss = False
     c.model.dtype = "bfloat16"  # the release used fp16 autocast; bf16 needs no loss scaling
     # Unroll the scanned blocks fully (parameters stay stacked [depth, ...]): on an H200 the rolled
-    # loop made the ViT-B/16 step 46% slower (111 vs 76 ms at 256 per device; docs/benchmarks.md).
+    # loop made the ViT-B/16 step 48% slower (111.5 vs 75.3 ms at 256 per device, both with `xla`
+    # attention and the released teacher: docs/benchmarks.md's GPU table).
     c.model.scan_unroll = 32
 
     c.sarc.enabled = True

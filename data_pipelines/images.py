@@ -120,33 +120,3 @@ def quantise(intensity: np.ndarray, dtype) -> np.ndarray:
     """[0, 1] float intensities -> integer pixels of `dtype` (value / dtype max = intensity)."""
     top = np.iinfo(dtype).max
     return np.round(np.clip(intensity, 0.0, 1.0) * top).astype(dtype)
-
-
-def load_sar(path: str, *, size: tuple[int, int], dtype, min_size: int, rule: str = "percentile"
-             ) -> tuple[np.ndarray, dict]:
-    """A SAR image file -> ([h, w, 1] `dtype` pixels, info {original_size, bit_depth, color_averaged}).
-
-    Raises:
-      BadImage: unreadable, smaller than `min_size` on a side, NaN/Inf, constant.
-    """
-    pixels, bit_depth = read_image(path)
-    _check_size(pixels, min_size)
-    intensity, averaged = sar_channel(to_unit_intensity(pixels, rule))
-    return quantise(resize_intensity(intensity, size), dtype), {
-        "original_size": pixels.shape[:2], "bit_depth": bit_depth, "color_averaged": averaged}
-
-
-def load_optical(path: str, *, size: tuple[int, int], min_size: int, rule: str = "percentile") -> np.ndarray:
-    """An optical image file -> [h, w, 3] uint8 RGB (grayscale repeated to 3 channels)."""
-    pixels, _ = read_image(path)
-    _check_size(pixels, min_size)
-    rgb = resize_intensity(to_unit_intensity(pixels, rule), size)
-    if rgb.shape[-1] == 1:
-        rgb = np.repeat(rgb, 3, -1)
-    return quantise(rgb, np.uint8)
-
-
-def _check_size(pixels: np.ndarray, min_size: int) -> None:
-    h, w = pixels.shape[:2]
-    if min(h, w) < min_size:
-        raise BadImage(f"image {h}x{w} is smaller than one {min_size}x{min_size} patch")

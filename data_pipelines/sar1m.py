@@ -8,12 +8,14 @@ Inputs:
   ``SAR/`` or ``OPT/`` is optional;
 * a plain folder of SAR images (no pairing lists; every image file below it, unpaired).
 
-Every image is decoded, scaled to [0, 1] intensity, reduced to one channel (SAR) or RGB
-(optical) and resized by the rules in :mod:`data_pipelines.images`, all recorded in the
-manifest. Bad inputs (unreadable/truncated image, a file named in a list that is missing, a
-malformed list entry, an image smaller than one patch, NaN/Inf, a constant image) are left out
-and listed in ``errors.jsonl`` (file, reason); a run whose error share exceeds
-``--max_error_share`` fails before writing the manifest. A malformed JSON list fails at once.
+Every raster is decoded into record examples by :mod:`data_pipelines.raster_examples` (reading,
+SAR units and channels, optical bands, tiles and no-data; docs/data.md), with the dataset-wide
+decisions of :mod:`data_pipelines.raster_plan` recorded in the manifest (``sar_units``,
+``optical_units``, counts of what was skipped and why). Bad inputs (unreadable/truncated image, a
+file named in a list that is missing, a malformed list entry, an image smaller than one patch,
+mostly no-data, constant, near-black, a band count the flags do not match) are left out and listed
+in ``errors.jsonl`` (file, reason); a run whose error share exceeds ``--max_error_share`` fails
+before writing the manifest. A malformed JSON list fails at once.
 
 Shards are converted in parallel processes, one shard per task, each written to a temporary
 file and renamed when complete, next to a ``.done.json`` receipt; a rerun keeps every shard whose
@@ -23,6 +25,8 @@ CLI (console script ``sarmae-convert-sar1m``)::
 
     sarmae-convert-sar1m --input /data/SAR-1M --output /data/sar1m_224 --workers 16
     sarmae-convert-sar1m --input /data/my_sar_tiles --output /data/my_sar --dry_run
+    sarmae-convert-sar1m --input /data/s1s2 --output /data/s1s2_224 --polarisations VV,VH \
+        --optical_bands B04,B03,B02 --tile 224
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -39,10 +44,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipelines import images, records, shard_io
+from data_pipelines import (images, optical_values, raster_examples, raster_plan, rasters, records, sar_values,
+                            shard_io, tiles)
+from data_pipelines import sar_units as sar_units_lib
 
+log = logging.getLogger(__name__)
 DATASET_NAME = "sar1m"
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: rasters through tifffile, SAR units, channels, tiles (records of 8/16-bit PNG unchanged)
 ERROR_LOG = "errors.jsonl"
 # Uncompressed records: decompressing a 200 KB paired record costs ~3x reading it, and the input
 # pipeline's throughput is bound by that (docs/data.md); speckled SAR compresses poorly anyway.
@@ -62,6 +70,19 @@ class Settings:
     intensity_rule: str = "percentile"
     min_size: int = 16  # one ViT patch
     writer_options: str = DEFAULT_WRITER_OPTIONS
+    # Reading rasters (data_pipelines/raster_plan.py documents each; the CLI flags of the same names).
+    sar_units: str = "auto"
+    db_range: tuple[float, float] = sar_values.DEFAULT_DB_RANGE
+    polarisations: tuple[str, ...] = ()
+    optical_bands: tuple[str, ...] = ()
+    optical_scaling: str = "auto"
+    boa_add_offset: str = "auto"
+    optical_max_reflectance: float = optical_values.DEFAULT_MAX_REFLECTANCE
+    tile: int | None = None
+    stride: int | None = None
+    nodata: float | None = None
+    max_nodata_share: float = tiles.DEFAULT_MAX_NODATA_SHARE
+    max_image_pixels: int = rasters.DEFAULT_MAX_IMAGE_PIXELS
 
     def validate(self) -> None:
         if self.image_size < self.min_size:
@@ -72,20 +93,25 @@ class Settings:
             raise ValueError(f"intensity_rule={self.intensity_rule!r}: expected one of {sorted(images.INTENSITY_RULES)}")
         if self.min_size < 1:
             raise ValueError(f"min_size={self.min_size}: expected >= 1")
+        raster_plan.validate(self)
 
     @property
     def spec(self) -> records.RecordSpec:
-        return records.RecordSpec((self.image_size, self.image_size), self.sar_dtype)
+        return records.RecordSpec((self.image_size, self.image_size), self.sar_dtype,
+                                  sar_channels=len(self.polarisations) or 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
     """One planned example: absolute SAR path and optional optical path; `origin` names the
-    list entry it came from (for error messages)."""
+    list entry it came from (for error messages); `sar_parts` / `optical_parts` the
+    per-polarisation / per-band files of a group (empty for one file)."""
 
     sar: str
     optical: str | None
     origin: str
+    sar_parts: tuple[str, ...] = ()
+    optical_parts: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -114,7 +140,8 @@ def _resolve(root: str, path: str, folder: str) -> str:
     return os.path.join(root, folder, norm)
 
 
-def plan_samples(root: str) -> tuple[list[Sample], list[dict[str, str]], str]:
+def plan_samples(root: str, polarisations: Sequence[str] = (), optical_bands: Sequence[str] = ()
+                 ) -> tuple[list[Sample], list[dict[str, str]], str]:
     """Lists the samples of `root` (paired first, each group in list order).
 
     Returns:
@@ -135,7 +162,8 @@ def plan_samples(root: str) -> tuple[list[Sample], list[dict[str, str]], str]:
                        if f.lower().endswith(images.IMAGE_EXTENSIONS))
         if not found:
             raise ConversionError(f"input {root}: no image files ({', '.join(images.IMAGE_EXTENSIONS)})")
-        return [Sample(p, None, os.path.relpath(p, root)) for p in found], errors, "folder"
+        return raster_plan.group_polarisations([Sample(p, None, os.path.relpath(p, root)) for p in found],
+                                               polarisations, errors), errors, "folder"
 
     samples: list[Sample] = []
 
@@ -167,56 +195,42 @@ def plan_samples(root: str) -> tuple[list[Sample], list[dict[str, str]], str]:
             sar = _resolve(root, path, "SAR")
             if check(sar, origin):
                 samples.append(Sample(sar, None, origin))
-    return samples, errors, "sar1m"
+    return raster_plan.group_polarisations(samples, polarisations, errors, optical_bands), errors, "sar1m"
 
 
 # ----------------------------------------------------------------------------- one shard
 
 
-def convert_sample(sample: Sample, settings: Settings, root: str) -> tuple[dict[str, Any], bool]:
-    """One sample -> (record example, whether its colour SAR was averaged). Raises BadImage with
-    the file named in the message."""
-    size = (settings.image_size, settings.image_size)
-    dtype = records.SAR_DTYPES[settings.sar_dtype]
-    kw = dict(size=size, min_size=settings.min_size, rule=settings.intensity_rule)
-    try:
-        sar, info = images.load_sar(sample.sar, dtype=dtype, **kw)
-    except images.BadImage as e:
-        raise images.BadImage(f"{sample.sar}\t{e}") from None
-    optical = None
-    if sample.optical is not None:
-        try:
-            optical = images.load_optical(sample.optical, **kw)
-        except images.BadImage as e:
-            raise images.BadImage(f"{sample.optical}\t{e} (optical of {os.path.relpath(sample.sar, root)})") from None
-    example = records.make_example(settings.spec, sar=sar, optical=optical, source=os.path.relpath(sample.sar, root),
-                                   original_size=info["original_size"], bit_depth=info["bit_depth"])
-    return example, info["color_averaged"]
+def convert_sample(sample: Sample, settings: Settings, root: str, domain: str = "intensity") -> tuple[list, dict]:
+    """One sample -> (record examples, info); raises BadImage "file\treason" (raster_examples.decode)."""
+    rasters.set_max_image_pixels(settings.max_image_pixels)  # a setting of Pillow, per process
+    return raster_examples.decode(sample, settings, root, domain)
 
 
 def _fingerprint(samples: Sequence[Sample], settings: Settings) -> str:
     digest = hashlib.sha256(json.dumps([CONVERTER_VERSION, dataclasses.asdict(settings)]).encode())
     for s in samples:
-        digest.update(f"{s.sar}\0{s.optical}\n".encode())
+        digest.update(f"{s.sar}\0{s.optical}\0{s.sar_parts}\0{s.optical_parts}\n".encode())
     return digest.hexdigest()
 
 
 def _convert_shard(task: tuple) -> dict[str, Any]:
     """Converts (and unless dry, writes) one shard; returns its receipt."""
-    path, samples, settings, root, dry_run, after_unpaired = task
-    errors, averaged = [], 0
+    path, samples, settings, root, dry_run, after_unpaired, domain = task
+    errors, averaged, notes = [], 0, raster_plan.new_notes()
 
     def examples():
         nonlocal averaged
         for sample in samples:
             try:
-                example, was_averaged = convert_sample(sample, settings, root)
+                kept, info = convert_sample(sample, settings, root, domain)
             except images.BadImage as e:
                 file, reason = str(e).split("\t", 1)
                 errors.append({"file": file, "reason": reason})
                 continue
-            averaged += was_averaged
-            yield example
+            averaged += info["color_averaged"]
+            raster_plan.add_note(notes, info)
+            yield from kept
 
     if dry_run:
         kept = list(examples())
@@ -228,7 +242,7 @@ def _convert_shard(task: tuple) -> dict[str, Any]:
                                     after_unpaired=after_unpaired)
         entry["file"] = os.path.basename(path)
         os.replace(tmp, path)
-    receipt = {"shard": entry, "errors": errors, "color_averaged": averaged, "planned": len(samples),
+    receipt = {"shard": entry, "errors": errors, "color_averaged": averaged, "planned": len(samples), "notes": notes,
                "fingerprint": _fingerprint(samples, settings)}
     if not dry_run:
         with open(path + ".done.json", "w") as f:
@@ -267,10 +281,16 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
     if not 0 <= max_error_share <= 1:
         raise ValueError(f"max_error_share={max_error_share}: expected in [0, 1]")
     root = os.path.abspath(input_dir)
-    samples, errors, layout = plan_samples(root)
+    samples, errors, layout = plan_samples(root, settings.polarisations, settings.optical_bands)
     planned = len(samples) + len(errors)
     if not samples:
         raise ConversionError(f"input {root}: no usable samples ({len(errors)} errors, first: {errors[:1]})")
+    rasters.set_max_image_pixels(settings.max_image_pixels)
+    try:
+        decision = raster_plan.decide_domain([s.sar_parts or (s.sar,) for s in samples], settings)
+    except images.BadImage as e:
+        raise ConversionError(f"cannot decide the SAR units: {e}") from None
+    log.info("SAR units: %s (%s: %s)", decision["domain"], decision["decision"], decision["reason"])
     sizes = shard_io.balanced_shard_sizes(len(samples), examples_per_shard)
     num_paired_planned = sum(s.optical is not None for s in samples)
     if not dry_run:
@@ -283,24 +303,33 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
         if receipt is not None:
             receipts[index] = receipt
         else:
-            tasks.append((index, (path, chunk, settings, root, dry_run, start > num_paired_planned)))
+            tasks.append((index, (path, chunk, settings, root, dry_run, start > num_paired_planned,
+                                  decision["domain"])))
         start += size
     _run_tasks(tasks, receipts, workers=workers, progress=progress,
                total=len(samples), done=sum(r["planned"] for r in receipts.values()))
 
     ordered = [receipts[i] for i in range(len(sizes))]
     errors += [e for r in ordered for e in r["errors"]]
+    differing, skipped, tile_errors, offsets = raster_plan.merge_notes([r.get("notes") or {} for r in ordered])
+    for u in differing[:20]:
+        log.info("SAR units differ: %s holds %s (%s); converted to %s", u["file"], u["units"], u["reason"],
+                 decision["domain"])
     shards = [r["shard"] for r in ordered]
     counts = {"planned": planned, "written": sum(s["num_examples"] for s in shards),
               "paired": sum(s["num_paired"] for s in shards), "errors": len(errors),
               "color_sar_averaged": sum(r["color_averaged"] for r in ordered), "kept_from_earlier_run": len(receipts)
-              - len(tasks)}
+              - len(tasks), "tiles_skipped_nodata": skipped["nodata"], "tiles_skipped_contrast": skipped["contrast"],
+              "sar_files_units_differing": len(differing),
+              "skipped_by_reason": raster_plan.count_reasons(errors + tile_errors)}
     share = len(errors) / planned
+    units_entry = raster_plan.sar_units_entry(settings, decision, differing)
     if dry_run:
-        return {"dry_run": True, "layout": layout, "counts": counts, "errors": errors}
-    with open(os.path.join(output_dir, ERROR_LOG), "w") as f:
-        for e in errors:
-            f.write(json.dumps(e) + "\n")
+        return {"dry_run": True, "layout": layout, "counts": counts, "errors": errors + tile_errors,
+                "sar_units": units_entry}
+    for name, entries in ((ERROR_LOG, errors + tile_errors), (raster_plan.UNITS_LOG, differing)):
+        with open(os.path.join(output_dir, name), "w") as f:  # (tile errors are not in the error share)
+            f.writelines(json.dumps(e) + "\n" for e in entries)
     if share > max_error_share:
         raise ConversionError(f"{len(errors)} of {planned} inputs ({share:.2%}) are bad, above max_error_share="
                               f"{max_error_share:.2%}; see {os.path.join(output_dir, ERROR_LOG)}")
@@ -314,7 +343,8 @@ def convert(input_dir: str, output_dir: str, *, settings: Settings = Settings(),
         extra={"converter": {"version": CONVERTER_VERSION, "input": root, "layout": layout,
                              "settings": dataclasses.asdict(settings),
                              "intensity_rule": images.INTENSITY_RULES[settings.intensity_rule],
-                             "counts": counts, "error_log": ERROR_LOG}})
+                             "counts": counts, "error_log": ERROR_LOG},
+               sar_units_lib.KEY: units_entry, "optical_units": raster_plan.optical_entry(settings, offsets)})
 
 
 def _run_tasks(tasks, receipts, *, workers, progress, total, done):
@@ -351,21 +381,29 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max_error_share", type=float, default=0.01)
     parser.add_argument("--dry_run", action="store_true", help="only list, decode and validate; write nothing")
+    raster_plan.add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = arg_parser().parse_args(argv)
     settings = Settings(image_size=args.image_size, sar_dtype=args.sar_dtype, intensity_rule=args.intensity_rule,
-                        min_size=args.min_size, writer_options=args.writer_options)
+                        min_size=args.min_size, writer_options=args.writer_options,
+                        **raster_plan.settings_kwargs(args))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = convert(args.input, args.output, settings=settings, examples_per_shard=args.examples_per_shard,
                          workers=args.workers, max_error_share=args.max_error_share, dry_run=args.dry_run)
-    except ConversionError as e:
+    except (ConversionError, ValueError) as e:
         sys.exit(f"error: {e}")
     counts = result["counts"] if args.dry_run else result["converter"]["counts"]
     print(f"{counts['written']} examples ({counts['paired']} paired) of {counts['planned']} planned; "
-          f"{counts['errors']} errors; {counts['color_sar_averaged']} colour SAR images averaged to one channel")
+          f"{counts['errors']} errors; {counts['color_sar_averaged']} colour SAR images averaged to one channel; "
+          f"tiles skipped: {counts['tiles_skipped_nodata']} mostly no-data, {counts['tiles_skipped_contrast']} "
+          f"near-black/constant")
+    units = result["sar_units"]
+    print(f"SAR units: {units['domain']} ({units['decision']}: {units['reason']}); channels {units['channels']}; "
+          f"{units['num_files_differing']} files in other units (converted)")
     if args.dry_run:
         for e in result["errors"][:20]:
             print(f"  {e['file']}: {e['reason']}")

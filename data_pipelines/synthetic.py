@@ -40,15 +40,21 @@ def _split_id(split: str) -> int:
     return zlib.crc32(split.encode())  # stable across runs (unlike hash())
 
 
+def num_paired(num_examples: int, paired_fraction: float) -> int:
+    """How many of a split's `num_examples` scenes are paired: round(paired_fraction * n), the one rule
+    (the generator and the dry run's epoch size both use it)."""
+    return int(round(paired_fraction * num_examples))
+
+
 def split_examples(split: str, *, num_examples: int, image_size: int, paired_fraction: float, seed: int,
                    sar_dtype: str = "uint8") -> Iterator[dict[str, Any]]:
     """Yields the records of one split, paired examples first (the record-format rule).
 
-    The first round(paired_fraction * n) scene ids are paired; labels are drawn uniformly per
+    The first `num_paired(n, paired_fraction)` scene ids are paired; labels are drawn uniformly per
     scene, so class and pairing are independent.
     """
     spec = records.RecordSpec((image_size, image_size), sar_dtype)
-    num_paired = int(round(paired_fraction * num_examples))
+    paired = num_paired(num_examples, paired_fraction)
     labels = np.random.default_rng([seed, _split_id(split), 2**31]).integers(0, len(CLASS_NAMES), num_examples)
     for chunk, start in enumerate(range(0, num_examples, _CHUNK)):
         stop = min(start + _CHUNK, num_examples)
@@ -58,7 +64,7 @@ def split_examples(split: str, *, num_examples: int, image_size: int, paired_fra
         for i in range(stop - start):
             scene_id = start + i
             yield records.make_example(
-                spec, sar=sar[i], optical=optical[i] if scene_id < num_paired else None,
+                spec, sar=sar[i], optical=optical[i] if scene_id < paired else None,
                 label=int(labels[scene_id]), source=f"synthetic:{split}/{scene_id:07d}")
 
 

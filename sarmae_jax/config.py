@@ -103,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
     # (first step, number of steps) to trace with jax.profiler into <workdir>/profile/ (TensorBoard's profile
     # plugin or Perfetto; training/profiling.py). (0, 0): no trace. Skip the first step: it compiles.
     t.profile = (0, 0)
+    t.profile_all_processes = False  # False: process 0 traces; True: each into <workdir>/profile/process_<i>/
     t.init_from = ""  # params-only checkpoint (or imported weights) to start from; "" = random init
 
     # ----------------------------------------------------------------------------------------- mesh
@@ -208,6 +209,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, int) for v in p) and p[1] >= 0
            and (p[1] == 0 or p[0] >= 1), "train.profile", p,
            "(first step >= 1, number of steps >= 0), e.g. (10, 3) traces steps 10-12; (0, 0) traces nothing")
+    _check(isinstance(t.profile_all_processes, bool), "train.profile_all_processes", t.profile_all_processes,
+           "True or False")
     if t.peak_tflops_per_device is not None:
         _check(t.peak_tflops_per_device > 0, "train.peak_tflops_per_device", t.peak_tflops_per_device,
                "a positive TFLOP/s figure (or None to look the device up)")

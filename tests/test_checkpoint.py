@@ -77,3 +77,31 @@ def test_a_different_global_batch_is_refused(tmp_path, tiny_dataset):
     _save(tmp_path, tiny_dataset, 2)
     with pytest.raises(ValueError, match=r"data_stream: saved with global batch size 8, resumed with 16"):
         checkpoint.Checkpoints(str(tmp_path), keep=2).restore_latest(None, _iterator(tiny_dataset, batch=16))
+
+
+def test_a_legacy_stream_state_is_converted_to_the_current_version(tmp_path, monkeypatch):
+    """One definition of the stream state's version (pipeline.STREAM_STATE_VERSION), not a literal copy."""
+    (tmp_path / "data_iter").mkdir()
+    (tmp_path / "data_iter" / "process_0-of-1.json").write_text('{"next_index": 3}')
+    monkeypatch.setattr(pipeline, "STREAM_STATE_VERSION", 7)
+    assert checkpoint.legacy_stream_state(tmp_path / "data_iter", 8) == {
+        "version": 7, "position": 3, "global_batch_size": 8}
+
+
+@pytest.mark.parametrize("listing_error, said", [
+    (PermissionError("403 Forbidden"), r"whether an earlier checkpoint is intact is unknown \(listing .* failed: "
+                                       r"PermissionError: 403 Forbidden\)"),
+    (FileNotFoundError("gone"), r"no earlier checkpoint exists"),
+])
+def test_a_failed_save_says_what_is_left_only_when_it_knows(tmp_path, monkeypatch, listing_error, said):
+    """A listing that fails must not be reported as 'no earlier checkpoint exists'."""
+    ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
+
+    def listing(directory):
+        raise listing_error
+
+    monkeypatch.setattr(checkpoint.ocp.utils, "checkpoint_steps", listing)
+    with pytest.raises(checkpoint.CheckpointSaveError, match=said):
+        with ckpt._failure_names(7):
+            raise OSError("No space left on device")
+    ckpt.close()

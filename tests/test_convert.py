@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 
+from data_pipelines import normalization  # noqa: E402
 from sarmae_jax.convert import cli, released, state_dicts, teacher_weights, torch_export, torch_import, vit_layout  # noqa: E402
 from sarmae_jax.models import anchor, mae, param_trees, patches, positions, sarmae, teachers, vit  # noqa: E402
 from sarmae_jax.training import checkpoint  # noqa: E402
@@ -116,8 +117,9 @@ def test_hf_vitmodel_export_loads_strictly_and_matches(tmp_path):
 
 def test_hf_vitmae_reconstruction_and_loss_match_with_the_same_noise(tmp_path):
     params = _params(seed=2)
-    export_dir = checkpoint.export_params(str(tmp_path / "export"), params, {"config": {"model": {
-        "image_size": IMAGE, "mask_ratio": 0.75, "norm_pix_loss": False}}})
+    export_dir = checkpoint.export_params(str(tmp_path / "export"), params, {
+        normalization.KEY: normalization.NORMALIZATION,  # every export records one (the card refuses to guess it)
+        "config": {"model": {"image_size": IMAGE, "mask_ratio": 0.75, "norm_pix_loss": False}}})
     out = cli.run_export(export_dir, str(tmp_path / "hf_mae"), "hf-vitmae")
     model, info = transformers.ViTMAEForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info

@@ -82,7 +82,7 @@ def test_process_shards_disjoint_and_covering(dataset_dir):
     assert len(everything) == 64
     # 64 records, 2 processes, local batch 4: one epoch = 8 batches per process.
     per_process = [set(_fingerprints(_take(pipeline.make_train_iterator(
-        cfg, global_batch_size=8, seed=0, rows=batch_sampling.contiguous_rows(8, p, 2)), 8))) for p in range(2)]
+        cfg, global_batch_size=8, seed=0, rows=_contiguous_rows(8, p, 2)), 8))) for p in range(2)]
     assert all(len(s) == 32 for s in per_process)  # each record once per epoch
     assert not per_process[0] & per_process[1]
     assert per_process[0] | per_process[1] == everything
@@ -134,9 +134,14 @@ def test_validate_config_names_key_value_and_allowed(key, value, message):
         pipeline.validate_config(cfg)
 
 
+def _contiguous_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """Rows [p B / P, (p + 1) B / P) of a global batch of B: process p's share when its devices hold consecutive
+    blocks of the batch (what `sharding.process_batch_rows` gives on a mesh of consecutive devices)."""
+    per = global_batch_size // process_count
+    return np.arange(process_index * per, (process_index + 1) * per, dtype=np.int64)
+
+
 def test_bad_arguments(dataset_dir):
-    with pytest.raises(ValueError, match="global_batch_size=7: expected a positive multiple of process_count=2"):
-        batch_sampling.contiguous_rows(7, 0, 2)
     with pytest.raises(ValueError, match=r"rows=\[3, 2\]: expected increasing row indices in \[0, global batch size 8\)"):
         pipeline.make_train_iterator(_cfg(dataset_dir), global_batch_size=8, seed=0, rows=[3, 2])
     with pytest.raises(ValueError, match="config.data.path is None"):
@@ -183,7 +188,7 @@ def test_processes_together_read_each_paired_record_once_per_epoch(dataset_dir):
     fingerprint = lambda img: hashlib.sha1(img.tobytes()).hexdigest()  # noqa: E731
     paired_all = {fingerprint(source.example(i)["sar"]) for i in range(source.num_paired)}
     per_process = [_take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0,
-                                                      rows=batch_sampling.contiguous_rows(8, p, 2)), 9) for p in range(2)]
+                                                      rows=_contiguous_rows(8, p, 2)), 9) for p in range(2)]
     # The global stream, in order: batch i is process 0's rows then process 1's.
     stream = [fingerprint(img) for b0, b1 in zip(*per_process) for b in (b0, b1)
               for img, paired in zip(b["sar"], b["is_paired"]) if paired]
@@ -323,8 +328,8 @@ def test_prepare_fills_path_and_model_size(tmp_path):
 # ------------------------------------------------------------------- the global stream on P processes
 _LAYOUTS = {  # rows of a global batch of 8 read by each process
     1: [None],
-    2: [batch_sampling.contiguous_rows(8, p, 2) for p in range(2)],
-    4: [batch_sampling.contiguous_rows(8, p, 4) for p in range(4)],
+    2: [_contiguous_rows(8, p, 2) for p in range(2)],
+    4: [_contiguous_rows(8, p, 4) for p in range(4)],
     "interleaved": [np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])],  # a TPU pod mesh's order (test_tpu_plan)
 }
 

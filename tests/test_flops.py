@@ -42,3 +42,14 @@ def test_a_single_channel_student_leaves_the_rgb_teacher_embedding_unchanged():
     # Both are products with 196 patches x (encoder width 768 + decoder width 512), trained (3x).
     saved = 3 * 2 * 196 * (768 + 512) * (768 - 256)
     assert three - flops.train_step_flops_per_image(config) == pytest.approx(saved, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dinov3", "released"])
+def test_precomputed_teacher_tokens_count_no_teacher_forward(kind):
+    """The trainer passes live_teacher=False when the dataset's stored tokens replace the teacher: the
+    teacher does not run, so it counts 0; the anchor head still trains on the stored tokens (3x)."""
+    config = sarmae_vit_b16.get_config()
+    config.sarc.teacher.kind = kind
+    stored = flops.train_step_flops_per_image(config, live_teacher=False)
+    assert stored == pytest.approx(3 * (ENCODER + DECODER + HEAD), rel=1e-12)
+    assert flops.train_step_flops_per_image(config) > stored

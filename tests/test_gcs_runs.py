@@ -266,9 +266,25 @@ def test_documented_commands_pass_the_trainers_start_up_checks(tmp_path):
 
 def test_precomputed_teacher_tokens_go_to_a_bucket_manifest_last(gcs, gcs_dir, tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.setenv("SARMAE_CACHE_DIR", str(tmp_path / "host_cache"))
+    uploaded = []  # the bucket objects in the order the upload opens them
+
+    class RecordingTarget:
+        def __init__(self, target):
+            self.target = target
+
+        def __truediv__(self, name):
+            uploaded.append(name)
+            return self.target / name
+
+    upload = teacher_tokens.upload_tree
+    monkeypatch.setattr(teacher_tokens, "upload_tree",
+                        lambda local, target, last: upload(local, RecordingTarget(target), last))
     c = tiny_train_config.get_config()
     out = f"{gcs_dir}/with_tokens"
     manifest = teacher_tokens.precompute(tiny_dataset, out, c.sarc.teacher, batch_size=16, splits=["test"])
+    shards = [shard["file"] for shard in manifest["splits"]["test"]["shards"]]
+    assert uploaded[-1] == "manifest.json" and set(shards) <= set(uploaded[:-1]), uploaded  # a reader never sees a
+    # manifest whose shards are not all there
     assert manifest["features"]["teacher_tokens"]["teacher"] == teachers.teacher_identity(c.sarc.teacher)
     assert json.loads(epath.Path(out, "manifest.json").read_text()) == manifest
     for shard in manifest["splits"]["test"]["shards"]:

@@ -66,6 +66,12 @@ def test_card_architecture_table_is_the_models():
     assert model_card._DEPTH_HEADS == {k: (v["width"], v["depth"], v["num_heads"]) for k, v in vit.VIT_SIZES.items()}
 
 
+def test_card_layer_norm_eps_is_the_models(monkeypatch):
+    assert f"LayerNorm eps {vit.LAYER_NORM_EPS:g}," in model_card._architecture({}, "mini", 192, 12, 3, 8, 32)
+    monkeypatch.setattr(vit, "LAYER_NORM_EPS", 1e-5)  # one definition: the card follows the model's constant
+    assert "LayerNorm eps 1e-05," in model_card._architecture({}, "mini", 192, 12, 3, 8, 32)
+
+
 def test_auto_image_processor_reproduces_the_pretraining_resize_and_normalisation(tmp_path):
     export = _run_export(tmp_path)
     out = cli.run_export(export, str(tmp_path / "hf_vit"), "hf-vit")

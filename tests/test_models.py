@@ -136,7 +136,15 @@ def test_vit_b16_mae_parameter_count_matches_reference():
     shapes = jax.eval_shape(lambda: sarmae.init_params(modules, c, jax.random.key(0)))
     trainable = param_trees.count_params(shapes)
     assert trainable == 111_655_680  # PyTorch MAE ViT-B/16 with a 512x8 decoder, requires_grad only
-    assert trainable + sarmae.fixed_position_embedding_count(c) == 111_907_840  # plus the frozen pos_embeds
+    assert trainable + _fixed_position_embedding_count(c) == 111_907_840  # plus the frozen pos_embeds
+
+
+def _fixed_position_embedding_count(config) -> int:
+    """Entries of the fixed sin-cos tables (encoder and decoder, class position included): constants here, frozen
+    parameters in PyTorch MAE, so what to add to compare parameter counts with it."""
+    m = config.model
+    tokens = patches.num_patches(m.image_size, m.patch_size) + 1
+    return tokens * (vit.VIT_SIZES[m.size]["width"] + m.decoder.width)
 
 
 def test_anchor_head_init_and_shapes():

@@ -1,6 +1,6 @@
 """Many hosts on one machine: 2 processes x 2 CPU devices over gloo on loopback give the same losses as
-1 process with 4 devices (and an in-loop k-NN the value of sarmae-eval on the export); a run saved by 2 processes resumes on 1 and on 4 with the same global batches and
-losses; the launchers' dry runs print the commands they would run."""
+1 process with 4 devices (and an in-loop k-NN equal to sarmae-eval's on the export); a run saved by 2
+processes resumes on 1 and on 4 with the same global batches and losses; the launchers' dry runs print the commands they would run."""
 import hashlib
 import json
 import os
@@ -57,6 +57,21 @@ def test_two_processes_match_one_process(tmp_path, tiny_dataset, tiny_labelled, 
     e.splits, e.protocols, e.knn.seeds = ("all",), ("knn",), (0,)
     standalone = eval_pipeline.run(e, str(tmp_path / "eval"))["classification"][0]["runs"][0]["test_last"]
     assert abs(lines[1]["eval/knn/top1"] - standalone) <= 0.5, (lines[1], standalone)
+
+
+def test_each_process_writes_its_own_profiler_trace(two_process_run):
+    """train.profile_all_processes: each process's trace whole in its own folder (a shared folder lost one
+    process's files, or crashed JAX's Perfetto writer)."""
+    from tests.test_profiling import traced_steps
+
+    _, log, workdir = two_process_run
+    assert sorted(os.listdir(workdir / "profile")) == ["process_0", "process_1"]
+    for process in (0, 1):
+        runs = list((workdir / "profile" / f"process_{process}" / "plugins" / "profile").iterdir())
+        assert len(runs) == 1, runs
+        assert len(list(runs[0].glob("*.xplane.pb"))) == 1
+        perfetto = list(runs[0].glob("*.trace.json.gz"))
+        assert len(perfetto) == 1 and traced_steps(str(perfetto[0])) == [2]
 
 
 def test_cloud_launchers_dry_run_print_their_commands():

@@ -27,6 +27,9 @@ def test_round_trip_of_every_image_kind(tmp_path):
     assert [s["num_examples"] for s in split["shards"]] == [3, 3, 2]
     conv = manifest["converter"]
     assert conv["counts"]["errors"] == 0 and conv["counts"]["color_sar_averaged"] == 1
+    units = manifest["sar_units"]
+    assert units["domain"] == "intensity" and units["decision"] == "auto" and units["channels"] == ["SAR"]
+    assert [(f["file"], f["units"]) for f in units["files_differing"]] == [("SAR/gray16.tif", "amplitude")]
     assert "P99.9" in conv["intensity_rule"] and f"{SIZE}x{SIZE}" in manifest["resize_rule"]
     shard_io.verify_shards(out, "train")
 
@@ -42,7 +45,10 @@ def test_round_trip_of_every_image_kind(tmp_path):
         assert int(got[f"SAR/{name}"]["bit_depth"]) == 8
     assert np.abs(got["SAR/gray.jpg"]["sar"][..., 0].astype(int) - want8).max() <= 3
     # 16-bit and float: percentile stretch, so the image spans [~0.33, 1] instead of staying black.
-    for name, raw in (("gray16.png", sar["gray16.png"]), ("gray16.tif", sar["gray16.tif"]), ("float.tif", sar["float.tif"])):
+    # gray16.tif: integer TIFF DN are amplitude (sar_values); the dataset's domain is the intensity of
+    # its PNG images, so that file is squared to intensity and listed as differing.
+    for name, raw in (("gray16.png", sar["gray16.png"]), ("gray16.tif", sar["gray16.tif"].astype(np.float64) ** 2),
+                      ("float.tif", sar["float.tif"])):
         x = raw.astype(np.float32)
         want = _resized(np.clip(x / np.percentile(x, 99.9), 0, 1))
         assert np.abs(got[f"SAR/{name}"]["sar"][..., 0].astype(int) - want).max() <= 1, name

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import records, shard_io, synthetic, synthetic_scenes
+from sarmae_jax.data import pipeline
+from sarmae_jax.training import dry_run
+from tests.conftest import tiny_config
 
 SMALL = dict(num_examples=96, num_test_examples=32, image_size=32, paired_fraction=0.75, seed=3,
              examples_per_shard=40)
@@ -97,3 +100,17 @@ def test_cli_writes_dataset_and_preview(tmp_path, capsys):
     assert "train: 20 examples (15 paired)" in capsys.readouterr().out
     assert json.load(open(os.path.join(out, "manifest.json")))["generator"]["image_size"] == 16
     assert os.path.getsize(png) > 0
+
+
+def test_dry_run_counts_the_paired_scenes_the_generator_writes(tmp_path):
+    """One rule for the paired count: 0.35 x 10 = 3.5 scenes rounds to 4 (a floor gave the dry run 3)."""
+    manifest = synthetic.write_synthetic_dataset(str(tmp_path), **{
+        **SMALL, "num_examples": 10, "num_test_examples": 2, "paired_fraction": 0.35, "examples_per_shard": 10})
+    written = manifest["splits"]["train"]["num_paired"]
+    c = tiny_config()
+    c.data.path = None
+    c.data.synthetic.update(num_examples=10, paired_fraction=0.35)
+    c.data.paired_share = 0.5
+    _, epoch, _ = dry_run.data_spec(c)
+    assert epoch == pipeline.epoch_size(10, written, 0.5) == 8
+    assert written == synthetic.num_paired(10, 0.35) == 4

@@ -17,6 +17,7 @@ from sarmae_jax.models import sarmae
 from sarmae_jax.training import checkpoint, loop, optim
 from sarmae_jax.training import state as state_lib
 from sarmae_jax.training import step as step_lib
+from tests import conftest
 from tests.conftest import step_setup, synthetic_batch, tiny_config
 
 
@@ -128,6 +129,51 @@ def test_non_finite_step_is_skipped_and_counted():
     jax.tree.map(np.testing.assert_array_equal, params_before, jax.tree.map(np.asarray, state.params))
     state, m = step(state, synthetic_batch(c), teacher)
     assert float(m["step_finite"]) == 1.0 and int(state.skipped_in_a_row) == 0
+
+
+def test_logged_lr_is_the_rate_applied_after_a_skipped_update():
+    """A skipped update does not advance the optimizer's count: the next update applies schedule(0), not
+    schedule(1), and the logged lr must say so (it once read schedule(state.step))."""
+    c = tiny_config()  # warm-up of 2 steps: schedule(0) = 0, schedule(1) = lr / 2
+    parts = conftest.build_parts(c)
+    state, step, teacher = step_setup(c)
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher)
+    state, m = step(state, synthetic_batch(c, paired=(True, True)), poisoned)
+    assert float(m["step_finite"]) == 0.0 and int(optim.schedule_count(state.opt_state)) == 0
+    state, m = step(state, synthetic_batch(c), teacher)
+    assert float(m["step_finite"]) == 1.0 and int(state.step) == 2
+    assert int(optim.schedule_count(state.opt_state)) == int(state.step - state.skipped) == 1
+    assert float(m["lr"]) == pytest.approx(float(parts.schedule(0)))
+    assert float(parts.schedule(0)) != pytest.approx(float(parts.schedule(1)))
+    state, m = step(state, synthetic_batch(c), teacher)
+    assert float(m["lr"]) == pytest.approx(float(parts.schedule(1)))
+
+
+class _Sink:
+    def write(self, step, scalars):
+        pass
+
+    def update(self, step, shown):
+        pass
+
+
+def test_consecutive_skips_ending_between_log_steps_stop_the_run():
+    """A streak of `max_consecutive_skips` that ends before the log step must still stop the run."""
+    c = tiny_config()
+    c.train.log_every = 5
+    c.train.max_consecutive_skips = 3
+    window = loop.MetricWindow(c, _Sink(), _Sink(), flops_per_step=1.0)
+    streaks = [0, 1, 2, 3, 0]  # steps 1-5: three skips in a row end at step 4, step 5 is fine again
+    for k in streaks:
+        window.add({"loss": jnp.asarray(np.nan if k else 1.0), "step_finite": jnp.asarray(float(k == 0)),
+                    "skipped_in_a_row": jnp.asarray(k, jnp.int32)})
+    with pytest.raises(FloatingPointError, match="3 consecutive steps up to step 4"):
+        window.maybe_write(5)
+    window = loop.MetricWindow(c, _Sink(), _Sink(), flops_per_step=1.0)
+    for k in [0, 1, 2, 0, 0]:  # a shorter streak passes
+        window.add({"loss": jnp.asarray(1.0), "step_finite": jnp.asarray(float(k == 0)),
+                    "skipped_in_a_row": jnp.asarray(k, jnp.int32)})
+    window.maybe_write(5)
 
 
 def test_all_unpaired_batch_has_zero_alignment_loss():

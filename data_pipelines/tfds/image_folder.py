@@ -1,9 +1,15 @@
 """TFDS builder `sar_image_folder`: classification sets laid out as ImageFolder ``Train/<class>/``
 and ``Val/<class>/`` (how MSTAR, FUSAR-Ship and SAR-ACD are distributed) -> array_record shards.
 
-Images are decoded, scaled to [0, 1] intensity, reduced to one channel and resized (plain
-resize, aspect not kept: the released fine-tuning recipe) by the rules of
-data_pipelines/images.py, and stored as uint8 ``[S, S, 1]``. Class names are the sorted
+Images are read by the converter's reader and SAR units (data_pipelines/rasters.py,
+sar_values.py through raster_examples.sar_values_of): PNG/JPEG as before (scaled intensity, one
+channel), GeoTIFF chips in their true dtype, float32 dB chips in the dB domain with the converter's
+``db_range``, multi-band or per-polarisation (``<chip>_VV.tif`` + ``<chip>_VH.tif``) chips as
+channels in ``polarisations`` order. They are resized (plain resize, aspect not kept: the released
+fine-tuning recipe) by the rules of data_pipelines/images.py and stored as uint8 ``[S, S, C]``. The
+build's ``sar_units`` entry (the converter's schema, data_pipelines/sar_units.py) is kept in the
+dataset's TFDS metadata (``metadata.json``) and read back by :func:`read_sar_units`, so an evaluation
+sees the same units as a pre-training on converted shards with the same flags. Class names are the sorted
 subfolder names of ``Train/``; ``Val/`` must not hold other classes. Splits: ``train`` and
 ``val`` (`split_of_folder` maps a folder name such as ``Val`` to its split).
 
@@ -33,7 +39,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import example_proto, images
+from data_pipelines import example_proto, images, raster_examples, raster_plan, sar_units, sar_values
 from data_pipelines.tfds.base import LocalBuilder
 
 SOURCE_FILE = "source.json"  # the fingerprint of what a build was made from, in its dataset directory
@@ -58,6 +64,12 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     image_size: int = 224
     intensity_rule: str = "percentile"
     min_size: int = 16
+    # The converter's reading flags of the same names (data_pipelines/raster_plan.py).
+    sar_units: str = "auto"
+    polarisations: tuple = ()
+    db_range: tuple = sar_values.DEFAULT_DB_RANGE
+    nodata: float | None = None
+    max_nodata_share: float = 0.1
 
 
 def scan_image_folder(root: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
@@ -104,6 +116,33 @@ class SarImageFolder(LocalBuilder):
         self._root = os.path.abspath(root)
         self._class_names, self._files = scan_image_folder(self._root)
         super().__init__(file_format=file_format, **kwargs)
+        c = self.builder_config
+        self._parts = {}  # first polarisation file -> the chip's files in polarisation order
+        for split, files in self._files.items():
+            grouped, seen = [], set()
+            for path, label in files:
+                group = raster_plan.polarisation_group(path, c.polarisations)
+                if group is not None:
+                    if group[0] in seen:
+                        continue
+                    seen.add(group[0])
+                    missing = [p for p in group[1] if not os.path.isfile(p)]
+                    if missing:
+                        raise ValueError(f"{missing[0]}: missing polarisation file of {os.path.basename(group[0])} "
+                                         f"(polarisations {','.join(c.polarisations)})")
+                    path = group[1][0]
+                    self._parts[path] = group[1]
+                grouped.append((path, label))
+            self._files[split] = grouped
+        train = [self._parts.get(p, (p,)) for p, _ in self._files["train"]]
+        try:
+            decision = raster_plan.decide_domain(train, c)
+        except images.BadImage as e:
+            raise ValueError(f"{self._root}: cannot decide the SAR units: {e}") from None
+        self._sar_units = sar_units.validate(
+            {"domain": decision["domain"], "channels": list(c.polarisations or ("SAR",)), **decision,
+             **({"db_range": list(c.db_range)} if decision["domain"] == "db" else {})}, self._root)
+        self.info.metadata["sar_units"] = self._sar_units  # info was made by the base __init__, before this
 
     def source_fingerprint(self) -> dict:
         """What this build is made from: the folder, the builder version and config, and a digest
@@ -114,18 +153,22 @@ class SarImageFolder(LocalBuilder):
                 st = os.stat(path)
                 digest.update(f"{split}\0{os.path.relpath(path, self._root)}\0{label}\0{st.st_size}\0"
                               f"{st.st_mtime_ns}\n".encode())
-        return {"root": self._root, "version": str(self.version),
-                "config": {k: getattr(self.builder_config, k) for k in ("image_size", "intensity_rule", "min_size")},
+        return json.loads(json.dumps({"root": self._root, "version": str(self.version),
+                "config": {k: getattr(self.builder_config, k) for k in (
+                    "image_size", "intensity_rule", "min_size", "sar_units", "polarisations", "db_range", "nodata",
+                    "max_nodata_share")},
                 "class_names": self._class_names,
                 "num_files": {split: len(files) for split, files in sorted(self._files.items())},
-                "files_sha256": digest.hexdigest()}
+                "files_sha256": digest.hexdigest()}))  # as read back from JSON (tuples -> lists)
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.image_size
+        channels = len(self.builder_config.polarisations) or 1
         return tfds.core.DatasetInfo(
             builder=self, description=__doc__.split("\n\n")[0],
+            metadata=tfds.core.MetadataDict(),
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8, encoding="bytes"),
+                "image": tfds.features.Tensor(shape=(s, s, channels), dtype=np.uint8, encoding="bytes"),
                 "label": tfds.features.ClassLabel(names=self._class_names),
                 "source": tfds.features.Text(),
                 "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int64),
@@ -137,21 +180,29 @@ class SarImageFolder(LocalBuilder):
 
     def _generate_examples(self, files):
         c = self.builder_config
+        domain = self._sar_units["domain"]
         for path, label in files:
             try:
-                pixels, info = images.load_sar(path, size=(c.image_size, c.image_size), dtype=np.uint8,
-                                               min_size=c.min_size, rule=c.intensity_rule)
+                stored, valid, raster, info = raster_examples.sar_values_of(path, self._parts.get(path, ()), c, domain,
+                                                                            c.min_size)
             except images.BadImage as e:
-                raise ValueError(f"{path}: {e}") from None
+                raise ValueError(str(e).replace("\t", ": ", 1)) from None
+            share = 1.0 - float(valid.mean())
+            if share > c.max_nodata_share:
+                raise ValueError(f"{path}: no-data share {share:.2f} (NaN/Inf, nodata value or zeros in a linear "
+                                 f"product) above max_nodata_share {c.max_nodata_share}")
+            pixels = images.quantise(images.resize_intensity(stored, (c.image_size, c.image_size)), np.uint8)
             if info["color_averaged"]:
                 raise ValueError(f"{path}: mismatched channels: 3 distinct colour channels, expected single-channel "
                                  "SAR (grayscale, or grayscale saved as RGB) like the rest of the dataset")
             yield os.path.relpath(path, self._root), {
                 "image": pixels, "label": label, "source": os.path.relpath(path, self._root),
-                "original_size": np.asarray(info["original_size"], np.int64)}
+                "original_size": np.asarray(stored.shape[:2], np.int64)}
 
 
-def build_image_folder(root: str, *, data_dir: str, name: str | None = None, image_size: int = 224) -> str:
+def build_image_folder(root: str, *, data_dir: str, name: str | None = None, image_size: int = 224,
+                       sar_units: str = "auto", polarisations: tuple = (),
+                       db_range: tuple = sar_values.DEFAULT_DB_RANGE) -> str:
     """Builds `root` (Train/, Val/) into `data_dir`; returns the dataset directory
     (``<data_dir>/<name>/<image_size>/1.0.0``; `name` defaults to the folder's name).
 
@@ -160,8 +211,10 @@ def build_image_folder(root: str, *, data_dir: str, name: str | None = None, ima
     config) matches, and rebuilt in place otherwise -- TFDS alone would reuse any build at that
     path, however much the folder changed since.
     """
-    if str(image_size) not in {c.name for c in SarImageFolder.BUILDER_CONFIGS}:
-        config = ImageFolderConfig(name=str(image_size), image_size=image_size)
+    reading = dict(sar_units=sar_units, polarisations=tuple(polarisations), db_range=tuple(db_range))
+    if str(image_size) not in {c.name for c in SarImageFolder.BUILDER_CONFIGS} or reading != dict(
+            sar_units="auto", polarisations=(), db_range=sar_values.DEFAULT_DB_RANGE):
+        config = ImageFolderConfig(name=str(image_size), image_size=image_size, **reading)
     else:
         config = str(image_size)
     name = name or os.path.basename(os.path.abspath(root)).lower()
@@ -196,11 +249,21 @@ def _named_builder(name: str):
 _NAMED: dict[str, type] = {}
 
 
+def read_sar_units(dataset_dir: str) -> dict:
+    """The build's ``sar_units`` entry (data_pipelines/sar_units.py); the legacy single-channel
+    intensity for builds made before the entry existed."""
+    builder = tfds.builder_from_directory(dataset_dir)
+    entry = (builder.info.metadata or {}).get("sar_units")
+    channels = builder.info.features["image"].shape[-1]
+    return sar_units.read({"features": {"sar": {"shape": [0, 0, channels]}}} | ({"sar_units": entry} if entry else {}),
+                          dataset_dir)
+
+
 def load_classification_split(dataset_dir: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A built classification split, whole, in memory.
 
     Returns:
-      images: [N, S, S, 1] uint8 (value / 255 = intensity in [0, 1]).
+      images: [N, S, S, C] uint8 (value / 255 = the stored value in [0, 1] of the build's sar_units).
       labels: [N] int32 class indices into class_names.
       class_names: list of str (sorted Train/ subfolder names).
     Raises:

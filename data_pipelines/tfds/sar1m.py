@@ -5,7 +5,8 @@ pipeline (a ``manifest.json`` is written next to the TFDS metadata).
 The converter (``sarmae-convert-sar1m``, data_pipelines/sar1m.py) writes the same records in
 parallel processes and resumes interrupted runs; this builder is the TFDS-native way for people
 whose tooling expects ``tfds build`` / ``tfds.builder(...)``. Both use the same decoding rules
-(data_pipelines/images.py) and the same planning of paired-first samples.
+(data_pipelines/raster_examples.py, with the default reading flags: auto SAR units, one channel,
+no tiles) and the same planning of paired-first samples; the manifest carries the same ``sar_units``.
 
     from data_pipelines.tfds import build_sar1m
     dataset_dir = build_sar1m("/data/SAR-1M", data_dir="/data/tfds", image_size=224)
@@ -20,7 +21,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import images, records, sar1m, shard_io
+from data_pipelines import images, raster_plan, records, sar1m, shard_io
 from data_pipelines.tfds.base import LocalBuilder
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,28 @@ class Sar1m(LocalBuilder):
         root = os.path.abspath(os.fspath(dl_manager.manual_dir))
         samples, errors, layout = sar1m.plan_samples(root)
         self._layout, self._errors = layout, errors
+        try:
+            self._decision = raster_plan.decide_domain([(s.sar,) for s in samples], self._settings)
+        except images.BadImage as e:
+            raise sar1m.ConversionError(f"cannot decide the SAR units: {e}") from None
+        self._differing = []
         return {"train": self._generate_examples(samples, root, len(samples) + len(errors))}
 
     def _generate_examples(self, samples, root, planned):
         self._num_paired = 0
         for key, sample in enumerate(samples):
             try:
-                example, _ = sar1m.convert_sample(sample, self._settings, root)
+                examples, info = sar1m.convert_sample(sample, self._settings, root, self._decision["domain"])
             except images.BadImage as e:
                 file, reason = str(e).split("\t", 1)
                 log.warning("left out %s: %s", file, reason)
                 self._errors.append({"file": file, "reason": reason})
                 continue
-            self._num_paired += bool(example["is_paired"])
-            yield key, example
+            if info["units"]:
+                self._differing.append(info["units"])
+            for example in examples:  # one without tiles
+                self._num_paired += bool(example["is_paired"])
+                yield key, example
         if len(self._errors) > self._max_error_share * planned:
             raise sar1m.ConversionError(f"{len(self._errors)} of {planned} inputs are bad, above max_error_share="
                                         f"{self._max_error_share:.2%}; first: {self._errors[:3]}")
@@ -84,7 +93,9 @@ class Sar1m(LocalBuilder):
         super().download_and_prepare(*args, **kwargs)
         if getattr(self, "_num_paired", None) is not None:  # generated now, not found from an earlier run
             write_manifest_for_tfds_dir(self.data_dir, self.name, self._settings.spec, self._num_paired,
-                                        extra={"errors": self._errors, "layout": self._layout})
+                                        extra={"errors": self._errors, "layout": self._layout,
+                                               "sar_units": raster_plan.sar_units_entry(
+                                                   self._settings, self._decision, self._differing)})
 
 
 def write_manifest_for_tfds_dir(data_dir: str, dataset_name: str, spec: records.RecordSpec, num_paired: int,

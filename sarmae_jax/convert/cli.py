@@ -28,8 +28,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines import normalization
 from sarmae_jax import config as config_lib
-from sarmae_jax.convert import model_card, released, state_dicts, teacher_weights, torch_export, torch_import
+from sarmae_jax.convert import (model_card, released, source_normalization, state_dicts, teacher_weights, torch_export,
+                                torch_import)
 from sarmae_jax.models import anchor, mae, param_trees, sarmae, teachers, vit
 from sarmae_jax.runtime import paths, tpu_topology
 from sarmae_jax.training import checkpoint
@@ -105,9 +107,10 @@ def released_teacher_config(sd: dict, src: str) -> dict | None:
 
 def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: int = 224,
                parts: Sequence[str] | None = None, decoder: dict, scan: bool = True,
-               head_prefix: str | None = None) -> str:
+               head_prefix: str | None = None, stated_normalization: str | None = None) -> str:
     """Convert `src` to a params-only export in `out_dir` (either local or gs://); returns `out_dir`.
-    `size=None`: read off the width."""
+    `size=None`: read off the width. The metadata records the source's own input normalisation
+    (`source_normalization.of_import`; `stated_normalization` overrides it)."""
     src = str(paths.resolve(src, "checkpoint"))  # a string: the converters name it in their messages
     out_dir = paths.resolve(out_dir, "out_dir")
     paths.check_writable(out_dir, "out_dir")
@@ -132,6 +135,9 @@ def run_import(src: str, out_dir: str, *, size: str | None = None, image_size: i
         param_trees.check_tree_matches(value, shapes[part], what=f"{src} part {part!r} (size {size!r})")
     meta = checkpoint.run_metadata(config, source=str(src), imported_parts=sorted(params),
                                    teacher_width=teacher_width, source_checkpoint=info)
+    meta[normalization.KEY] = dict(normalization.NORMALIZATION, sar=source_normalization.of_import(
+        src, [k.removeprefix("module.") for k in sd], info, hf_preprocessor=source_normalization.read_hf_preprocessor(src),
+        stated=stated_normalization))
     checkpoint.export_params(out_dir, jax.tree.map(np.asarray, params), meta)
     log.info("imported %s (ViT-%s) from %s into %s%s", sorted(params), size, src, out_dir,
              f"; its released teacher is recorded as sarc.teacher={teacher}" if teacher else "")
@@ -153,6 +159,8 @@ def import_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-prefix", default=None,
                    help="key prefix of the SARC head (default: sar_alignment_ffn. or align_head., whichever is there)")
     p.add_argument("--no-scan", action="store_true", help="write per-block params (model.scan_layers=False)")
+    p.add_argument("--source-normalization", choices=source_normalization.CHOICES, default=None,
+                   help="the input normalisation the weights were trained with, for a file that does not say")
     return p
 
 
@@ -163,7 +171,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     decoder = dict(width=a.decoder_width, depth=a.decoder_depth, num_heads=a.decoder_heads)
     try:
         run_import(a.checkpoint, a.out_dir, size=a.size, image_size=a.image_size, parts=a.parts, decoder=decoder,
-                   scan=not a.no_scan, head_prefix=a.head_prefix)
+                   scan=not a.no_scan, head_prefix=a.head_prefix, stated_normalization=a.source_normalization)
     except (ValueError, FileNotFoundError, paths.StorageAccessError) as e:
         print(f"sarmae-import: {e}", file=sys.stderr)
         return 1
@@ -205,9 +213,14 @@ def run_export(export_dir: str, out: str, fmt: str, image_size: int | None = Non
         else:
             sd, hf_config = torch_export.to_hf_vitmae(params, image_size, model_cfg.get("mask_ratio", 0.75),
                                                       model_cfg.get("norm_pix_loss", False))
-        preprocessor = torch_export.hf_preprocessor_config(image_size, model_card.sar_normalization(meta))
+        sar_rule = model_card.sar_normalization(meta)
         paths.write_atomic(out / "config.json", json.dumps(hf_config, indent=2).encode())
-        paths.write_atomic(out / "preprocessor_config.json", json.dumps(preprocessor, indent=2).encode())
+        if source_normalization.is_known(sar_rule):
+            preprocessor = torch_export.hf_preprocessor_config(image_size, sar_rule)
+            paths.write_atomic(out / "preprocessor_config.json", json.dumps(preprocessor, indent=2).encode())
+        else:
+            log.warning("%s: no preprocessor_config.json: the input normalisation is not known (%s)", out,
+                        sar_rule.get("reason"))
         _save(out / "model.safetensors", sd)
     card_meta = dict(meta, config=dict(meta.get("config", {}), model=dict(model_cfg, image_size=image_size)))
     card = model_card.write(str(out), card_meta, fmt, torch_export.encoder_arch(params["encoder"]), absent)

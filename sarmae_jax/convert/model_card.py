@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 
 from data_pipelines import normalization
+from sarmae_jax.convert import source_normalization
+from sarmae_jax.models import vit  # the model's own constants (LayerNorm eps), not copies
 
 TARGETS = ("params", "timm", "hf-vit", "hf-vitmae", "sarmae-pretrain", "sarmae-finetune")
 # Image sizes of the released detection / segmentation configs (SSDD 608, RSAR 800, SARDet-100k 1024, AIRSEG 512).
@@ -83,7 +85,8 @@ def _architecture(m, size, width, depth, heads, patch, image) -> str:
     lines = [
         "## Architecture",
         "",
-        f"- ViT-{size}: width {width}, depth {depth}, {heads} heads, MLP ratio 4, pre-norm blocks, LayerNorm eps 1e-6,"
+        f"- ViT-{size}: width {width}, depth {depth}, {heads} heads, MLP ratio 4, pre-norm blocks, "
+        f"LayerNorm eps {_num(vit.LAYER_NORM_EPS)},"
         " exact GELU, a class token, qkv bias.",
         f"- Patch {patch} x {patch}, input {image} x {image} x {m.get('in_channels', 3)} "
         f"({image // patch} x {image // patch} = {(image // patch) ** 2} patches).",
@@ -147,45 +150,78 @@ def _provenance(metadata, config) -> str:
 
 
 def sar_normalization(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The SAR input rule an export's metadata records (either spelling of its key); the project's rule for
-    metadata written without one."""
-    try:
-        return normalization.read(metadata, "export metadata")["sar"]
-    except ValueError:
-        return normalization.NORMALIZATION["sar"]
+    """The input rule an export's metadata records under `normalization.sar` (either spelling of the key): the
+    project's SAR rule for a run's export, the source model's own for an import (`source_normalization`), or an
+    entry saying it is not known. Metadata without one is refused: nothing else knows what the weights expect."""
+    recorded = normalization.read(metadata, "export metadata")  # ValueError naming the keys it has
+    if not isinstance(recorded, Mapping) or "sar" not in recorded:
+        raise ValueError(f"export metadata: its {normalization.KEY!r} entry has no 'sar' rule: {recorded!r}")
+    return recorded["sar"]
+
+
+def _values(values: Sequence[float], scale: float = 1.0, bracket: str = "[]") -> str:
+    """`[127.5] * 3` for equal values, `[123.675, 116.28, 103.53]` otherwise (`bracket="()"`: a tuple)."""
+    scaled = [_num(v * scale) for v in values]
+    if len(set(scaled)) == 1:
+        return f"({scaled[0]},) * {len(scaled)}" if bracket == "()" else f"[{scaled[0]}] * {len(scaled)}"
+    return bracket[0] + ", ".join(scaled) + bracket[1]
 
 
 def _normalisation(metadata) -> str:
     sar = sar_normalization(metadata)
-    mean, std = float(sar["mean"]), float(sar["std"])
-    m255, s255 = _num(mean * 255), _num(std * 255)
+    if not source_normalization.is_known(sar):
+        return "\n".join([
+            "## Input normalisation",
+            "",
+            f"**Not known.** {sar.get('reason', '')}. The weights were imported from a file that does not say "
+            "how its inputs were normalised; no Hugging Face `preprocessor_config.json` is written for them. Feed "
+            "them what their original training used.",
+        ])
+    mean, std = source_normalization.per_channel(sar)
     det_mean, det_std = list(RELEASED_DET_MEAN), list(RELEASED_DET_STD)
+    m255, s255 = _values(mean, 255), _values(std, 255)
+    # mmcv reads images as BGR: per-channel statistics (RGB order) need the conversion, equal ones do not care.
+    rgb = "True" if len(set(mean)) > 1 or len(set(std)) > 1 else "False"
+    imported = metadata.get("source")
+    if imported:
+        intro = (f"Imported weights: the normalisation of the model they come from ({sar.get('source', imported)}): "
+                 f"{sar.get('input', 'values in [0, 1]')}, then `(x - mean) / std` with mean {_values(mean)}, "
+                 f"std {_values(std)}. The same in each toolkit's units:")
+    else:
+        intro = ("Pre-training fed grayscale SAR intensities scaled to [0, 1] (8-bit / 255, 16-bit / 65535), repeated "
+                 f"to 3 channels, then `(x - {_values(mean)}) / {_values(std)}`; resized bilinearly (Pillow) to the "
+                 "input size, aspect ratio not kept. The same in each toolkit's units:")
+    if [round(v * 255, 3) for v in mean] == det_mean and [round(v * 255, 3) for v in std] == det_std:
+        released = ("The released SARMAE detection configs (`SARMAE_Fintune/Detection/configs/SARMAE/`) normalise with "
+                    "these same ImageNet statistics.")
+    else:
+        released = (
+            f"**The released SARMAE detection configs differ.** `SARMAE_Fintune/Detection/configs/SARMAE/` (SSDD, RSAR, "
+            f"SARDet-100k) normalise with ImageNet statistics, `mean={det_mean}, std={det_std}, to_rgb=True`, not with "
+            f"the statistics above: a pixel v enters as (v - {det_mean[0]}) / {det_std[0]} instead of "
+            f"(v - {_num(mean[0] * 255)}) / {_num(std[0] * 255)}, about {std[0] * 255 / det_std[0]:.1f} times the "
+            "contrast these weights were trained with and different per channel. Set the values of the table above "
+            "to feed the encoder what it was trained on. The released segmentation configs (AIRSEG) use `127.5` / "
+            "`127.5`, as SARMAE pre-training; the released classification fine-tuning (`main_finetune.py`) feeds "
+            "[0, 1] tensors without normalisation.")
     return "\n".join([
         "## Input normalisation",
         "",
-        f"Pre-training fed grayscale SAR intensities scaled to [0, 1] (8-bit / 255, 16-bit / 65535), repeated to 3 "
-        f"channels, then `(x - {_num(mean)}) / {_num(std)}`; resized bilinearly (Pillow) to the input size, aspect ratio "
-        "not kept. The same in each toolkit's units:",
+        intro,
         "",
         "| toolkit | where | values |",
         "|---|---|---|",
-        f"| timm / PyTorch | on [0, 1] tensors | `mean=({_num(mean)},) * 3, std=({_num(std)},) * 3` |",
+        f"| timm / PyTorch | on [0, 1] tensors | `mean={_values(mean, bracket='()')}, std={_values(std, bracket='()')}` |",
         f"| Hugging Face | `preprocessor_config.json` (written with every HF export) | `rescale_factor=1/255`, "
-        f"`image_mean=[{_num(mean)}] * 3`, `image_std=[{_num(std)}] * 3`, `do_convert_rgb=True` |",
-        f"| mmdet 3.x, mmseg 1.x, mmrotate 1.x | `data_preprocessor` on 0-255 pixels | `mean=[{m255}] * 3, "
-        f"std=[{s255}] * 3, bgr_to_rgb=False` |",
-        f"| mmdet 2.x, mmrotate 0.x (mmcv 1.x) | `img_norm_cfg` / `Normalize` on 0-255 pixels | `mean=[{m255}] * 3, "
-        f"std=[{s255}] * 3, to_rgb=False` |",
+        f"`image_mean={_values(mean)}`, `image_std={_values(std)}`, `do_convert_rgb=True` |",
+        f"| mmdet 3.x, mmseg 1.x, mmrotate 1.x | `data_preprocessor` on 0-255 pixels | `mean={m255}, "
+        f"std={s255}, bgr_to_rgb={rgb}` |",
+        f"| mmdet 2.x, mmrotate 0.x (mmcv 1.x) | `img_norm_cfg` / `Normalize` on 0-255 pixels | `mean={m255}, "
+        f"std={s255}, to_rgb={rgb}` |",
         "",
         "16-bit images: divide by 65535 first (the 0-255 and 1/255 values above assume 8-bit pixels).",
         "",
-        f"**The released SARMAE detection configs differ.** `SARMAE_Fintune/Detection/configs/SARMAE/` (SSDD, RSAR, "
-        f"SARDet-100k) normalise with ImageNet statistics, `mean={det_mean}, std={det_std}, to_rgb=True`, not with "
-        f"the statistics above: a pixel v enters as (v - {det_mean[0]}) / {det_std[0]} instead of "
-        f"(v - {m255}) / {s255}, about {std * 255 / det_std[0]:.1f} times the contrast pre-training used and different per "
-        "channel. Set the values of the table above to feed the encoder what it was trained on. The released "
-        f"segmentation configs (AIRSEG) use `{m255}` / `{s255}`, as pre-training; the released classification "
-        "fine-tuning (`main_finetune.py`) feeds [0, 1] tensors without normalisation.",
+        released,
     ])
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sarmae_jax.convert import vit_layout
+from sarmae_jax.convert import source_normalization, vit_layout
 from sarmae_jax.models import vit
 
 TRANSFORMERS_VERSION = "5.24.0"  # written to config.json; the tests check the key sets against this version's files
@@ -51,15 +51,16 @@ def to_timm(params: Any, image_size: int) -> dict[str, np.ndarray]:
 
 
 def hf_preprocessor_config(image_size: int, sar_normalization: Mapping[str, Any]) -> dict:
-    """`preprocessor_config.json` for `AutoImageProcessor`: the pre-training input rule (8-bit pixels / 255, the
-    SAR mean / std of `data_pipelines.normalization`, grayscale repeated to RGB, Pillow bilinear resize)."""
-    sar = sar_normalization
+    """`preprocessor_config.json` for `AutoImageProcessor`: the weights' input rule as the export's metadata records
+    it (8-bit pixels / 255, then its mean / std, grayscale repeated to RGB, Pillow bilinear resize). A rule that is
+    not known (an import of a file that does not say) is refused: ValueError with the reason."""
+    mean, std = source_normalization.per_channel(sar_normalization)
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_convert_rgb": True,
         "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,  # PIL.Image.BILINEAR
         "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": [float(sar["mean"])] * 3, "image_std": [float(sar["std"])] * 3,
+        "do_normalize": True, "image_mean": mean, "image_std": std,
     }
 
 

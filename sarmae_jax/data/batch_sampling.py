@@ -58,18 +58,6 @@ class _Pool:
         return {**self.__dict__, "_perms": {}}
 
 
-def contiguous_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
-    """Rows [p B / P, (p + 1) B / P) of a global batch of B: process p's share when the processes'
-    devices hold consecutive blocks of the batch (a mesh made by `jax.make_mesh`, and tests)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index}: expected in [0, process_count={process_count})")
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
-                         f"process_count={process_count}")
-    per = global_batch_size // process_count
-    return np.arange(process_index * per, (process_index + 1) * per, dtype=np.int64)
-
-
 class BatchSampler:
     """position -> the record indices of rows `rows` of global batch `position`.
 

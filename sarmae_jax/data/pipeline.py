@@ -316,6 +316,12 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed
 STREAM_STATE_VERSION = 2  # 1 (implicit): Grain's own per-process state, {"next_index": i}, streams split by process
 
 
+def stream_state(position: int, global_batch_size: int) -> dict[str, int]:
+    """The saved state of the global stream at batch `position` (batches of `global_batch_size` rows): the one
+    place its format and version are written (`TrainIterator.get_state`, legacy checkpoints' conversion)."""
+    return {"version": STREAM_STATE_VERSION, "position": int(position), "global_batch_size": int(global_batch_size)}
+
+
 class TrainIterator:
     """Endless iterator of this process's rows of the global batches; its state is the global position.
 
@@ -340,13 +346,13 @@ class TrainIterator:
         return batch
 
     def get_state(self) -> dict[str, int]:
-        return {"version": STREAM_STATE_VERSION, "position": self.position, "global_batch_size": self.global_batch_size}
+        return stream_state(self.position, self.global_batch_size)
 
     def set_state(self, state: dict[str, Any], source: str = "the iterator state") -> None:
         """Continue at the state's global position. `source` names where the state came from, for errors."""
         if not isinstance(state, dict) or state.get("version") != STREAM_STATE_VERSION:
             raise ValueError(f"{source}: {state!r} is not a version-{STREAM_STATE_VERSION} data stream state "
-                             "({'version': 2, 'position': ..., 'global_batch_size': ...})")
+                             f"({{'version': {STREAM_STATE_VERSION}, 'position': ..., 'global_batch_size': ...}})")
         if state["global_batch_size"] != self.global_batch_size:
             raise ValueError(f"{source}: saved with global batch size {state['global_batch_size']}, resumed with "
                              f"{self.global_batch_size}: its position counts batches of the saved size; resume with "

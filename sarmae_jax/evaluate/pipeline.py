@@ -29,7 +29,8 @@ def _validation(cfg, train: datasets.LabelledImages, image_size: int, workdir: s
         return np.arange(len(train.labels)), None
     if spec.startswith("holdout:"):
         pool, val_idx = splits.holdout(train.labels, float(spec.split(":", 1)[1]), cfg.split_seed, train.class_names)
-        return pool, datasets.LabelledImages(train.images[val_idx], train.labels[val_idx], train.class_names)
+        return pool, datasets.LabelledImages(train.images[val_idx], train.labels[val_idx], train.class_names,
+                                                train.sar_units)
     val = datasets.load_split(cfg.dataset, spec, image_size, workdir=workdir)
     _check_same_classes(train, val, spec)
     return np.arange(len(train.labels)), val

@@ -7,8 +7,8 @@ project benchmarks on: in the backward pass the softmax gradient uses FlashAtten
 `sum(dO * O)` (a reduction over the head width, 32-64) instead of `sum(P * dP)` (over the key length,
 197 tokens in the MAE decoder), and the saved probabilities are read once.
   - 2-core CPU, float32, ViT-B/16 MAE+SARC step at batch 8: about 9% faster than "xla".
-  - NVIDIA H200, bfloat16, the same step at batch 256: 65.8 vs 75.3 ms (+14% images/s, MFU 23.3%
-    vs 20.4%). cuDNN flash attention refuses the decoder's 197-token sequences in JAX 0.11.
+  - NVIDIA H200, bfloat16, the same step at batch 256 (released teacher), measured side by side in one
+    run: 65.8 vs 75.3 ms (+14% images/s); docs/benchmarks.md's GPU table has both and the current step time. cuDNN flash attention refuses the decoder's 197-token sequences in JAX 0.11.
 
 Numerics: logits, softmax and its gradient are computed in float32 whatever the input dtype (as
 `jax.nn.dot_product_attention` does), products with V and the outputs are in the input dtype.

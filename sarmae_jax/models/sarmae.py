@@ -83,13 +83,3 @@ def init_params(modules: Modules, config, key: jax.Array) -> dict[str, Any]:
         params["anchor_head"] = modules.anchor_head.init(k_head, jnp.zeros((1, k, width)))["params"]
     return params
 
-
-def fixed_position_embedding_count(config) -> int:
-    """Entries of the fixed sin-cos tables (encoder and decoder, class position included).
-
-    They are constants here, not parameters; PyTorch MAE stores them as frozen parameters, so this is
-    what to add to compare parameter counts with it.
-    """
-    m = config.model
-    tokens = patches.num_patches(m.image_size, m.patch_size) + 1
-    return tokens * (vit.VIT_SIZES[m.size]["width"] + m.decoder.width)

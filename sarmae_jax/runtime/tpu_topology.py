@@ -15,9 +15,12 @@ import math
 import os
 import re
 
+import logging
+
 import jax
-from jax._src import hardware_utils  # the PCI scan JAX itself uses to find TPU chips
 from jax.experimental import topologies
+
+log = logging.getLogger("sarmae_jax")
 
 GiB = 1024**3
 
@@ -88,9 +91,23 @@ def quiet_libtpu_start() -> None:
     """Set the host variables that keep libtpu silent, unless this host has TPU chips or they are set.
 
     Call before JAX initialises its backends (libtpu reads them when it loads). On a TPU VM nothing is
-    changed: there the variables describe the real slice.
+    changed: there the variables describe the real slice. Without libtpu installed there is nothing to quiet.
+
+    The chip count comes from JAX's own PCI scan, `jax._src.hardware_utils`, a private module, imported here
+    and nowhere else so that every entry point starts whatever a JAX upgrade does to it. If it moves, this
+    function changes nothing and logs a warning: on a host without TPU chips but with libtpu installed,
+    libtpu then prints its start-up warnings (metadata server, host bounds) and two compile-only processes
+    (`--topology`, benchmarks/pod_plan.py, tests) cannot load libtpu at once; nothing else breaks.
     """
-    num_chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    if not compiler_available():
+        return
+    try:
+        from jax._src import hardware_utils  # private: see the docstring
+        num_chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    except (ImportError, AttributeError) as e:
+        log.warning("cannot count this host's TPU chips (jax._src.hardware_utils: %s): libtpu's start-up is not "
+                    "quieted", e)
+        return
     if num_chips:
         return
     for key, value in _QUIET_ENV.items():

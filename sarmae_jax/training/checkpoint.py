@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from data_pipelines import normalization
 from sarmae_jax.convert import model_card  # plain Python: no torch
+from sarmae_jax.data import pipeline
 from sarmae_jax.runtime import paths
 
 log = logging.getLogger("sarmae_jax")
@@ -76,9 +77,6 @@ class Checkpoints:
                                              item_names=("state", "data_stream", "metadata"))
         self._pending: int | None = None  # step of the save still being written in the background
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
@@ -107,20 +105,24 @@ class Checkpoints:
         try:
             yield
         except Exception as e:  # any write error: the cause is chained, the message says what is safe
-            good = [s for s in self._complete_steps() if s != step]
-            previous = f"the previous checkpoint (step {max(good)}) is intact" if good else "no earlier checkpoint exists"
+            previous = self._what_is_left(step)
             raise CheckpointSaveError(
                 f"saving checkpoint step {step} to {self.directory} failed: {type(e).__name__}: {e}. "
                 f"Nothing of step {step} was kept; {previous}. Check free space and write permission."
             ) from e
 
-    def _complete_steps(self) -> list[int]:
-        # Read the directory again (local or gs://): a failed save may leave the manager's list stale.
-        # Orbax lists finalised steps only (renamed locally, commit_success.txt on a bucket).
+    def _what_is_left(self, failed_step: int) -> str:
+        """Which earlier checkpoint a failed save left intact, read from the directory again (local or gs://:
+        a failed save may leave the manager's list stale; Orbax lists finalised steps only). A directory that
+        is not there holds none; a listing that fails says so, rather than claim there is none."""
         try:
-            return list(ocp.utils.checkpoint_steps(self.directory))
-        except OSError:
-            return []
+            good = [s for s in ocp.utils.checkpoint_steps(self.directory) if s != failed_step]
+        except FileNotFoundError:
+            good = []
+        except OSError as e:
+            return (f"whether an earlier checkpoint is intact is unknown (listing {self.directory} failed: "
+                    f"{type(e).__name__}: {e})")
+        return f"the previous checkpoint (step {max(good)}) is intact" if good else "no earlier checkpoint exists"
 
     def restore_latest(self, abstract_state: Any, data_iter, metadata: dict | None = None) -> tuple[int, Any] | None:
         """Restore the newest complete checkpoint onto the shardings in `abstract_state`.
@@ -204,7 +206,7 @@ def legacy_stream_state(directory: os.PathLike, global_batch_size: int) -> dict[
     log.warning("%s: iterator state of the earlier per-process format (%d file(s)); continuing the global data "
                 "stream at batch %d: from here on the examples follow the global order (a function of the position "
                 "alone), not the per-process streams the run that wrote it drew from", directory, len(files), position)
-    return {"version": 2, "position": position, "global_batch_size": global_batch_size}
+    return pipeline.stream_state(position, global_batch_size)
 
 
 def array_name(path) -> str:

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_pipelines import synthetic as synthetic_set
 from sarmae_jax import config as config_lib
 from sarmae_jax.data import pipeline
 from sarmae_jax.models import param_trees, patches
@@ -35,8 +36,8 @@ def data_spec(config) -> tuple[str, int, bool]:
     from the dataset's manifest only, or the synthetic set's config."""
     if config.data.path is None:
         synthetic = config.data.synthetic
-        return synthetic.sar_dtype, pipeline.epoch_size(synthetic.num_examples, int(synthetic.num_examples * synthetic.paired_fraction),
-                                        config.data.paired_share), False
+        paired = synthetic_set.num_paired(synthetic.num_examples, synthetic.paired_fraction)
+        return synthetic.sar_dtype, pipeline.epoch_size(synthetic.num_examples, paired, config.data.paired_share), False
     info = pipeline.dataset_info(config.data)
     return info["sar_dtype"], info["epoch_size"], loop.stored_teacher_tokens(info, config)
 

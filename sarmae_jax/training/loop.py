@@ -145,11 +145,14 @@ class MetricWindow:
         if skipped:
             log.warning("steps %d-%d: %d update(s) skipped for a non-finite loss or gradient",
                         step - len(fetched) + 1, step, skipped)
-        in_a_row = int(fetched[-1]["skipped_in_a_row"])
+        # Every step's streak counts, not only the log step's: a streak may end between two log steps.
+        worst = max(range(len(fetched)), key=lambda i: int(fetched[i]["skipped_in_a_row"]))
+        in_a_row = int(fetched[worst]["skipped_in_a_row"])
         if in_a_row >= self.max_in_a_row:
+            at = step - len(fetched) + 1 + worst
             raise FloatingPointError(
-                f"{in_a_row} consecutive steps up to step {step} had a non-finite loss or gradient (last loss "
-                f"{float(fetched[-1]['loss'])}); stopping (train.max_consecutive_skips={self.max_in_a_row}). "
+                f"{in_a_row} consecutive steps up to step {at} had a non-finite loss or gradient (loss there "
+                f"{float(fetched[worst]['loss'])}); stopping (train.max_consecutive_skips={self.max_in_a_row}). "
                 "Lower optim.lr or check the data.")
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         means["steps_skipped"] = float(skipped)
@@ -295,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step_flops = flops.train_step_flops_per_image(config, live_teacher=not use_stored_tokens) * config.train.batch_size
     window = MetricWindow(config, writer, progress, step_flops)
     preempted_at = None
-    profiler = profiling.StepProfiler(config.train.profile, workdir, start_step)
+    profiler = profiling.StepProfiler(config.train.profile, workdir, start_step, config.train.profile_all_processes)
     if evals is not None:
         evals.redo_interrupted(start_step, total_steps, state.params, writer, progress)
     with distributed.PreemptionWatch() as preemption:

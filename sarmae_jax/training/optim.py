@@ -34,6 +34,20 @@ class Schedule:
         )(step)
 
 
+def schedule_count(opt_state: Any) -> jax.Array | None:
+    """The optimizer's own count of applied updates: the step its learning-rate schedule is at (int32 scalar).
+
+    The one step counter of the learning rate (as big_vision reads it from the optimizer): a skipped update
+    keeps the old optimizer state, so this count is `state.step - state.skipped`, and the rate an update
+    applies is `schedule(schedule_count(opt_state))` taken before it. None when `opt_state` holds no schedule.
+    """
+    found = [s.count for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+             if isinstance(s, optax.ScaleByScheduleState)]
+    if len(found) > 1:
+        raise ValueError(f"the optimizer state holds {len(found)} learning-rate schedules; expected one")
+    return found[0] if found else None
+
+
 def make_schedule(optim_cfg, *, global_batch: int, total_steps: int, steps_per_epoch: int) -> Schedule:
     """Peak lr: `optim.lr` if set, else `base_lr * global_batch / 256`. Warm-up in steps or epochs."""
     peak = optim_cfg.lr if optim_cfg.lr is not None else optim_cfg.base_lr * global_batch / 256.0

@@ -15,7 +15,7 @@ import optax
 from sarmae_jax.data import preprocess
 from sarmae_jax.models import mae, patches, sarmae
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import objective
+from sarmae_jax.training import objective, optim
 
 
 def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -129,7 +129,12 @@ def make_train_step(modules: sarmae.Modules, tx: optax.GradientTransformation, c
             skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1),
         )
         out = dict(aux)
-        out.update(grad_norm=grad_norm, lr=schedule(state.step), step_finite=finite.astype(jnp.float32),
+        # The rate this step's update applied: the schedule at the optimizer's own count (which skipped
+        # updates do not advance), not at `state.step`. A skipped step logs the rate its update would have used.
+        count = optim.schedule_count(state.opt_state)
+        if count is not None:
+            out["lr"] = schedule(count)
+        out.update(grad_norm=grad_norm, step_finite=finite.astype(jnp.float32),
                    skipped_in_a_row=new_state.skipped_in_a_row,
                    speckled_fraction=jnp.mean(inputs["speckled"].astype(jnp.float32)))
         return new_state, out
