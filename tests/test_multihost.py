@@ -1,6 +1,7 @@
 """Many hosts on one machine: 2 processes x 2 CPU devices over gloo on loopback give the same losses as
 1 process with 4 devices (and an in-loop k-NN equal to sarmae-eval's on the export); a run saved by 2
-processes resumes on 1 and on 4 with the same global batches and losses; the launchers' dry runs print the commands they would run."""
+processes resumes on 1 and on 4 with the same global batches and losses; the launchers' dry runs print the
+commands they would run."""
 import hashlib
 import json
 import os
