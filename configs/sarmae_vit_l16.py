@@ -17,4 +17,19 @@ from configs.recipe import pretrain_recipe
 
 
 def get_config():
-    return pretrain_recipe("large", num_epochs=200.0)
+    c = pretrain_recipe("large", num_epochs=200.0)
+    # Evaluation while pre-training (config.evals, sarmae_jax/evaluate/in_loop.py; docs/evaluate.md): k-NN and a
+    # linear probe on the public labelled sets (ImageFolder Train/ and Val/, built at the model's input size
+    # into dataset.build_dir on first use), every 10,000 steps and at the end, as eval/<name>/top1 in the
+    # metrics. Uncomment and point the paths at your copies (local paths: every host reads them):
+    #
+    # from sarmae_jax.evaluate import in_loop
+    #
+    # for name, path in (("fusar_ship", "/data/FUSAR-Ship"), ("mstar", "/data/MSTAR")):
+    #     for kind in ("knn", "linear_probe"):
+    #         e = in_loop.evaluator_config(kind, every_steps=10_000, split="fraction:0.3")
+    #         e.dataset.kind, e.dataset.path = "image_folder", path
+    #         e.dataset.train_split, e.dataset.test_split = "Train", "Val"
+    #         e.dataset.build_dir = "/data/tfds"
+    #         c.evals[f"{name}_{kind}"] = e
+    return c

@@ -12,6 +12,7 @@ runs/smoke/images/step_*.png (clean | speckled | visible | reconstruction), runs
 runs/smoke/export/ (params-only, for sarmae-eval and sarmae-export).
 """
 from sarmae_jax import config as config_lib
+from sarmae_jax.evaluate import in_loop
 
 
 def get_config():
@@ -41,4 +42,9 @@ def get_config():
     c.train.log_every = 10
     c.train.image_every = 100
     c.train.checkpoint_every = 100
+
+    # k-NN on the run's own labelled synthetic scenes (40 per class of the train split -> the 512 test scenes):
+    # representation quality next to the loss, as eval/knn/top1 in metrics.jsonl, TensorBoard and the
+    # progress bar. 40-shot keeps each evaluation to a few seconds of the smoke run (docs/evaluate.md).
+    c.evals.knn = in_loop.evaluator_config("knn", every_steps=100, split="shots:40")
     return c

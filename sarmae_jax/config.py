@@ -125,6 +125,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # (logical axis name, mesh axis / axes / None) pairs; see sharding.py for what each axis does.
     c.mesh.rules = sharding.DEFAULT_RULES
+
+    # ---------------------------------------------------------------------------------------- evals
+    # Named evaluators run inside the loop on the run's mesh (k-NN, linear probe, reconstruction every N
+    # steps), each `sarmae_jax.evaluate.in_loop.evaluator_config(kind, ...)`; results in the metrics as
+    # eval/<name>/<metric>. Empty: none. See docs/evaluate.md.
+    c.evals = ml_collections.ConfigDict()
     return c
 
 

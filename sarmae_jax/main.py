@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from sarmae_jax.evaluate import in_loop
 from sarmae_jax.runtime import cli, distributed, tpu_topology
 from sarmae_jax.training import dry_run, layout_plan, loop, metrics, resume, tpu_plan
 
@@ -51,7 +52,8 @@ def main(argv):
         if metrics.is_main_process():
             print(dry_run.format_report(report), flush=True)
         return
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_accept=resume.parse_accept(_RESUME_ACCEPT.value),
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, evaluators=in_loop.build,
+                            resume_accept=resume.parse_accept(_RESUME_ACCEPT.value),
                             resume_from_intact=_RESUME_FROM_INTACT.value)
 
 

@@ -1,6 +1,7 @@
 """Many hosts on one machine: 2 processes x 2 CPU devices over gloo on loopback give the same losses as
-1 process with 4 devices; a run saved by 2 processes resumes on 1 and on 4 with the same global batches and
-losses; the launchers' dry runs print the commands they would run."""
+1 process with 4 devices (and an in-loop k-NN equal to sarmae-eval's on the export); a run saved by 2
+processes resumes on 1 and on 4 with the same global batches and losses; the launchers' dry runs print the
+commands they would run."""
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import pytest
 from jax.experimental import multihost_utils
 
 from sarmae_jax.data import pipeline
+from sarmae_jax.evaluate import config as eval_config
+from sarmae_jax.evaluate import pipeline as eval_pipeline
 from sarmae_jax.runtime import distributed
 from tests.conftest import six_step_config
 
@@ -32,14 +35,14 @@ def _launch(num_processes, devices, workdir, data, *flags):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, tiny_dataset):
+def two_process_run(tmp_path_factory, tiny_dataset, tiny_labelled):
     """2 processes x 2 devices: the step's losses, then a 2-step run that checkpoints its last step."""
     workdir = tmp_path_factory.mktemp("two_processes") / "run"
-    result, log = _launch(2, 2, workdir, tiny_dataset)
+    result, log = _launch(2, 2, workdir, tiny_dataset, "--labelled", tiny_labelled)
     return result, log, workdir
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_dataset, two_process_run):
+def test_two_processes_match_one_process(tmp_path, tiny_dataset, tiny_labelled, two_process_run):
     multi, log, workdir = two_process_run
     single, _ = _launch(1, 4, tmp_path / "single", tiny_dataset, "--losses_only")
     assert (multi["processes"], multi["devices"]) == (2, 4) and (single["processes"], single["devices"]) == (1, 4)
@@ -48,7 +51,13 @@ def test_two_processes_match_one_process(tmp_path, tiny_dataset, two_process_run
     assert "[1] {" not in log  # only process 0 reports
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
     lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-    assert [l["step"] for l in lines] == [2]  # one writer, not one per process
+    assert [l["step"] for l in lines] == [2, 2]  # one writer, not one per process: training, then evaluation
+    # The k-NN of the 4 devices of 2 processes is that of sarmae-eval on the export (one device, same split).
+    e = eval_config.default_config()
+    e.checkpoint, e.dataset.kind, e.dataset.path = str(workdir / "export"), "records", tiny_labelled
+    e.splits, e.protocols, e.knn.seeds = ("all",), ("knn",), (0,)
+    standalone = eval_pipeline.run(e, str(tmp_path / "eval"))["classification"][0]["runs"][0]["test_last"]
+    assert abs(lines[1]["eval/knn/top1"] - standalone) <= 0.5, (lines[1], standalone)
 
 
 def test_each_process_writes_its_own_profiler_trace(two_process_run):
@@ -108,7 +117,7 @@ def _resume(num_processes, devices, workdir, data, record):
     for r in reports:
         for position, rows in r["seen"].items():
             batches.setdefault(int(position), {}).update({int(k): v for k, v in rows.items()})
-    losses = {l["step"]: l["loss"] for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
+    losses = {l["step"]: l["loss"] for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if "loss" in l}
     return {p: [rows[i] for i in range(len(rows))] for p, rows in batches.items()}, losses
 
 

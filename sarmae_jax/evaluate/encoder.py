@@ -145,18 +145,25 @@ def pad_to(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
 
 
-@functools.lru_cache(maxsize=8)
-def _embed_fn(model_json: str, pooling: str):
-    """Jitted `(params, pixels [B, S, S, 1]) -> [B, D]`, one per (model, pooling): every split reuses it."""
-    model_cfg = ml_collections.ConfigDict(json.loads(model_json))
+def embed_fn(model_cfg: ml_collections.ConfigDict, pooling: str):
+    """`(encoder params, pixels [B, S, S, 1] integer) -> features [B, D] float32`, not jitted.
+
+    The one definition of frozen features: `sarmae-eval` jits it on one device, the trainer's in-loop
+    evaluators (`evaluate/in_loop.py`) jit it over the run's mesh. Deterministic (no drop path).
+    """
     module = sarmae.build_encoder(model_cfg, deterministic=True, drop_path_rate=0.0)
 
-    @jax.jit
     def embed(params, pixels):
         tokens = module.apply({"params": params}, normalised_inputs(pixels, model_cfg.in_channels))
         return pool(tokens, pooling).astype(jnp.float32)
 
     return embed
+
+
+@functools.lru_cache(maxsize=8)
+def _embed_fn(model_json: str, pooling: str):
+    """Jitted `embed_fn`, one per (model, pooling): every split reuses it."""
+    return jax.jit(embed_fn(ml_collections.ConfigDict(json.loads(model_json)), pooling))
 
 
 def extract_features(encoder: Encoder, images: np.ndarray, *, pooling: str, batch_size: int,

@@ -104,8 +104,11 @@ def _mae_modules(encoder: encoder_lib.Encoder):
 
 
 def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_collections.ConfigDict,
-             figure_path: str) -> dict:
-    """clean_pixels: `[N, S, S, 1]` integer held-out scenes at the model's input size."""
+             figure_path: str | None) -> dict:
+    """clean_pixels: `[N, S, S, 1]` integer held-out scenes at the model's input size.
+
+    `figure_path=None` writes no figure (the in-loop evaluator on processes other than 0).
+    """
     modules = _mae_modules(encoder)
     m = encoder.model_cfg
     mask_ratio = m.mask_ratio if cfg.mask_ratio < 0 else cfg.mask_ratio
@@ -154,7 +157,8 @@ def evaluate(encoder: encoder_lib.Encoder, clean_pixels: np.ndarray, cfg: ml_col
                        "enl_noisy": mean_enl(_intensity(cat["noisy"], domain), flat, cfg.window),
                        "enl_recon": mean_enl(_intensity(cat["recon"], domain), flat, cfg.window)})
         figure_rows.append(cat)
-    save_figure(figure_path, figure_rows, cfg.looks, cfg.figure_images)
+    if figure_path is not None:
+        save_figure(figure_path, figure_rows, cfg.looks, cfg.figure_images)
     return {"levels": levels, "num_images": len(clean_pixels), "mask_ratio": mask_ratio, "window": cfg.window,
             "flat_cv": cfg.flat_cv, "flat_windows": int(flat.sum()), "figure": str(figure_path),
             "speckle_model": "gamma_intensity"}

@@ -227,8 +227,8 @@ def stored_teacher_tokens(info: dict, config) -> bool:
 
 # ------------------------------------------------------------------------------------------ main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       on_step: Callable[[int], None] | None = None, *, resume_accept: tuple[str, ...] = (),
-                       resume_from_intact: bool = False) -> dict[str, float]:
+                       on_step: Callable[[int], None] | None = None, evaluators: Callable | None = None, *,
+                       resume_accept: tuple[str, ...] = (), resume_from_intact: bool = False) -> dict[str, float]:
     """Pre-train from `config`, writing metrics, images and checkpoints to `workdir`. Returns final metrics.
 
     `workdir`: a local directory or a gs://BUCKET/PATH URI; process 0 writes metrics, TensorBoard events,
@@ -239,6 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `on_step(step)` is called after each step is dispatched (profiling hooks, tests). A resume that changes
     the config (other than `resume.FREE_KEYS`) needs its keys in `resume_accept`; `resume_from_intact` resumes
     past a damaged latest checkpoint (training/resume.py).
+    `evaluators`: `sarmae_jax.evaluate.in_loop.build`, which runs `config.evals` (the trainer command passes
+    it; this package cannot import evaluate). Required when `config.evals` is not empty.
     """
     # 1. Validate the config: every mistake a config can make fails here, before any compilation.
     config_lib.validate(config)
@@ -258,6 +260,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     #    hold, so any number of processes resumes the same stream. Batches become global arrays.
     data_cfg, info = prepare_data(config, workdir)
     config = dataset_config.resolve(config, info)  # model.in_channels and data.sar_units from the manifest
+    if config.evals and evaluators is None:
+        raise ValueError(f"config.evals names {sorted(config.evals)}: pass evaluators=sarmae_jax.evaluate.in_loop.build "
+                         "(sarmae-train does)")
+    # In-loop evaluators: their labelled sets are read and checked now, before anything compiles.
+    evals = evaluators(config, mesh, workdir, data_cfg.path) if evaluators is not None else None
     batch_sharding = sharding.batch_sharding(mesh)
     data_iter = pipeline.make_train_iterator(
         data_cfg, global_batch_size=config.train.batch_size, seed=config.seed,
@@ -310,6 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preempted_at = None
     cache_events = compilation_cache.CacheEvents()  # the train step's compile: from the cache or not
     profiler = profiling.StepProfiler(config.train.profile, workdir, start_step, config.train.profile_all_processes)
+    if evals is not None:
+        evals.redo_interrupted(start_step, total_steps, state.params, writer, progress)
     with distributed.PreemptionWatch() as preemption:
         for step in range(start_step + 1, total_steps + 1):
             profiler.maybe_start(step)
@@ -332,6 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if preemption.should_stop(step) and not last:
                 preempted_at = step
             window.maybe_write(step, force=last or preempted_at is not None)
+            if evals is not None and preempted_at is None and evals.maybe_evaluate(
+                    step, total_steps, state.params, writer, progress, preemption, window):
+                preempted_at = step  # a notice came during the evaluation: save this step, redo it on resume
             with jax.set_mesh(mesh):
                 maybe_write_images(step, config, state.params, batch, visualize, writer, workdir, force=last)
             maybe_save(checkpoints, step, state, data_iter, meta, config, writer,

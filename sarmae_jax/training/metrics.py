@@ -80,6 +80,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool = True):
         self._bar = None
+        self._pinned: dict[str, float] = {}
         if enabled:
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
 
@@ -87,8 +88,13 @@ class Progress:
         if self._bar is None:
             return
         self._bar.n = int(step)
+        shown = {**shown, **self._pinned}
         self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
         self._bar.refresh()
+
+    def pin(self, shown: Mapping[str, float]) -> None:
+        """Numbers shown on every later update too (the latest evaluation's headline numbers)."""
+        self._pinned.update(shown)
 
     def close(self) -> None:
         if self._bar is not None:

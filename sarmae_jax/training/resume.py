@@ -43,7 +43,9 @@ FREE_KEYS = (
     "data.num_workers", "data.worker_buffer_size", "data.read_threads", "data.prefetch_batches",
     "data.max_corrupt_records",
     "model.remat", "model.scan_unroll", "model.attention_impl",  # how a step is computed, not what
-    "mesh",  # checkpoints restore onto any mesh
+    "mesh", "optim.shard_over_data",  # checkpoints restore onto any mesh and layout
+    "train.nonfinite_guard", "train.compilation_cache_dir",
+    "evals",  # evaluators read the parameters, never change them
 )
 KEY = "resume_changes"
 

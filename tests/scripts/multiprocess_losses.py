@@ -2,9 +2,9 @@
 train steps of the tiny config on a data-parallel mesh over all processes' devices, each process feeding
 only its rows of the global batch; then a 2-step `train_and_evaluate` into a shared workdir (each process
 reading its share of the dataset, Orbax writing from all, metrics from process 0, a profiler trace of step 2
-from every process).
+from every process) with an in-loop k-NN evaluation at its end (each process feeding its rows of the features).
 
-    launch/local_multiprocess.sh 2 2 python tests/scripts/multiprocess_losses.py WORKDIR DATA_PATH [--losses_only]
+    launch/local_multiprocess.sh 2 2 python tests/scripts/multiprocess_losses.py WORKDIR DATA_PATH [--losses_only | --labelled LABELLED_PATH]
 
 Process 0 prints one JSON line.
 """
@@ -14,6 +14,7 @@ import sys
 import jax
 
 from sarmae_jax.convert import teacher_weights
+from sarmae_jax.evaluate import in_loop
 from sarmae_jax.runtime import distributed, sharding
 from sarmae_jax.training import loop, metrics
 from tests.conftest import build_parts, synthetic_batch, tiny_config
@@ -48,6 +49,8 @@ if __name__ == "__main__":
         c.data.path, c.train.num_steps = data_path, 2
         # Every process traces step 2, each into its own <workdir>/profile/process_<i>/ (tests/test_multihost.py).
         c.train.profile, c.train.profile_all_processes = (2, 1), True
-        result["trained_loss"] = loop.train_and_evaluate(c, workdir)["loss"]
+        c.evals.knn = in_loop.evaluator_config("knn", at_end=True)  # every process feeds its rows, process 0 writes
+        c.evals.knn.dataset.path = sys.argv[sys.argv.index("--labelled") + 1]
+        result["trained_loss"] = loop.train_and_evaluate(c, workdir, evaluators=in_loop.build)["loss"]
     if metrics.is_main_process():
         print(json.dumps(result), flush=True)
