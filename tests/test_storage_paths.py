@@ -125,3 +125,22 @@ def test_output_ownership_on_a_bucket(gcs_dir):
         ownership.claim(mine, tool="t", kind="k", overwrite=True)
     with pytest.raises(ownership.OutputError, match="is the input --data"):
         ownership.claim(f"{gcs_dir}/data/", tool="t", kind="k", inputs={"--data": f"{gcs_dir}/data"})
+
+
+def test_a_closed_metric_writer_on_a_bucket_uploads_nothing_more(gcs, gcs_dir, monkeypatch):
+    """tensorboardX's own gs:// writer uploads again from __del__ (at exit: 120 s retries to a gone bucket)."""
+    import gc
+
+    from tensorboardX import record_writer
+
+    from sarmae_jax.training import metrics
+
+    writer = metrics.MetricWriter(gcs_dir, flush_secs=3600)
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    uploads = []
+    monkeypatch.setattr(record_writer.GCSRecordWriter, "flush", lambda self: uploads.append(self.path))
+    del writer
+    gc.collect()
+    assert uploads == []
+    assert [p.name for p in (paths.as_path(gcs_dir) / "tensorboard").iterdir()]  # the event file was uploaded

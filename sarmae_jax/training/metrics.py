@@ -48,6 +48,7 @@ class MetricWriter:
         # (1.6 s), which the other processes, the dry run and the evaluation never need.
         from tensorboardX import SummaryWriter
 
+        _register_closing_gcs_writer()
         self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=flush_secs, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -70,9 +71,34 @@ class MetricWriter:
             self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self._tb is not None:
             self._jsonl.close()
             self._tb.close()
+            self._tb = None
+
+
+def _register_closing_gcs_writer() -> None:
+    """tensorboardX's gs:// event-file writer uploads its whole buffer again from `__del__`, after `close()`
+    already did: at interpreter exit, with the bucket gone or unreachable, each event file then costs a
+    120 s retry. Its S3 writer keeps a `closed` flag; this registers the same for gs:// (same uploads)."""
+    from tensorboardX import record_writer
+
+    class ClosingGCSRecordWriter(record_writer.GCSRecordWriter):
+        closed = False
+
+        def __del__(self):
+            if not self.closed:
+                self.close()
+
+        def close(self):
+            self.flush()
+            self.closed = True
+
+    class Factory(record_writer.GCSRecordWriterFactory):
+        def open(self, path):
+            return ClosingGCSRecordWriter(path)
+
+    record_writer.register_writer_factory("gs", Factory())
 
 
 class Progress:
