@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -213,7 +214,9 @@ def claim(path: str, *, tool: str, kind: str, identity: Any = None, inputs: Mapp
                           "or give a new directory")
     if _is_gcs(path):
         return Claim(path, path, "replace", tool, kind, identity)
-    staging = f"{path}~new-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    # A fresh directory beside the output (never one that may already exist: nothing is deleted to make room).
+    staging = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}~new-", dir=os.path.dirname(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output gets the usual permissions
     return Claim(path, staging, "replace", tool, kind, identity)

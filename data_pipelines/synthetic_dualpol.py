@@ -12,24 +12,23 @@ From each clean synthetic scene (`synthetic_scenes.generate_scenes`, intensity i
   the two channels carry different information;
 * stored as `x = (dB - lo) / (hi - lo)` in uint16, clipped to the range (`DB_RANGE`).
 
-CLI (refuses a non-empty output directory unless --overwrite)::
+CLI (refuses an output it did not write; an earlier set only with --overwrite)::
 
     python -m data_pipelines.synthetic_dualpol --out /tmp/dualpol_db --num_examples 2048 --num_test_examples 256
 """
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from data_pipelines import records, sar_units, shard_io
+from data_pipelines import ownership, records, sar_units, shard_io
 from data_pipelines.synthetic_scenes import CLASS_NAMES, generate_scenes
 
+KIND = "dual-pol synthetic records dataset"
 DATASET_NAME = "synthetic_dualpol_db"
 CHANNELS = ["VV", "VH"]
 DB_RANGE = (-35.0, 5.0)
@@ -76,18 +75,25 @@ def split_examples(split: str, *, num_examples: int, image_size: int, paired_fra
 def write_dualpol_dataset(out_dir: str, *, overwrite: bool = False, **overrides) -> dict[str, Any]:
     """Writes splits 'train' and 'test' (if num_test_examples > 0) with their manifest. Returns the manifest.
 
-    Raises FileExistsError if `out_dir` is not empty, unless `overwrite` (then it is replaced).
+    Refuses (`ownership.OutputError`) a directory holding anything but an earlier dual-pol set, and an earlier
+    set unless `overwrite` (then it is replaced atomically, data_pipelines/ownership.py).
     """
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"dual-pol synthetic dataset: unknown parameters {unknown}; expected keys of {sorted(DEFAULTS)}")
     params = {**DEFAULTS, **overrides}
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True "
-                                  "(--overwrite) to replace it")
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    claim = ownership.claim(out_dir, tool="data_pipelines.synthetic_dualpol", kind=KIND, identity=params,
+                            overwrite=overwrite, flag="--out")
+    try:
+        manifest = _write(claim.target, params)
+        claim.commit()
+    except BaseException:
+        claim.abort()
+        raise
+    return manifest
+
+
+def _write(out_dir: str, params: dict[str, Any]) -> dict[str, Any]:
     size = params["image_size"]
     spec = records.RecordSpec((size, size), "uint16", sar_channels=len(CHANNELS))
     splits = {}
