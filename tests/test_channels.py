@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from data_pipelines import records, synthetic_dualpol
+from data_pipelines import ownership, records, synthetic_dualpol
 from sarmae_jax.convert import cli, state_dicts, torch_import
 from sarmae_jax.data import pipeline, preprocess
 from sarmae_jax.evaluate import encoder as encoder_lib
@@ -212,8 +212,10 @@ def test_evaluation_feeds_c_channel_pixels_as_pre_training_did():
 
 def test_dualpol_generator_refuses_to_replace_what_it_did_not_write(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
-        synthetic_dualpol.write_dualpol_dataset(str(tmp_path), num_examples=4, num_test_examples=0, image_size=16)
+    for overwrite in (False, True):  # --overwrite replaces an earlier dual-pol set only, never a user's folder
+        with pytest.raises(ownership.OutputError, match=r"did not write \(notes.txt\)"):
+            synthetic_dualpol.write_dualpol_dataset(str(tmp_path), overwrite=overwrite, num_examples=4,
+                                                    num_test_examples=0, image_size=16)
     assert (tmp_path / "notes.txt").read_text() == "mine"
     manifest = records.read_manifest(
         synthetic_dualpol.write_dualpol_dataset(str(tmp_path / "new"), num_examples=4, num_test_examples=0,
