@@ -8,8 +8,10 @@ Variants (JAX, the ViT-B/16 recipe: bf16, full DINOv3 ViT-B/16 teacher with rand
 recipe's exact paired share 0.7, built by the trainer's own `training.state.build`):
   every row      the teacher on every row (`data.paired_share=None`), the step before paired rows
   paired rows    the recipe's step: the teacher on the paired rows only (training/paired_rows.py)
-  cudnn          paired rows + `model.attention_impl=cudnn` (a variant the backend refuses is recorded so,
-                 with its message; the decoder's 197 tokens are not padded here)
+  cudnn          paired rows + `model.attention_impl=cudnn`: every sequence padded to a multiple of 64 with
+                 its true length passed (encoder 50 -> 64, decoder 197 -> 256, teacher 201 -> 256;
+                 `models/attention.py: padded_attention`); a variant the backend refuses is recorded so,
+                 with its message
   where guard    paired rows + `train.nonfinite_guard=where` instead of the `cond`
   batch 512      paired rows at 512 per device
 Each `--xla_flags` set (default: command buffers with conditionals; Triton GEMM) reruns the paired-rows

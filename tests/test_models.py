@@ -210,3 +210,21 @@ def test_explicit_attention_matches_jax_attention_and_its_gradients(dtype, tol):
     np.testing.assert_array_equal(attention.dot_product_attention(q, k, v), attention.explicit_attention(q, k, v))
     with pytest.raises(ValueError, match="'flash'"):
         attention.dot_product_attention(q, k, v, "flash")
+
+
+def test_padded_attention_masks_the_padding_out_of_values_and_gradients():
+    """The "cudnn" path pads 197 tokens to 256 with sequence lengths (cuDNN refused 197); the padding must
+    change nothing. cuDNN needs a GPU, so the same padding runs here through the XLA implementation."""
+    q, k, v, w = (jax.random.normal(key, (2, 197, 2, 8)) for key in jax.random.split(jax.random.key(1), 4))
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v) * w)
+
+    with jax.default_matmul_precision("highest"):
+        padded = jax.value_and_grad(lambda *a: loss(lambda *x: attention.padded_attention(
+            *x, "xla", attention.CUDNN_SEQUENCE_MULTIPLE), *a), argnums=(0, 1, 2))(q, k, v)
+        plain = jax.value_and_grad(lambda *a: loss(attention.explicit_attention, *a), argnums=(0, 1, 2))(q, k, v)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), padded, plain)
+    # Without the lengths the zero keys would take weight: the padding is visible, so the check above can fail.
+    unmasked = jax.nn.dot_product_attention(*(jnp.pad(x, ((0, 0), (0, 59), (0, 0), (0, 0))) for x in (q, k, v)))
+    assert not np.allclose(unmasked[:, :197], attention.explicit_attention(q, k, v), atol=1e-3)

@@ -2,7 +2,7 @@
 
 `dot_product_attention(q, k, v, implementation)` is what the ViT blocks call. By default it runs
 `explicit_attention` here; "xla" and "cudnn" select `jax.nn.dot_product_attention`'s paths (its own
-default is the XLA path). Explicit is the default because it measured faster on both machines this
+default is the XLA path; "cudnn" pads the sequence, see `padded_attention`). Explicit is the default because it measured faster on both machines this
 project benchmarks on: in the backward pass the softmax gradient uses FlashAttention's row term
 `sum(dO * O)` (a reduction over the head width, 32-64) instead of `sum(P * dP)` (over the key length,
 197 tokens in the MAE decoder), and the saved probabilities are read once.
@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("", "xla", "cudnn", "explicit")
+# cuDNN's fused attention refused the MAE decoder's 197-token sequences on an H200 (jax 0.11): "cudnn"
+# pads every sequence to a multiple of this and passes the true lengths, so the padding is masked out.
+CUDNN_SEQUENCE_MULTIPLE = 64
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None) -> jax.Array:
@@ -30,7 +33,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementati
         raise ValueError(f"attention implementation {implementation!r}: expected one of {list(IMPLEMENTATIONS)}")
     if not implementation or implementation == "explicit":
         return explicit_attention(q, k, v)
+    if implementation == "cudnn":
+        return padded_attention(q, k, v, "cudnn", CUDNN_SEQUENCE_MULTIPLE)
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str, multiple: int) -> jax.Array:
+    """`jax.nn.dot_product_attention` on `q, k, v: [B, T, H, Dh]` padded with zeros to `T'`, the next multiple
+    of `multiple`, with `query_seq_lengths = key_value_seq_lengths = T`: padded keys get no weight and the
+    padded queries' rows are dropped, so the result (and its gradient) is the unpadded attention's. -> `[B, T, H, Dh]`."""
+    b, t = q.shape[:2]
+    padded = -(-t // multiple) * multiple
+    if padded == t:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - t), (0, 0), (0, 0)))
+    lengths = jnp.full((b,), t, jnp.int32)
+    out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), query_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths, implementation=implementation)
+    return out[:, :t]
 
 
 def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
