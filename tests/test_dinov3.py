@@ -125,3 +125,22 @@ def test_dinov3_checkpoint_with_missing_and_extra_keys_is_refused(tmp_path):
         teacher_weights.dinov3_from_torch(sd, "x.safetensors", num_heads=HEADS)
     assert "missing:    layer.1.layer_scale2.lambda1" in str(e.value)
     assert "unexpected: layer.0.surprise" in str(e.value)
+
+
+def test_unrolled_teacher_blocks_leave_no_loop_and_the_same_tokens():
+    """The train step unrolls the teacher's blocks by `model.scan_unroll` (the recipes: fully), so the
+    compiled program has no layer loop whose cost the compiler counts once; the tokens do not change."""
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    rolled = _module()
+    unrolled = dinov3.DINOv3(patch_size=PATCH, width=WIDTH, depth=DEPTH, num_heads=HEADS, num_registers=REGISTERS,
+                             scan_unroll=DEPTH)
+    params = rolled.init(jax.random.key(1), images)
+    np.testing.assert_allclose(unrolled.apply(params, images), rolled.apply(params, images), rtol=1e-6, atol=1e-6)
+    assert "while" in jax.jit(rolled.apply).lower(params, images).as_text()
+    assert "while" not in jax.jit(unrolled.apply).lower(params, images).as_text()
+    cfg = ml_collections.ConfigDict(dict(kind="dinov3", size="small", patch_size=PATCH, checkpoint="random-init"))
+    assert teachers.build_teacher(cfg, scan_unroll=32)[0].scan_unroll == 32
+    from configs import sarmae_vit_b16
+    from sarmae_jax.models import sarmae
+    recipe = sarmae_vit_b16.get_config()
+    assert sarmae.build(recipe).teacher.scan_unroll == recipe.model.scan_unroll == 32

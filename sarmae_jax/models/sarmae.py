@@ -68,7 +68,7 @@ def build(config) -> Modules:
     )
     head = teacher = width = None
     if config.sarc.enabled:
-        teacher, width = teachers.build_teacher(config.sarc.teacher, dtype=dtype)
+        teacher, width = teachers.build_teacher(config.sarc.teacher, dtype=dtype, scan_unroll=int(m.scan_unroll))
         head = anchor.AnchorHead(width, dtype=dtype, param_dtype=param_dtype)
     return Modules(encoder, decoder, head, teacher, width)
 

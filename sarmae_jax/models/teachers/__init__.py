@@ -23,8 +23,8 @@ from sarmae_jax.models.teachers import dinov3, released, vit_teacher
 Dtype = Any
 RANDOM_INIT = "random-init"  # an explicit request for an untrained teacher (tests, smoke runs); never a fallback
 
-# kind -> (teacher_cfg, dtype) -> (module, output width)
-TEACHERS: dict[str, Callable[[Any, Dtype], tuple[nn.Module, int]]] = {
+# kind -> (teacher_cfg, dtype, scan_unroll) -> (module, output width)
+TEACHERS: dict[str, Callable[[Any, Dtype, int], tuple[nn.Module, int]]] = {
     "dinov3": dinov3.build,
     "released": released.build,
     "vit": vit_teacher.build_plain,
@@ -33,11 +33,13 @@ TEACHERS: dict[str, Callable[[Any, Dtype], tuple[nn.Module, int]]] = {
 }
 
 
-def build_teacher(cfg, dtype: Dtype = jnp.float32) -> tuple[nn.Module, int]:
-    """`cfg`: the `sarc.teacher` config (kind, size, patch_size, checkpoint)."""
+def build_teacher(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1) -> tuple[nn.Module, int]:
+    """`cfg`: the `sarc.teacher` config (kind, size, patch_size, checkpoint). `scan_unroll`: the teacher's
+    blocks unrolled per loop trip (the train step passes `model.scan_unroll`: the recipes unroll fully, so
+    the compiler sees, fuses and counts every block; the parameters stay stacked either way)."""
     if cfg.kind not in TEACHERS:
         raise ValueError(f"config.sarc.teacher.kind={cfg.kind!r}: expected one of {sorted(TEACHERS)}")
-    return TEACHERS[cfg.kind](cfg, dtype)
+    return TEACHERS[cfg.kind](cfg, dtype, scan_unroll)
 
 
 def teacher_identity(cfg) -> str:

@@ -118,6 +118,7 @@ class DINOv3(nn.Module):
     rope_theta: float = ROPE_THETA
     norm_eps: float = NORM_EPS
     dtype: Dtype = jnp.float32
+    scan_unroll: int = 1  # blocks unrolled per loop trip (`depth`: no loop; parameters stay stacked)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -136,14 +137,17 @@ class DINOv3(nn.Module):
         num_prefix = 1 + self.num_registers
         blocks = nn.scan(
             DINOv3Block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+            in_axes=nn.broadcast, length=self.depth, unroll=min(max(self.scan_unroll, 1), self.depth),
+            metadata_params={nn.PARTITION_NAME: "layers"},
         )(self.num_heads, num_prefix, self.mlp_ratio, self.norm_eps, self.dtype, name="blocks")
         x, _ = blocks(x, rope)
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)
         return x[:, num_prefix:]
 
 
-def build(cfg, dtype: Dtype = jnp.float32, num_registers: int = NUM_REGISTER_TOKENS) -> tuple[DINOv3, int]:
+def build(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1,
+          num_registers: int = NUM_REGISTER_TOKENS) -> tuple[DINOv3, int]:
     size = vit.VIT_SIZES[cfg.size]
-    module = DINOv3(patch_size=cfg.patch_size, num_registers=num_registers, dtype=dtype, **size)
+    module = DINOv3(patch_size=cfg.patch_size, num_registers=num_registers, dtype=dtype, scan_unroll=scan_unroll,
+                    **size)
     return module, size["width"]

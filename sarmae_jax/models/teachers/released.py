@@ -36,7 +36,8 @@ class ReleasedTeacher(nn.Module):
         return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)
 
 
-def build(cfg, dtype: Dtype = jnp.float32) -> tuple[ReleasedTeacher, int]:
-    """`cfg`: the `sarc.teacher` config. Returns the module and its token width."""
+def build(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1) -> tuple[ReleasedTeacher, int]:
+    """`cfg`: the `sarc.teacher` config. Returns the module and its token width (no blocks: `scan_unroll`
+    has nothing to unroll)."""
     width = vit.VIT_SIZES[cfg.size]["width"]
     return ReleasedTeacher(patch_size=cfg.patch_size, width=width, dtype=dtype), width

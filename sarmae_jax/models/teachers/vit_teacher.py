@@ -35,28 +35,30 @@ class ViTTeacher(nn.Module):
     num_registers: int = 0
     layer_scale: bool = False
     dtype: Dtype = jnp.float32
+    scan_unroll: int = 1  # blocks unrolled per loop trip (`depth`: no loop; parameters stay stacked)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         tokens = vit.ViTEncoder(
             patch_size=self.patch_size, width=self.width, depth=self.depth, num_heads=self.num_heads,
             dtype=self.dtype, learned_pos_embed=True, num_registers=self.num_registers,
-            layer_scale=self.layer_scale, name="encoder",
+            layer_scale=self.layer_scale, stack=vit.StackOptions(scan_unroll=self.scan_unroll), name="encoder",
         )(images)
         return tokens[:, 1 + self.num_registers:]
 
 
-def build_plain(cfg, dtype: Dtype = jnp.float32) -> tuple[ViTTeacher, int]:
+def build_plain(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1) -> tuple[ViTTeacher, int]:
     size = vit.VIT_SIZES[cfg.size]
-    return ViTTeacher(patch_size=cfg.patch_size, dtype=dtype, **size), size["width"]
+    return ViTTeacher(patch_size=cfg.patch_size, dtype=dtype, scan_unroll=scan_unroll, **size), size["width"]
 
 
-def build_dinov2(cfg, dtype: Dtype = jnp.float32) -> tuple[ViTTeacher, int]:
+def build_dinov2(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1) -> tuple[ViTTeacher, int]:
     size = vit.VIT_SIZES[cfg.size]
-    return ViTTeacher(patch_size=cfg.patch_size, layer_scale=True, dtype=dtype, **size), size["width"]
-
-
-def build_dinov2_with_registers(cfg, dtype: Dtype = jnp.float32) -> tuple[ViTTeacher, int]:
-    size = vit.VIT_SIZES[cfg.size]
-    return (ViTTeacher(patch_size=cfg.patch_size, num_registers=DINOV2_REGISTERS, layer_scale=True, dtype=dtype, **size),
+    return (ViTTeacher(patch_size=cfg.patch_size, layer_scale=True, dtype=dtype, scan_unroll=scan_unroll, **size),
             size["width"])
+
+
+def build_dinov2_with_registers(cfg, dtype: Dtype = jnp.float32, scan_unroll: int = 1) -> tuple[ViTTeacher, int]:
+    size = vit.VIT_SIZES[cfg.size]
+    return (ViTTeacher(patch_size=cfg.patch_size, num_registers=DINOV2_REGISTERS, layer_scale=True, dtype=dtype,
+                       scan_unroll=scan_unroll, **size), size["width"])
