@@ -9,6 +9,8 @@ the pod plan of sarmae_jax/training/tpu_plan.py; `--find_max_batch` adds the lar
 """
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,7 +29,13 @@ _FIND_MAX_BATCH = flags.DEFINE_bool("find_max_batch", False, "With --topology: a
 _PLAN = flags.DEFINE_bool("plan", False, "With --topology: search the slice's layouts (data x fsdp x tensor, remat, "
                           "micro-batches, live or precomputed teacher), compile the best few, rank them by a step-time "
                           "bound and print the winner as --config overrides (training/layout_plan.py).")
-_PLAN_COMPILES = flags.DEFINE_integer("plan_compiles", 3, "With --plan: how many of the best candidates to compile.")
+_PLAN_COMPILES = flags.DEFINE_integer("plan_compiles", 2, "With --plan: how many of the best candidates to "
+                                      "compile, for each teacher mode (live, precomputed)."))
+_PLAN_EPOCH_SIZE = flags.DEFINE_integer("plan_epoch_size", None, "With --plan: examples per epoch for the recipe's "
+                                        "wall time and chip-hours (default: the manifest at data.path, else the "
+                                        "synthetic set), e.g. the dataset you will train on.")
+_PLAN_OUT = flags.DEFINE_string("plan_out", None, "With --plan: also write every candidate row and compile report "
+                                "to this JSON file (refused if it exists).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: this many slices joined over DCN (multi-slice); "
                                    "config.mesh lays out one slice and the data axis spans the slices.")
 _RESUME_ACCEPT = flags.DEFINE_string("resume_accept", None, "Resume although these config keys differ from the "
@@ -73,14 +81,21 @@ def _plan_for_slice() -> None:
         raise SystemExit(f"sarmae-train: {e}") from None
     if _PLAN.value:
         try:
+            if _PLAN_OUT.value and os.path.exists(_PLAN_OUT.value):
+                raise ValueError(f"--plan_out {_PLAN_OUT.value}: the file exists; choose a new name")
+            if _PLAN_EPOCH_SIZE.value is not None and _PLAN_EPOCH_SIZE.value < 1:
+                raise ValueError(f"--plan_epoch_size={_PLAN_EPOCH_SIZE.value}: expected a positive number of examples")
             result = layout_plan.search(_CONFIG.value, _TOPOLOGY.value, compile_best=_PLAN_COMPILES.value,
-                                        num_slices=_NUM_SLICES.value, on_compile=lambda r: print(
+                                        num_slices=_NUM_SLICES.value, epoch_size=_PLAN_EPOCH_SIZE.value,
+                                        on_compile=lambda r: print(
                                             f"  compiled {r['mesh']} remat {r['remat']} A={r['grad_accum_steps']} "
                                             f"teacher {r['teacher']}: {'fits' if r['fits'] else 'does not fit'} "
                                             f"({r['compile_seconds']:.0f} s)", flush=True))
         except ValueError as e:
-            raise SystemExit(f"sarmae-train --topology {_TOPOLOGY.value} --plan: {e}") from None
+            raise ValueError(f"--topology {_TOPOLOGY.value} --plan: {e}") from None  # a user error: exit 2, one line
         print(layout_plan.format_search(result), flush=True)
+        if _PLAN_OUT.value:
+            layout_plan.write_json(result, _PLAN_OUT.value)
         return
     print(f"compiling the train step for {_TOPOLOGY.value} with the TPU compiler (minutes for ViT-L) ...", flush=True)
     try:

@@ -56,24 +56,35 @@ def test_the_analytic_model_orders_what_it_should():
     assert dp["chip_hours"] == pytest.approx(20 * dp["no_overlap_s"] / 3600 * 4)
 
 
-def test_search_compiles_the_best_few_and_prints_the_winner_as_overrides():
+def test_search_compiles_the_best_few_of_each_teacher_mode_and_prints_the_winner_as_overrides(tmp_path):
     compiled = []
 
     def fake_compile(cfg, name, live, slices):
-        compiled.append((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.model.remat, cfg.train.grad_accum_steps))
+        compiled.append((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.model.remat, cfg.train.grad_accum_steps, live))
         fits = len(compiled) != 1  # the analytic favourite does not fit: the next one wins
         return {"fits": fits, "memory": {"argument": 1, "output": 0, "alias": 0, "temp": 1, "generated_code": 0,
-                                         "peak_live": 2}, "compiler_flops_per_chip": 1.0, "bytes_accessed_per_chip": 1.0,
-                "collectives": {"bytes": {"all-reduce": 1}}}
+                                         "peak_live": 2}, "compiler_flops_per_chip": 1.0, "bytes_accessed_per_chip": 9e12,
+                "hbm_traffic_per_chip": 1.0, "collectives": {"bytes": {"all-reduce": 1}}}
 
-    result = layout_plan.search(_tiny(), "v5e:2x2", compile_best=3, compile_fn=fake_compile)
-    assert len(compiled) == 3 and result["steps"] == 20  # 2 epochs x 320 examples / 32
-    assert result["best"] is result["ranked"][0] and len(result["ranked"]) == 2
+    result = layout_plan.search(_tiny(), "v5e:2x2", compile_best=2, compile_fn=fake_compile)
+    assert len(compiled) == 4 and sorted(c[-1] for c in compiled) == [False, False, True, True]
+    assert result["steps"] == 20  # 2 epochs x 320 examples / 32
+    assert result["best"] is result["ranked"][0] and len(result["ranked"]) == 3
+    # The bound takes the program's traffic, not the cost analysis's whole-operand bytes (9 TB here).
+    assert all(r["hbm_s"] < 1.0 for r in result["ranked"])
     text = layout_plan.format_search(result)
     best = result["best"]["candidate"]
     assert f"winning layout: --config.mesh.data={best.data} --config.mesh.fsdp={best.fsdp}" in text
     assert "compiled: does not fit" in text and "pruned: memory" not in text.split("winning")[1]
     assert f"{best.mesh_text:<26}" in text
+    # The recipe's chip-hours at a dataset's epoch size, and the whole search as JSON.
+    big = layout_plan.search(_tiny(), "v5e:2x2", compile_best=0, epoch_size=32_000, compile_fn=fake_compile)
+    assert big["steps"] == 2000 and big["rows"][0]["chip_hours"] == pytest.approx(
+        2000 * big["rows"][0]["no_overlap_s"] / 3600 * 4)
+    layout_plan.write_json(result, str(tmp_path / "plan.json"))
+    doc = __import__("json").load(open(tmp_path / "plan.json"))
+    assert doc["best_overrides"] == best.overrides() and len(doc["rows"]) == len(result["rows"])
+    assert doc["rows"][0]["mesh"] == result["rows"][0]["candidate"].mesh_text
 
 
 @pytest.mark.skipif(not TPU, reason="libtpu, the TPU compiler, is built for Linux x86_64")

@@ -37,7 +37,7 @@ _DTYPE_BYTES = {
     "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5,
 }
 _ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([\d,]*)\]")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\(")
+INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\(")
 _CALLEE = re.compile(r"\b(calls|to_apply|body|condition)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
@@ -81,7 +81,7 @@ def array_bytes(type_text: str) -> list[int]:
     return out
 
 
-def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+def computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
     """{computation name: its instruction lines}, in text order, and the entry computation's name."""
     comps: dict[str, list[str]] = {}
     entry = None
@@ -115,7 +115,7 @@ def _counter_bound(condition: list[str]) -> int | None:
     return None
 
 
-def _trip_count(line: str, comps: dict[str, list[str]]) -> int | None:
+def trip_count(line: str, comps: dict[str, list[str]]) -> int | None:
     found = _TRIP_COUNT.search(line)
     if found:
         return int(found.group(1))
@@ -125,19 +125,19 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int | None:
 
 def loop_trip_counts(hlo_text: str) -> list[int | None]:
     """The trip count of every `while` loop in the program (None where it is not a counted loop)."""
-    comps, _ = _computations(hlo_text)
+    comps, _ = computations(hlo_text)
     out = []
     for lines in comps.values():
         for line in lines:
-            match = _INSTRUCTION.match(line)
+            match = INSTRUCTION.match(line)
             if match and match.group(2) == "while":
-                out.append(_trip_count(line, comps))
+                out.append(trip_count(line, comps))
     return out
 
 
 def parse(hlo_text: str) -> Collectives:
     """Collectives per step of the program in `hlo_text` (the text of one compiled HLO module)."""
-    comps, entry = _computations(hlo_text)
+    comps, entry = computations(hlo_text)
     # Callers come after their callees in the text: walk it backwards from the entry computation.
     runs = {name: 0 for name in comps}
     runs[entry] = 1
@@ -146,11 +146,11 @@ def parse(hlo_text: str) -> Collectives:
         if not runs[name]:
             continue
         for line in comps[name]:
-            match = _INSTRUCTION.match(line)
+            match = INSTRUCTION.match(line)
             opcode = match.group(2) if match else ""
             trips = 1
             if opcode == "while":
-                known = _trip_count(line, comps)
+                known = trip_count(line, comps)
                 trips = known if known is not None else 1
                 unknown_loops += known is None
             callees = [c for field, c in _CALLEE.findall(line) if field != "to_apply"]
@@ -165,7 +165,7 @@ def parse(hlo_text: str) -> Collectives:
     for name, lines in comps.items():
         in_reduce_scatter = "reduce-scatter" in name
         for line in lines:
-            match = _INSTRUCTION.match(line)
+            match = INSTRUCTION.match(line)
             if not match or match.group(2) not in _OPCODE_KIND:
                 continue
             type_text, opcode = match.groups()

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -178,19 +180,25 @@ def with_candidate(config, cand: Candidate) -> ml_collections.ConfigDict:
     return out
 
 
-def search(config, slice_name: str, *, compile_best: int = 3, num_slices: int = 1,
+def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 1, epoch_size: int | None = None,
            compile_fn: Callable[..., dict] | None = None, on_compile: Callable[[dict], None] | None = None) -> dict:
-    """Analytic rows for every candidate, sorted; the best `compile_best` that fit by estimate compiled
-    (`compile_fn(config, slice_name, live_teacher, num_slices)`, default `tpu_plan.plan`) and re-ranked."""
+    """Analytic rows for every candidate, sorted; the best `compile_best` of each teacher mode (live,
+    precomputed) that fit by estimate compiled (`compile_fn(config, slice_name, live_teacher, num_slices)`,
+    default `tpu_plan.plan`) and re-ranked.
+    `epoch_size`: examples per epoch for the recipe's steps (default: the dataset's manifest, else the
+    synthetic set)."""
     chip, shape = tpu_topology.parse_slice(slice_name)
     chips = math.prod(shape)
-    _, epoch_size, _ = dry_run.data_spec(config)
+    if epoch_size is None:
+        _, epoch_size, _ = dry_run.data_spec(config)
     steps = math.ceil(config.train.num_epochs * epoch_size / config.train.batch_size)
     rows = [estimate(config, c, chip, steps) for c in candidates(config, chips, num_slices)]
     rows.sort(key=lambda r: (not r["fits_estimate"], r["no_overlap_s"]))
     compile_fn = compile_fn or (lambda cfg, name, live, slices: tpu_plan.plan(
         cfg, name, teacher_tokens=not live, num_slices=slices))
-    for row in [r for r in rows if r["fits_estimate"]][:compile_best]:
+    fitting = [r for r in rows if r["fits_estimate"]]
+    chosen = [r for live in (True, False) for r in [r for r in fitting if r["candidate"].live_teacher == live][:compile_best]]
+    for row in sorted(chosen, key=lambda r: r["no_overlap_s"]):
         cand = row["candidate"]
         report = compile_fn(with_candidate(config, cand), slice_name, cand.live_teacher, num_slices)
         row["compiled"] = report
@@ -208,7 +216,7 @@ def _apply_compiled(row: dict[str, Any], report: dict[str, Any], chip: tpu_topol
     """The compiler's figures where they exceed the analytic ones (see the module docstring)."""
     row["memory_bytes"] = tpu_plan.hbm_total(report["memory"])
     row["compute_s"] = max(row["compute_s"], report["compiler_flops_per_chip"] / (chip.peak_bf16_tflops * 1e12))
-    row["hbm_s"] = max(row["hbm_s"], report["bytes_accessed_per_chip"] / (chip.hbm_gbytes_per_s * 1e9))
+    row["hbm_s"] = max(row["hbm_s"], tpu_plan.hbm_traffic(report) / (chip.hbm_gbytes_per_s * 1e9))
     in_program = sum(report["collectives"]["bytes"].values()) / (chip.ici_gbytes_per_s * 1e9)
     analytic = sum(v for k, v in row["collective_s"].items() if k != "dcn")
     if in_program > analytic:  # the program's own collectives (trip counts applied), spread over the axes
@@ -246,3 +254,21 @@ def format_search(result: dict[str, Any], limit: int = 12) -> str:
     else:
         lines.append("  winning layout: " + " ".join(best["candidate"].overrides()))
     return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    """The search as JSON: every row (candidate, analytic parts, bound, and the compile report where one was
+    made), the ranking and the winner's overrides. Written beside `path` and renamed into place."""
+    def row(r):
+        out = {k: v for k, v in r.items() if k != "candidate"}
+        out["candidate"] = dataclasses.asdict(r["candidate"])
+        out["mesh"] = r["candidate"].mesh_text
+        return out
+    doc = {"slice": result["slice"], "num_slices": result["num_slices"], "chip": dataclasses.asdict(result["chip"]),
+           "steps": result["steps"], "epoch_size": result["epoch_size"], "rows": [row(r) for r in result["rows"]],
+           "ranked": [r["candidate"].mesh_text for r in result["ranked"]],
+           "best_overrides": result["best"]["candidate"].overrides() if result["best"] else None}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    os.replace(tmp, path)
