@@ -30,7 +30,7 @@ _PLAN = flags.DEFINE_bool("plan", False, "With --topology: search the slice's la
                           "micro-batches, live or precomputed teacher), compile the best few, rank them by a step-time "
                           "bound and print the winner as --config overrides (training/layout_plan.py).")
 _PLAN_COMPILES = flags.DEFINE_integer("plan_compiles", 2, "With --plan: how many of the best candidates to "
-                                      "compile, for each teacher mode (live, precomputed)."))
+                                      "compile, for each teacher mode (live, precomputed).")
 _PLAN_EPOCH_SIZE = flags.DEFINE_integer("plan_epoch_size", None, "With --plan: examples per epoch for the recipe's "
                                         "wall time and chip-hours (default: the manifest at data.path, else the "
                                         "synthetic set), e.g. the dataset you will train on.")
@@ -87,10 +87,7 @@ def _plan_for_slice() -> None:
                 raise ValueError(f"--plan_epoch_size={_PLAN_EPOCH_SIZE.value}: expected a positive number of examples")
             result = layout_plan.search(_CONFIG.value, _TOPOLOGY.value, compile_best=_PLAN_COMPILES.value,
                                         num_slices=_NUM_SLICES.value, epoch_size=_PLAN_EPOCH_SIZE.value,
-                                        on_compile=lambda r: print(
-                                            f"  compiled {r['mesh']} remat {r['remat']} A={r['grad_accum_steps']} "
-                                            f"teacher {r['teacher']}: {'fits' if r['fits'] else 'does not fit'} "
-                                            f"({r['compile_seconds']:.0f} s)", flush=True))
+                                        on_compile=_print_compile)
         except ValueError as e:
             raise ValueError(f"--topology {_TOPOLOGY.value} --plan: {e}") from None  # a user error: exit 2, one line
         print(layout_plan.format_search(result), flush=True)
@@ -108,6 +105,13 @@ def _plan_for_slice() -> None:
             f"  probe: {r['batch_per_chip']} per chip {'fits' if r['fits'] else 'does not fit'} "
             f"(compiled in {r['compile_seconds']:.0f} s)", flush=True))
         print(tpu_plan.format_search(result), flush=True)
+
+
+def _print_compile(r: dict) -> None:
+    verdict = ("fits" if r["fits"] else f"compiler error: {r['compile_error']}" if "compile_error" in r
+               else "does not fit")
+    print(f"  compiled {r['mesh']} remat {r['remat']} A={r['grad_accum_steps']} teacher {r['teacher']}: {verdict} "
+          f"({r['compile_seconds']:.0f} s)", flush=True)
 
 
 def run():

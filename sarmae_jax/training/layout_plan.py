@@ -35,6 +35,7 @@ import functools
 import json
 import math
 import os
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -43,7 +44,7 @@ import ml_collections
 
 from sarmae_jax.models import mae, param_trees, patches, sarmae, vit
 from sarmae_jax.runtime import tpu_topology
-from sarmae_jax.training import dry_run, flops, tpu_plan
+from sarmae_jax.training import dry_run, flops, paired_rows, tpu_plan
 
 REMATS = ("none", "dots", "full")
 ACCUMS = (1, 2, 4)
@@ -55,6 +56,14 @@ FIT_SHARE = 0.9  # of HBM: the analytic memory model's margin for what it leaves
 ACTIVATION_BYTES = {"none": 32.0, "dots": 16.0, "full": 2.0}
 RECOMPUTED_FORWARD = {"none": 0.0, "dots": 0.15, "full": 1.0}  # share of the trained forward run again
 DCN_GBYTES_PER_S_PER_CHIP = 6.25  # 200 Gb/s per 4-chip host: an assumption, stated in docs/scale.md
+CODE_BYTES = 0.3 * 2**30  # program code per chip: 0.19-0.32 GiB in the recipes' compiles
+# HBM traffic per chip and step (`traffic_terms`): constants fitted to the programs the TPU compiler built for
+# the recipes on v5e:2x2 (`python benchmarks/plan_calibration.py`, libtpu 0.0.42.1; docs/scale.md).
+PARAM_PASS_BYTES = 85.5  # per trained parameter (/ tensor), per micro-batch: weights read, gradients, the update
+FSDP_GATHER_BYTES = 33.0  # per parameter another fsdp chip holds, gathered for a micro-batch (/ tensor)
+UNIT_BYTES = 49.0  # per token x width unit of a trained block, per example
+SCORE_BYTES = 141.8  # per attention score element (heads x T^2 per block), per example
+TEACHER_ROW_BYTES = 128.9e6  # per row the live teacher runs on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +131,50 @@ def _param_counts(config_json: str) -> tuple[int, int]:
     return trained, teacher
 
 
+def _activation_sizes(config) -> tuple[int, int]:
+    """(token x width units, attention score elements) of the trained blocks, per example."""
+    m = config.model
+    enc, dec = vit.VIT_SIZES[m.size], m.decoder
+    n = patches.num_patches(m.image_size, m.patch_size)
+    k = mae.num_kept(n, m.mask_ratio)
+    units = enc["depth"] * (k + 1) * enc["width"] + dec.depth * (n + 1) * dec.width
+    scores = enc["depth"] * enc["num_heads"] * (k + 1) ** 2 + dec.depth * dec.num_heads * (n + 1) ** 2
+    return units, scores
+
+
+def teacher_rows_per_chip(config, cand: Candidate) -> int:
+    """Rows the teacher runs on per chip and step (every micro-batch's static capacity, `paired_rows`)."""
+    t = config.train
+    shards = cand.data * cand.fsdp
+    return cand.accum * paired_rows.capacity(t.batch_size, shards, cand.accum, config.data.paired_share)
+
+
+def traffic_terms(config, cand: Candidate) -> dict[str, Any]:
+    """The HBM-traffic model per chip and step: `known` bytes by formula, and per fitted constant the
+    quantity it multiplies (`fitted[NAME]`); traffic = known + sum(NAME * fitted[NAME])."""
+    trained, teacher_params = _param_counts(config.to_json())
+    units, scores = _activation_sizes(config)
+    examples = config.train.batch_size // (cand.data * cand.fsdp)  # per chip, all micro-batches
+    recompute = 1 + RECOMPUTED_FORWARD[cand.remat] / 3
+    live = cand.live_teacher and config.sarc.enabled
+    data_in_slice = cand.data // cand.slices
+    return {
+        "known": 28 * trained / (cand.fsdp * cand.tensor * data_in_slice) + (4 * teacher_params if live else 0),
+        "fitted": {
+            "PARAM_PASS_BYTES": trained / cand.tensor * cand.accum,
+            "FSDP_GATHER_BYTES": trained / cand.tensor * (cand.fsdp - 1) / cand.fsdp * cand.accum,
+            "UNIT_BYTES": examples * units * recompute / cand.tensor,
+            "SCORE_BYTES": examples * scores * recompute / cand.tensor,
+            "TEACHER_ROW_BYTES": teacher_rows_per_chip(config, cand) / cand.tensor if live else 0.0,
+        },
+    }
+
+
+def hbm_traffic_estimate(config, cand: Candidate) -> float:
+    terms = traffic_terms(config, cand)
+    return terms["known"] + sum(globals()[name] * q for name, q in terms["fitted"].items())
+
+
 def estimate(config, cand: Candidate, chip: tpu_topology.Chip, steps: int) -> dict[str, Any]:
     """The analytic per-chip model of the module docstring for one candidate."""
     m, t = config.model, config.train
@@ -129,28 +182,19 @@ def estimate(config, cand: Candidate, chip: tpu_topology.Chip, steps: int) -> di
     chips = cand.data * cand.fsdp * cand.tensor
     shards = cand.data * cand.fsdp
     micro = t.batch_size // (shards * cand.accum)  # examples per chip per micro-batch
-    enc, dec = vit.VIT_SIZES[m.size], m.decoder
-    n = patches.num_patches(m.image_size, m.patch_size)
-    k = mae.num_kept(n, m.mask_ratio)
-    units = enc["depth"] * (k + 1) * enc["width"] + dec.depth * (n + 1) * dec.width  # token x width per example
-    scores = 0 if cand.remat == "full" else 2 * (enc["depth"] * enc["num_heads"] * (k + 1) ** 2
-                                                 + dec.depth * dec.num_heads * (n + 1) ** 2)
-    activations = micro * (units * ACTIVATION_BYTES[cand.remat] + scores) / cand.tensor
+    units, scores = _activation_sizes(config)
+    saved_scores = 0 if cand.remat == "full" else 4 * scores  # float32 probabilities, kept for the backward
+    activations = micro * (units * ACTIVATION_BYTES[cand.remat] + saved_scores) / cand.tensor
     params = 4 * trained / (cand.fsdp * cand.tensor)
+    grads = 4 * trained / (cand.fsdp * cand.tensor)
     moments = 8 * trained / (cand.fsdp * cand.tensor * cand.data // cand.slices)
     teacher = 4 * teacher_params if cand.live_teacher else 0
     batch = t.batch_size // shards * m.image_size**2 * (sarmae.input_channels(m) + 3)
-    memory = params + moments + teacher + batch + activations
+    memory = params + grads + moments + teacher + batch + activations + CODE_BYTES
     total, teacher_flops = flops.train_step_flops(config, shards, live_teacher=cand.live_teacher)
     trained_forward = (total - teacher_flops) / 3
     work = (total + RECOMPUTED_FORWARD[cand.remat] * trained_forward) / chips
-    passes = 2 + RECOMPUTED_FORWARD[cand.remat]
-    hbm = (passes * cand.accum * 2 * trained / cand.tensor / (1 if cand.fsdp > 1 else cand.fsdp)
-           + 28 * trained / (cand.fsdp * cand.tensor * cand.data // cand.slices) + 2 * activations * cand.accum)
-    if cand.live_teacher:
-        hbm += 2 * teacher_params
     ici = chip.ici_gbytes_per_s * 1e9
-    grads = 4 * trained / (cand.fsdp * cand.tensor)
     data_in_slice = cand.data // cand.slices
     coll = {
         "data": 2 * grads * (data_in_slice - 1) / data_in_slice / ici if data_in_slice > 1 else 0.0,
@@ -160,7 +204,8 @@ def estimate(config, cand: Candidate, chip: tpu_topology.Chip, steps: int) -> di
         "dcn": 2 * grads / (DCN_GBYTES_PER_S_PER_CHIP * 1e9) if cand.slices > 1 else 0.0,
     }
     return _bound({"candidate": cand, "memory_bytes": memory, "fits_estimate": memory <= FIT_SHARE * chip.hbm_bytes,
-                   "compute_s": work / (chip.peak_bf16_tflops * 1e12), "hbm_s": hbm / (chip.hbm_gbytes_per_s * 1e9),
+                   "compute_s": work / (chip.peak_bf16_tflops * 1e12),
+                   "hbm_s": hbm_traffic_estimate(config, cand) / (chip.hbm_gbytes_per_s * 1e9),
                    "collective_s": coll, "compiled": None}, chips, steps)
 
 
@@ -200,7 +245,14 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
     chosen = [r for live in (True, False) for r in [r for r in fitting if r["candidate"].live_teacher == live][:compile_best]]
     for row in sorted(chosen, key=lambda r: r["no_overlap_s"]):
         cand = row["candidate"]
-        report = compile_fn(with_candidate(config, cand), slice_name, cand.live_teacher, num_slices)
+        start = time.perf_counter()
+        try:
+            report = compile_fn(with_candidate(config, cand), slice_name, cand.live_teacher, num_slices)
+        except jax.errors.JaxRuntimeError as e:  # the compiler refused this layout: a result, not the end
+            report = {"fits": False, "compile_error": str(e).strip().splitlines()[0][:300],
+                      "mesh": {"data": cand.data, "fsdp": cand.fsdp, "tensor": cand.tensor}, "remat": cand.remat,
+                      "grad_accum_steps": cand.accum, "teacher": "live" if cand.live_teacher else "precomputed",
+                      "compile_seconds": time.perf_counter() - start}
         row["compiled"] = report
         if on_compile is not None:
             on_compile(report)
@@ -213,10 +265,11 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
 
 
 def _apply_compiled(row: dict[str, Any], report: dict[str, Any], chip: tpu_topology.Chip, chips: int, steps: int):
-    """The compiler's figures where they exceed the analytic ones (see the module docstring)."""
+    """The compiled program's memory and HBM traffic; its FLOPs and collectives where they exceed the analytic
+    ones (see the module docstring)."""
     row["memory_bytes"] = tpu_plan.hbm_total(report["memory"])
     row["compute_s"] = max(row["compute_s"], report["compiler_flops_per_chip"] / (chip.peak_bf16_tflops * 1e12))
-    row["hbm_s"] = max(row["hbm_s"], tpu_plan.hbm_traffic(report) / (chip.hbm_gbytes_per_s * 1e9))
+    row["hbm_s"] = tpu_plan.hbm_traffic(report) / (chip.hbm_gbytes_per_s * 1e9)  # the program's, not the model's
     in_program = sum(report["collectives"]["bytes"].values()) / (chip.ici_gbytes_per_s * 1e9)
     analytic = sum(v for k, v in row["collective_s"].items() if k != "dcn")
     if in_program > analytic:  # the program's own collectives (trip counts applied), spread over the axes
@@ -238,7 +291,8 @@ def format_search(result: dict[str, Any], limit: int = 12) -> str:
     shown = result["ranked"] + [r for r in result["rows"] if not (r["compiled"] and r["compiled"]["fits"])][:limit]
     for r in shown:
         c, col = r["candidate"], r["collective_s"]
-        src = ("compiled" if r["compiled"]["fits"] else "compiled: does not fit") if r["compiled"] else (
+        src = ("compiled" if r["compiled"]["fits"] else "compiler error" if "compile_error" in r["compiled"]
+               else "compiled: does not fit") if r["compiled"] else (
             "estimate" if r["fits_estimate"] else "pruned: memory")
         lines.append(
             f"  {c.mesh_text:<26} {c.remat:<5} {c.accum:>2} {'live' if c.live_teacher else 'precomputed':<11} "
