@@ -37,7 +37,7 @@ from configs import sarmae_vit_b16
 from sarmae_jax.convert import teacher_weights
 from sarmae_jax.data import batch_sampling
 from sarmae_jax.runtime import sharding
-from sarmae_jax.training import flops, loop
+from sarmae_jax.training import flops, layout_plan, loop
 from sarmae_jax.training import state as state_lib
 
 SHARE = 0.7
@@ -177,7 +177,7 @@ def main():
             run, total, teacher = jax_variant(c)
             run()
             runs[name], info[name] = run, dict(per_device=spec["per"], flops=total, teacher_flops=teacher,
-                                               compile_and_first_step_s=time.perf_counter() - t)
+                                               compile_and_first_step_s=time.perf_counter() - t, config=c)
         except Exception as e:  # noqa: BLE001 - a variant the backend refuses (cuDNN, memory) is a result
             results[name] = {"refused": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     if not a.no_torch and not a.only:
@@ -193,7 +193,12 @@ def main():
             times[name].append(time.perf_counter() - t)
     for name in runs:
         s, i = statistics.median(times[name]), info[name]
-        r = dict(i, ms_per_step=1e3 * s, images_per_s=i["per_device"] * jax.device_count() / s)
+        r = dict({k: v for k, v in i.items() if k != "config"}, ms_per_step=1e3 * s,
+                 images_per_s=i["per_device"] * jax.device_count() / s)
+        gpu = next((g for kind, g in layout_plan.GPUS.items() if kind in device.device_kind), None)
+        if gpu is not None and name != "PyTorch":  # the plan's bound for this step (docs/scale.md)
+            bound = layout_plan.single_device_bound(i["config"], gpu)
+            r["bound_ms"], r["measured_over_bound"] = 1e3 * bound["no_overlap_s"], s / bound["no_overlap_s"]
         if i["flops"] and peak:
             r["mfu"] = i["flops"] / s / jax.device_count() / 1e12 / peak
             r["mfu_without_teacher"] = (i["flops"] - i["teacher_flops"]) / s / jax.device_count() / 1e12 / peak

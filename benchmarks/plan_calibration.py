@@ -10,10 +10,11 @@ and step (see layout_plan's module docstring):
             + FSDP_GATHER_BYTES * P / tensor * (fsdp - 1) / fsdp * A   # parameters gathered from fsdp chips
             + 28 * P / (fsdp * tensor * data)                     # Adam moments (ZeRO-1), by formula
             + examples * (UNIT_BYTES * units + SCORE_BYTES * scores) * (1 + recomputed share / 3)
-            + TEACHER_ROW_BYTES * teacher rows + 4 * teacher parameters
+            + TEACHER_UNIT_BYTES * teacher rows * teacher units + 4 * teacher parameters
 
 with P the trained parameters, `units` the token x width units of the trained blocks per example and
-`scores` their attention score elements (heads x T^2 per block). Five compiles (two batches, two model
+`scores` their attention score elements (heads x T^2 per block), `teacher units` the teacher's blocks x
+tokens x width per image. Five compiles (two batches, two model
 sizes, data against fsdp, live against precomputed teacher) determine the five constants; a sixth
 (ViT-L/16, fsdp 2 x data 2, live teacher) is predicted, not fitted, and its error printed. Every compile is
 cached in `--cache` (JSON lines), so a second run prints the fit without compiling.

@@ -111,3 +111,23 @@ def test_the_launcher_starts_every_slice_of_a_queued_resource():
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert [line.split()[5] for line in out] == ["qr-0", "qr-1"]
     assert all("--worker=all" in line and "sarmae_jax.main" in line for line in out)
+
+
+def test_the_traffic_model_and_the_single_device_bound():
+    c = _tiny()
+    units, scores = layout_plan._activation_sizes(c)
+    dp = layout_plan.traffic_terms(c, layout_plan.Candidate(4, 1, 1, "none", 1, True))
+    tp = layout_plan.traffic_terms(c, layout_plan.Candidate(2, 1, 2, "none", 1, True))
+    fs = layout_plan.traffic_terms(c, layout_plan.Candidate(1, 4, 1, "none", 1, False))
+    # per chip: 8 examples on data=4; tensor=2 halves each example's activations but holds twice the examples
+    assert dp["fitted"]["UNIT_BYTES"] == 8 * units and dp["fitted"]["SCORE_BYTES"] == 8 * scores
+    assert tp["fitted"]["UNIT_BYTES"] == dp["fitted"]["UNIT_BYTES"]
+    assert tp["fitted"]["PARAM_PASS_BYTES"] == dp["fitted"]["PARAM_PASS_BYTES"] / 2
+    assert dp["fitted"]["FSDP_GATHER_BYTES"] == 0 < fs["fitted"]["FSDP_GATHER_BYTES"]
+    assert fs["fitted"]["TEACHER_UNIT_BYTES"] == 0 < dp["fitted"]["TEACHER_UNIT_BYTES"]
+    h200 = layout_plan.GPUS["H200"]
+    c.mesh.data, c.train.batch_size = 1, 256
+    bound = layout_plan.single_device_bound(c, h200)
+    same = layout_plan.estimate(c, layout_plan.Candidate(1, 1, 1, "none", 1, True), h200, 1)
+    assert bound["no_overlap_s"] == same["no_overlap_s"] == max(same["compute_s"], same["hbm_s"]) > 0
+    assert bound["hbm_s"] == pytest.approx(layout_plan.hbm_traffic_estimate(c, same["candidate"]) / 4800e9)

@@ -63,7 +63,11 @@ PARAM_PASS_BYTES = 85.5  # per trained parameter (/ tensor), per micro-batch: we
 FSDP_GATHER_BYTES = 33.0  # per parameter another fsdp chip holds, gathered for a micro-batch (/ tensor)
 UNIT_BYTES = 49.0  # per token x width unit of a trained block, per example
 SCORE_BYTES = 141.8  # per attention score element (heads x T^2 per block), per example
-TEACHER_ROW_BYTES = 128.9e6  # per row the live teacher runs on
+TEACHER_UNIT_BYTES = 71.0  # per token x width unit of the live teacher's forward, per row it runs on
+
+
+# GPUs the bound is stated for (data sheets; `dims` and the interconnect as for a TPU chip: NVLink per direction).
+GPUS = {"H200": tpu_topology.Chip("h200", "NVIDIA H200", 141 * 10**9, 989.0, 4800.0, 1, 450.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +146,17 @@ def _activation_sizes(config) -> tuple[int, int]:
     return units, scores
 
 
+def teacher_units(config) -> int:
+    """Token x width units of the frozen teacher's forward per image: blocks x tokens x width (the released
+    teacher: its patch embedding, one layer)."""
+    if not config.sarc.enabled:
+        return 0
+    t = config.sarc.teacher
+    n = patches.num_patches(config.model.image_size, config.model.patch_size)
+    width = vit.VIT_SIZES[t.size]["width"]
+    return n * width if t.kind == "released" else vit.VIT_SIZES[t.size]["depth"] * (n + 1) * width
+
+
 def teacher_rows_per_chip(config, cand: Candidate) -> int:
     """Rows the teacher runs on per chip and step (every micro-batch's static capacity, `paired_rows`)."""
     t = config.train
@@ -165,7 +180,8 @@ def traffic_terms(config, cand: Candidate) -> dict[str, Any]:
             "FSDP_GATHER_BYTES": trained / cand.tensor * (cand.fsdp - 1) / cand.fsdp * cand.accum,
             "UNIT_BYTES": examples * units * recompute / cand.tensor,
             "SCORE_BYTES": examples * scores * recompute / cand.tensor,
-            "TEACHER_ROW_BYTES": teacher_rows_per_chip(config, cand) / cand.tensor if live else 0.0,
+            "TEACHER_UNIT_BYTES": (teacher_rows_per_chip(config, cand) * teacher_units(config) / cand.tensor
+                                   if live else 0.0),
         },
     }
 
@@ -326,3 +342,10 @@ def write_json(result: dict[str, Any], path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1, default=float)
     os.replace(tmp, path)
+
+
+def single_device_bound(config, chip: tpu_topology.Chip, live_teacher: bool = True) -> dict[str, Any]:
+    """The model's bound for `config`'s whole batch on one device (`chip`, e.g. `GPUS["H200"]`): the row of
+    `estimate` for data = fsdp = tensor = 1, to set beside a measured step."""
+    cand = Candidate(1, 1, 1, config.model.remat, config.train.grad_accum_steps, live_teacher)
+    return estimate(config, cand, chip, steps=1)
