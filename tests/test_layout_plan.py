@@ -131,3 +131,20 @@ def test_the_traffic_model_and_the_single_device_bound():
     same = layout_plan.estimate(c, layout_plan.Candidate(1, 1, 1, "none", 1, True), h200, 1)
     assert bound["no_overlap_s"] == same["no_overlap_s"] == max(same["compute_s"], same["hbm_s"]) > 0
     assert bound["hbm_s"] == pytest.approx(layout_plan.hbm_traffic_estimate(c, same["candidate"]) / 4800e9)
+
+
+@pytest.mark.skipif(not TPU, reason="libtpu, the TPU compiler, is built for Linux x86_64")
+def test_the_plan_command_writes_its_json_once_and_refuses_to_overwrite_it(tmp_path):
+    out = tmp_path / "plan.json"
+    args = [sys.executable, "-m", "sarmae_jax.main", "--config", "tests/tiny_train_config.py", "--dry_run",
+            "--topology", "v5e:2x2", "--plan", "--plan_compiles", "0", "--plan_epoch_size", "6400",
+            "--plan_out", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "layout plan for v5e:2x2:" in first.stdout and "(epoch 6,400 examples)" in first.stdout
+    written = out.read_text()
+    assert __import__("json").loads(written)["epoch_size"] == 6400
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"--plan_out {out}: the file exists" in again.stderr and out.read_text() == written
