@@ -68,6 +68,8 @@ def test_search_compiles_the_best_few_of_each_teacher_mode_and_prints_the_winner
 
     result = layout_plan.search(_tiny(), "v5e:2x2", compile_best=2, compile_fn=fake_compile)
     assert len(compiled) == 4 and sorted(c[-1] for c in compiled) == [False, False, True, True]
+    for live in (True, False):  # two different layouts per teacher mode, not two remat policies of one
+        assert len({c[:3] for c in compiled if c[-1] == live}) == 2
     assert result["steps"] == 20  # 2 epochs x 320 examples / 32
     assert result["best"] is result["ranked"][0] and len(result["ranked"]) == 3
     # The bound takes the program's traffic, not the cost analysis's whole-operand bytes (9 TB here).

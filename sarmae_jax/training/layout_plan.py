@@ -243,8 +243,8 @@ def with_candidate(config, cand: Candidate) -> ml_collections.ConfigDict:
 
 def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 1, epoch_size: int | None = None,
            compile_fn: Callable[..., dict] | None = None, on_compile: Callable[[dict], None] | None = None) -> dict:
-    """Analytic rows for every candidate, sorted; the best `compile_best` of each teacher mode (live,
-    precomputed) that fit by estimate compiled (`compile_fn(config, slice_name, live_teacher, num_slices)`,
+    """Analytic rows for every candidate, sorted; for each teacher mode (live, precomputed), the best row of
+    each of the `compile_best` best meshes that fit by estimate compiled (`compile_fn(config, slice_name, live_teacher, num_slices)`,
     default `tpu_plan.plan`) and re-ranked.
     `epoch_size`: examples per epoch for the recipe's steps (default: the dataset's manifest, else the
     synthetic set)."""
@@ -257,8 +257,7 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
     rows.sort(key=lambda r: (not r["fits_estimate"], r["no_overlap_s"]))
     compile_fn = compile_fn or (lambda cfg, name, live, slices: tpu_plan.plan(
         cfg, name, teacher_tokens=not live, num_slices=slices))
-    fitting = [r for r in rows if r["fits_estimate"]]
-    chosen = [r for live in (True, False) for r in [r for r in fitting if r["candidate"].live_teacher == live][:compile_best]]
+    chosen = [r for live in (True, False) for r in _best_per_mesh(rows, live)[:compile_best]]
     for row in sorted(chosen, key=lambda r: r["no_overlap_s"]):
         cand = row["candidate"]
         start = time.perf_counter()
@@ -278,6 +277,17 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
     compiled.sort(key=lambda r: r["no_overlap_s"])
     return {"slice": slice_name, "num_slices": num_slices, "chip": chip, "steps": steps, "epoch_size": epoch_size,
             "rows": rows, "ranked": compiled, "best": compiled[0] if compiled else None}
+
+
+def _best_per_mesh(rows: list[dict[str, Any]], live: bool) -> list[dict[str, Any]]:
+    """The best fitting row (by estimate) of each mesh, for one teacher mode, best first: the compiles then
+    compare layouts, not remat policies of one layout."""
+    best: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for r in rows:  # sorted by the bound
+        c = r["candidate"]
+        if r["fits_estimate"] and c.live_teacher == live:
+            best.setdefault((c.data, c.fsdp, c.tensor), r)
+    return list(best.values())
 
 
 def _apply_compiled(row: dict[str, Any], report: dict[str, Any], chip: tpu_topology.Chip, chips: int, steps: int):
