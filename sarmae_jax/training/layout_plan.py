@@ -4,15 +4,17 @@ At the config's global batch, the search spans the `data x fsdp x tensor` factor
 chips (tensor dividing every head count), the remat policies (`REMATS`), micro-batches (`ACCUMS`) and a
 live against a precomputed teacher. Each candidate is first costed analytically, per chip and per step:
 
-* memory: parameters (float32, split by fsdp x tensor), Adam moments (also split over data: ZeRO-1),
-  the frozen teacher (replicated), the batch, and saved activations of one micro-batch
-  (`ACTIVATION_BYTES` per token and width unit for each remat policy, from the block's saved tensors);
-  a candidate above `FIT_SHARE` of the chip's HBM is pruned;
+* memory: parameters and gradients (float32, split by fsdp x tensor), Adam moments (also split over
+  data: ZeRO-1), the frozen teacher (replicated), the batch, saved activations of one micro-batch
+  (`ACTIVATION_BYTES` per token and width unit for each remat policy, plus the float32 attention
+  probabilities) and `CODE_BYTES` of program; a candidate above `FIT_SHARE` of the chip's HBM is pruned;
 * compute: the analytic model FLOPs (`flops.train_step_flops`, the teacher on its rows) plus the
   forward the remat policy recomputes, at the chip's peak;
-* HBM traffic: parameters read per micro-batch in the forward, backward and recomputed forward, the
-  optimizer's update (28 bytes per parameter slice: read params, grads, two moments; write three), and
-  saved activations written once and read once, over the chip's HBM bandwidth;
+* HBM traffic (`traffic_terms`): the Adam moments (28 bytes per parameter of the chip's shard) and the
+  teacher's weights by formula, the rest by five constants fitted to the programs the TPU compiler built
+  for the recipes (`benchmarks/plan_calibration.py`): per trained parameter per micro-batch, per
+  parameter gathered from the other fsdp chips, per token x width unit and per attention-score element
+  of the trained blocks per example, per token x width unit of the teacher's forward per row it runs on;
 * collectives per mesh axis, bytes over the chip's ICI bandwidth (DCN across slices): data: the
   gradients reduce-scattered and the updated parameters gathered (ZeRO-1); fsdp: the parameters
   gathered for each micro-batch's forward and backward and the gradients reduce-scattered; tensor: two
@@ -20,11 +22,12 @@ live against a precomputed teacher. Each candidate is first costed analytically,
   the gradients all-reduced over DCN.
 
 The bound is given twice: no overlap, max(compute, HBM) + collectives; full overlap, the max of all
-three. The best `compile_best` candidates by the no-overlap bound are compiled by the TPU compiler
-(`tpu_plan.plan`); a candidate that does not fit drops out, and the compiled ones are ranked again with
-the compiler's figures where they are larger (its FLOPs and bytes, which count a loop's body once, and
-its collectives read from the program text with loop trip counts applied). Chip-hours and wall time are
-for the whole recipe: `train.num_epochs` x the dataset's epoch size / the global batch steps.
+three. For each teacher mode the best row of each of the `compile_best` best meshes is compiled by the
+TPU compiler (`tpu_plan.plan`); a candidate that does not fit, or that the compiler refuses, drops out,
+and the compiled ones are ranked again with the program's memory and HBM traffic (`hlo_traffic.py`) and
+the compiler's FLOPs and collectives (read from the program text, loop trip counts applied) where they
+exceed the analytic ones. Chip-hours and wall time are for the whole recipe: `train.num_epochs` x the
+epoch size / the global batch steps.
 
 These are bounds at the chips' data-sheet peaks, not measured speeds.
 """
