@@ -121,9 +121,11 @@ def test_the_traffic_model_and_the_single_device_bound():
     dp = layout_plan.traffic_terms(c, layout_plan.Candidate(4, 1, 1, "none", 1, True))
     tp = layout_plan.traffic_terms(c, layout_plan.Candidate(2, 1, 2, "none", 1, True))
     fs = layout_plan.traffic_terms(c, layout_plan.Candidate(1, 4, 1, "none", 1, False))
-    # per chip: 8 examples on data=4; tensor=2 halves each example's activations but holds twice the examples
+    # per chip: 8 examples on data=4; tensor=2 holds twice the examples and splits only part of their traffic
     assert dp["fitted"]["UNIT_BYTES"] == 8 * units and dp["fitted"]["SCORE_BYTES"] == 8 * scores
-    assert tp["fitted"]["UNIT_BYTES"] == dp["fitted"]["UNIT_BYTES"]
+    share = layout_plan.TENSOR_UNSPLIT_SHARE
+    assert tp["fitted"]["UNIT_BYTES"] == pytest.approx(16 * units * (0.5 + share * 0.5))
+    assert tp["fitted"]["UNIT_BYTES"] > dp["fitted"]["UNIT_BYTES"]
     assert tp["fitted"]["PARAM_PASS_BYTES"] == dp["fitted"]["PARAM_PASS_BYTES"] / 2
     assert dp["fitted"]["FSDP_GATHER_BYTES"] == 0 < fs["fitted"]["FSDP_GATHER_BYTES"]
     assert fs["fitted"]["TEACHER_UNIT_BYTES"] == 0 < dp["fitted"]["TEACHER_UNIT_BYTES"]

@@ -67,6 +67,10 @@ FSDP_GATHER_BYTES = 33.0  # per parameter another fsdp chip holds, gathered for 
 UNIT_BYTES = 49.0  # per token x width unit of a trained block, per example
 SCORE_BYTES = 141.8  # per attention score element (heads x T^2 per block), per example
 TEACHER_UNIT_BYTES = 71.0  # per token x width unit of the live teacher's forward, per row it runs on
+# Share of an example's activation traffic that a tensor-parallel group does not split: 0.5 from the ViT-B/16
+# recipe compiled for v5e:16x16 with tensor=2 and tensor=4 (0.50 and 0.49; docs/scale.md). The teacher's
+# traffic is not split at all (its rows cost more per chip under tensor=4 than under data parallelism).
+TENSOR_UNSPLIT_SHARE = 0.5
 
 
 # GPUs the bound is stated for (data sheets; `dims` and the interconnect as for a TPU chip: NVLink per direction).
@@ -174,6 +178,8 @@ def traffic_terms(config, cand: Candidate) -> dict[str, Any]:
     units, scores = _activation_sizes(config)
     examples = config.train.batch_size // (cand.data * cand.fsdp)  # per chip, all micro-batches
     recompute = 1 + RECOMPUTED_FORWARD[cand.remat] / 3
+    # A tensor group shares its examples, but only part of an example's traffic splits over the group.
+    split = 1 / cand.tensor + TENSOR_UNSPLIT_SHARE * (1 - 1 / cand.tensor)
     live = cand.live_teacher and config.sarc.enabled
     data_in_slice = cand.data // cand.slices
     return {
@@ -181,10 +187,9 @@ def traffic_terms(config, cand: Candidate) -> dict[str, Any]:
         "fitted": {
             "PARAM_PASS_BYTES": trained / cand.tensor * cand.accum,
             "FSDP_GATHER_BYTES": trained / cand.tensor * (cand.fsdp - 1) / cand.fsdp * cand.accum,
-            "UNIT_BYTES": examples * units * recompute / cand.tensor,
-            "SCORE_BYTES": examples * scores * recompute / cand.tensor,
-            "TEACHER_UNIT_BYTES": (teacher_rows_per_chip(config, cand) * teacher_units(config) / cand.tensor
-                                   if live else 0.0),
+            "UNIT_BYTES": examples * units * recompute * split,
+            "SCORE_BYTES": examples * scores * recompute * split,
+            "TEACHER_UNIT_BYTES": teacher_rows_per_chip(config, cand) * teacher_units(config) if live else 0.0,
         },
     }
 
