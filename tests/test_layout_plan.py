@@ -149,6 +149,7 @@ def test_the_plan_command_writes_its_json_once_and_refuses_to_overwrite_it(tmp_p
     assert "layout plan for v5e:2x2:" in first.stdout and "(epoch 6,400 examples)" in first.stdout
     written = out.read_text()
     assert __import__("json").loads(written)["epoch_size"] == 6400
+    assert "nothing compiled (--plan_compiles 0); the best by estimate: --config.mesh.data=" in first.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert f"--plan_out {out}: the file exists" in again.stderr and out.read_text() == written

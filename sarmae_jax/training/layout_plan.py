@@ -337,7 +337,12 @@ def format_search(result: dict[str, Any], limit: int = 12) -> str:
     lines.append("  (bound: no overlap / full overlap; compiler figures and analytic bounds at data-sheet peaks, "
                  "not measured speeds)")
     best = result["best"]
-    if best is None:
+    if best is None and not any(r["compiled"] for r in result["rows"]):
+        estimate_best = next((r for r in result["rows"] if r["fits_estimate"]), None)
+        lines.append("  nothing compiled (--plan_compiles 0); " + (
+            "the best by estimate: " + " ".join(estimate_best["candidate"].overrides()) if estimate_best
+            else "no candidate fits by estimate: lower train.batch_size or use a larger slice"))
+    elif best is None:
         lines.append("  no compiled candidate fits: lower train.batch_size or use a larger slice")
     else:
         lines.append("  winning layout: " + " ".join(best["candidate"].overrides()))
