@@ -3,10 +3,10 @@
 
     python benchmarks/plan_table.py benchmarks/layout_plans/*.json
 
-Per plan (a recipe on a slice), three rows: the compiled winner, the best compiled layout with the teacher
-run live (the recipes' default teacher), and the layout the recipes used before the plan (data parallel over
-every chip, remat none, one micro-batch, live teacher), which is an analytic estimate unless the plan
-compiled it.
+Per plan (a recipe on a slice), up to three rows: the winner, the best layout with the teacher run live
+(the recipes' default teacher), and the layout the recipes used before the plan (data parallel over every
+chip, remat none, one micro-batch, live teacher; "= before" where it is one of the others). Among the
+compiled rows when the plan compiled any, else by estimate; each row says which.
 """
 from __future__ import annotations
 
@@ -46,19 +46,26 @@ def main():
             plan = json.load(f)
         config = os.path.basename(path).split("_v5")[0].split("_v6")[0].split("_v4")[0]  # sarmae_vit_b16_v5e_16x16.json
         plan["recipe"] = RECIPES.get(config, config)
-        fitting = [r for r in plan["rows"] if r.get("compiled") and r["compiled"].get("fits")]
-        fitting.sort(key=lambda r: r["no_overlap_s"])
-        if fitting:
-            print(_line(plan, "winner", fitting[0]))
-        live = [r for r in fitting if r["candidate"]["live_teacher"]]
-        if live and live[0] is not fitting[0]:
-            print(_line(plan, "best live teacher", live[0]))
-        before = [r for r in plan["rows"] if r["candidate"]["fsdp"] == 1 and r["candidate"]["tensor"] == 1
-                  and r["candidate"]["remat"] == "none" and r["candidate"]["accum"] == 1
-                  and r["candidate"]["live_teacher"]]
-        if before:
-            print(_line(plan, "before (data parallel)", before[0]))
-
+        compiled = sorted((r for r in plan["rows"] if r.get("compiled") and r["compiled"].get("fits")),
+                          key=lambda r: r["no_overlap_s"])
+        ranked = compiled or [r for r in plan["rows"] if r["fits_estimate"]]  # estimate order without compiles
+        suffix = "" if compiled else " (by estimate)"
+        before = next((r for r in plan["rows"] if r["candidate"]["fsdp"] == 1 and r["candidate"]["tensor"] == 1
+                       and r["candidate"]["remat"] == "none" and r["candidate"]["accum"] == 1
+                       and r["candidate"]["live_teacher"]), None)
+        shown = []
+        if ranked:
+            shown.append(("winner" + suffix, ranked[0]))
+        live = next((r for r in ranked if r["candidate"]["live_teacher"]), None)
+        if live is not None and live is not ranked[0]:
+            shown.append(("best live teacher" + suffix, live))
+        for i, (label, row) in enumerate(shown):
+            if row is before:
+                shown[i] = (label + " = before", row)
+        if before is not None and all(row is not before for _, row in shown):
+            shown.append(("before (data parallel)", before))
+        for label, row in shown:
+            print(_line(plan, label, row))
 
 if __name__ == "__main__":
     main()
