@@ -20,6 +20,12 @@ from configs.recipe import pretrain_recipe
 
 def get_config():
     c = pretrain_recipe("base", num_epochs=300.0)
+    # The layout `sarmae-train --config configs/sarmae_vit_b16.py --dry_run --topology v5e:16x16 --plan` chose
+    # (benchmarks/layout_plans/, docs/scale.md): data parallel over every chip, the Adam moments split over data
+    # (ZeRO-1, optim.shard_over_data), no remat, one micro-batch. Compiled, tensor=2 moved more HBM bytes per chip
+    # (bound 44.7 against 30.3 ms with the live teacher) and fsdp adds the gathered parameters' traffic.
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    c.model.remat, c.train.grad_accum_steps = "none", 1
     # Evaluation while pre-training (config.evals, sarmae_jax/evaluate/in_loop.py; docs/evaluate.md): k-NN and a
     # linear probe on the public labelled sets (ImageFolder Train/ and Val/, built at the model's input size
     # into dataset.build_dir on first use), every 10,000 steps and at the end, as eval/<name>/top1 in the
