@@ -18,6 +18,11 @@ from configs.recipe import pretrain_recipe
 
 def get_config():
     c = pretrain_recipe("large", num_epochs=200.0)
+    # Data parallel over every chip, the Adam moments split over data (ZeRO-1), no remat, one micro-batch: of the
+    # layouts compiled for v5e:16x16 with the live teacher, the faster (bound 59.0 ms against 67.9 ms for
+    # data=128 tensor=2, which the plan's analytic model had ranked first; docs/scale.md, "Layout plans").
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    c.model.remat, c.train.grad_accum_steps = "none", 1
     # Evaluation while pre-training (config.evals, sarmae_jax/evaluate/in_loop.py; docs/evaluate.md): k-NN and a
     # linear probe on the public labelled sets (ImageFolder Train/ and Val/, built at the model's input size
     # into dataset.build_dir on first use), every 10,000 steps and at the end, as eval/<name>/top1 in the
