@@ -66,12 +66,21 @@ def test_search_compiles_the_best_few_of_each_teacher_mode_and_prints_the_winner
                                          "peak_live": 2}, "compiler_flops_per_chip": 1.0, "bytes_accessed_per_chip": 9e12,
                 "hbm_traffic_per_chip": 1.0, "collectives": {"bytes": {"all-reduce": 1}}}
 
-    result = layout_plan.search(_tiny(), "v5e:2x2", compile_best=2, compile_fn=fake_compile)
-    assert len(compiled) == 4 and sorted(c[-1] for c in compiled) == [False, False, True, True]
-    for live in (True, False):  # two different layouts per teacher mode, not two remat policies of one
-        assert len({c[:3] for c in compiled if c[-1] == live}) == 2
+    config = _tiny()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 2  # a layout the estimate does not favour
+    config.model.remat = "full"
+    result = layout_plan.search(config, "v5e:2x2", compile_best=2, compile_fn=fake_compile)
+    # two different layouts per teacher mode (not two remat policies of one), and the config's own layout
+    assert len(compiled) == 5 and sorted(c[-1] for c in compiled) == [False, False, True, True, True]
+    for live in (True, False):
+        assert len({c[:3] for c in compiled if c[-1] == live and c[3] != "full"}) == 2
+    assert (1, 2, 2, "full", 1, True) in compiled
+    own = [r for r in result["rows"] if r.get("config_layout")]
+    assert len(own) == 1 and own[0]["candidate"].mesh_text == "data=1 fsdp=2 tensor=2" and own[0]["compiled"]
+    assert "(the config's layout)" in layout_plan.format_search(result)
+    compiled.clear()
     assert result["steps"] == 20  # 2 epochs x 320 examples / 32
-    assert result["best"] is result["ranked"][0] and len(result["ranked"]) == 3
+    assert result["best"] is result["ranked"][0] and len(result["ranked"]) == 4
     # The bound takes the program's traffic, not the cost analysis's whole-operand bytes (9 TB here).
     assert all(r["hbm_s"] < 1.0 for r in result["ranked"])
     text = layout_plan.format_search(result)

@@ -23,7 +23,7 @@ live against a precomputed teacher. Each candidate is first costed analytically,
 
 The bound is given twice: no overlap, max(compute, HBM) + collectives; full overlap, the max of all
 three. For each teacher mode the best row of each of the `compile_best` best meshes is compiled by the
-TPU compiler (`tpu_plan.plan`); a candidate that does not fit, or that the compiler refuses, drops out,
+TPU compiler (`tpu_plan.plan`), and so is the config's own layout; a candidate that does not fit, or that the compiler refuses, drops out,
 and the compiled ones are ranked again with the program's memory and HBM traffic (`hlo_traffic.py`) and
 the compiler's FLOPs and collectives (read from the program text, loop trip counts applied) where they
 exceed the analytic ones. Chip-hours and wall time are for the whole recipe: `train.num_epochs` x the
@@ -46,7 +46,7 @@ import jax
 import ml_collections
 
 from sarmae_jax.models import mae, param_trees, patches, sarmae, vit
-from sarmae_jax.runtime import tpu_topology
+from sarmae_jax.runtime import sharding, tpu_topology
 from sarmae_jax.training import dry_run, flops, paired_rows, tpu_plan
 
 REMATS = ("none", "dots", "full")
@@ -258,14 +258,19 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
     synthetic set)."""
     chip, shape = tpu_topology.parse_slice(slice_name)
     chips = math.prod(shape)
-    if epoch_size is None:
-        _, epoch_size, _ = dry_run.data_spec(config)
+    _, manifest_epoch, stored_tokens = dry_run.data_spec(config)
+    epoch_size = manifest_epoch if epoch_size is None else epoch_size
     steps = math.ceil(config.train.num_epochs * epoch_size / config.train.batch_size)
     rows = [estimate(config, c, chip, steps) for c in candidates(config, chips, num_slices)]
     rows.sort(key=lambda r: (not r["fits_estimate"], r["no_overlap_s"]))
     compile_fn = compile_fn or (lambda cfg, name, live, slices: tpu_plan.plan(
         cfg, name, teacher_tokens=not live, num_slices=slices))
     chosen = [r for live in (True, False) for r in _best_per_mesh(rows, live)[:compile_best]]
+    own = _config_row(config, rows, chips, live=config.sarc.enabled and not stored_tokens)
+    if own is not None:  # the config's own layout, compiled beside the others: the reference a winner must beat
+        own["config_layout"] = True
+        if compile_best and all(r is not own for r in chosen):
+            chosen.append(own)
     for row in sorted(chosen, key=lambda r: r["no_overlap_s"]):
         cand = row["candidate"]
         start = time.perf_counter()
@@ -285,6 +290,19 @@ def search(config, slice_name: str, *, compile_best: int = 2, num_slices: int = 
     compiled.sort(key=lambda r: r["no_overlap_s"])
     return {"slice": slice_name, "num_slices": num_slices, "chip": chip, "steps": steps, "epoch_size": epoch_size,
             "rows": rows, "ranked": compiled, "best": compiled[0] if compiled else None}
+
+
+def _config_row(config, rows: list[dict[str, Any]], chips: int, live: bool) -> dict[str, Any] | None:
+    """The row of the layout `config` itself would run on the slice (its mesh, remat, micro-batches, teacher
+    mode), or None where its mesh does not divide the slice."""
+    try:
+        data, fsdp, tensor = sharding.mesh_shape(config.mesh, chips)
+    except ValueError:
+        return None
+    return next((r for r in rows if (r["candidate"].data // r["candidate"].slices, r["candidate"].fsdp,
+                                     r["candidate"].tensor, r["candidate"].remat, r["candidate"].accum,
+                                     r["candidate"].live_teacher)
+                 == (data, fsdp, tensor, config.model.remat, config.train.grad_accum_steps, live)), None)
 
 
 def _best_per_mesh(rows: list[dict[str, Any]], live: bool) -> list[dict[str, Any]]:
@@ -323,11 +341,14 @@ def format_search(result: dict[str, Any], limit: int = 12) -> str:
              f"  {'mesh':<26} {'remat':<5} {'A':>2} {'teacher':<11} {'HBM/chip':>9} {'compute':>8} {'HBM':>7} "
              f"{'coll d/f/t/dcn ms':>22} {'bound ms':>15} {'wall h':>7} {'chip-h':>9}  source"]
     shown = result["ranked"] + [r for r in result["rows"] if not (r["compiled"] and r["compiled"]["fits"])][:limit]
+    shown += [r for r in result["rows"] if r.get("config_layout") and all(r is not x for x in shown)]
     for r in shown:
         c, col = r["candidate"], r["collective_s"]
         src = ("compiled" if r["compiled"]["fits"] else "compiler error" if "compile_error" in r["compiled"]
                else "compiled: does not fit") if r["compiled"] else (
             "estimate" if r["fits_estimate"] else "pruned: memory")
+        if r.get("config_layout"):
+            src += " (the config's layout)"
         lines.append(
             f"  {c.mesh_text:<26} {c.remat:<5} {c.accum:>2} {'live' if c.live_teacher else 'precomputed':<11} "
             f"{r['memory_bytes'] / 2**30:>7.2f}Gi {r['compute_s'] * 1e3:>8.1f} {r['hbm_s'] * 1e3:>7.1f} "
