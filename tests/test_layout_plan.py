@@ -96,6 +96,10 @@ def test_search_compiles_the_best_few_of_each_teacher_mode_and_prints_the_winner
     doc = __import__("json").load(open(tmp_path / "plan.json"))
     assert doc["best_overrides"] == best.overrides() and len(doc["rows"]) == len(result["rows"])
     assert doc["rows"][0]["mesh"] == result["rows"][0]["candidate"].mesh_text
+    with pytest.raises(ValueError, match="the file exists"):  # a file that appeared meanwhile is not replaced
+        layout_plan.write_json(big, str(tmp_path / "plan.json"))
+    assert __import__("json").load(open(tmp_path / "plan.json"))["best_overrides"] == best.overrides()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
 @pytest.mark.skipif(not TPU, reason="libtpu, the TPU compiler, is built for Linux x86_64")

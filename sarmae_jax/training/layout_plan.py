@@ -372,7 +372,8 @@ def format_search(result: dict[str, Any], limit: int = 12) -> str:
 
 def write_json(result: dict[str, Any], path: str) -> None:
     """The search as JSON: every row (candidate, analytic parts, bound, and the compile report where one was
-    made), the ranking and the winner's overrides. Written beside `path` and renamed into place."""
+    made), the ranking and the winner's overrides. Written beside `path` and linked into place; an existing
+    `path` is refused (ValueError), never replaced."""
     def row(r):
         out = {k: v for k, v in r.items() if k != "candidate"}
         out["candidate"] = dataclasses.asdict(r["candidate"])
@@ -385,7 +386,12 @@ def write_json(result: dict[str, Any], path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1, default=float)
-    os.replace(tmp, path)
+    try:  # a link, not a rename: a file that appeared at `path` while the plan compiled is refused, not replaced
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ValueError(f"--plan_out {path}: the file exists; choose a new name") from None
+    finally:
+        os.remove(tmp)
 
 
 def single_device_bound(config, chip: tpu_topology.Chip, live_teacher: bool = True) -> dict[str, Any]:
